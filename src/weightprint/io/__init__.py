@@ -1,0 +1,1 @@
+"""Reading and writing model files: GGUF, safetensors, Hugging Face directories."""

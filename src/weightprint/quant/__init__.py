@@ -1,0 +1,1 @@
+"""Quantization kernels, one class per GGML type, registered in one table."""
