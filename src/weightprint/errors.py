@@ -68,3 +68,7 @@ class BackendError(WeightprintError):
 
 class NotComparableError(WeightprintError):
     """Two models cannot be compared (different architectures with nothing in common)."""
+
+
+class NonFiniteError(WeightprintError, ValueError):
+    """A tensor holds NaN or infinity where finite values are required (e.g. quantization)."""
