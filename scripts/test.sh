@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (see setup.sh) and run the whole test suite. Exit status is pytest's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+VENV=${WEIGHTPRINT_VENV:-.venv}
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"

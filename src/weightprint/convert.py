@@ -1,0 +1,263 @@
+"""Convert between formats and quantize: GGUF <-> Hugging Face directory, any GGML type.
+
+``convert`` streams: each tensor is read from the memory-mapped source, dequantized to
+float32 (Hugging Face layout), optionally transformed (the watermark hook), put back into
+the target's layout, quantized and written, one tensor at a time. Per-tensor types of a
+mix (``Q4_K_M``...) follow llama.cpp's rules (:mod:`weightprint.quant.mixes`), so the output
+is byte-identical to ``llama-quantize`` where llama.cpp is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from weightprint.constants import FILE_TYPE_BASE, FileType, QType, parse_file_type
+from weightprint.errors import WeightprintError
+from weightprint.io.model import Model
+from weightprint.progress import ProgressCallback, no_progress
+
+TensorTransform = Callable[[str, np.ndarray, QType], np.ndarray]
+"""``transform(name, values, target_type) -> values``: float32 HF-layout values in and out."""
+
+
+@dataclass
+class ConvertResult:
+    """What ``convert`` wrote.
+
+    Attributes
+    ----------
+    source, output : str
+        Input and output paths.
+    to : str
+        ``gguf`` or ``hf``.
+    file_type : str | None
+        The GGUF file type (mix) written, e.g. ``Q4_K_M``.
+    tensor_types : dict[str, str]
+        Canonical tensor name -> type written.
+    type_counts : dict[str, int]
+        Number of tensors per type.
+    n_tensors, n_parameters, output_bytes : int
+    copied_tensors : int
+        Tensors whose stored bytes were copied unchanged (same type, no transform).
+    """
+
+    source: str
+    output: str
+    to: str
+    file_type: str | None
+    tensor_types: dict[str, str] = field(default_factory=dict)
+    type_counts: dict[str, int] = field(default_factory=dict)
+    n_tensors: int = 0
+    n_parameters: int = 0
+    output_bytes: int = 0
+    copied_tensors: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "output": self.output,
+            "to": self.to,
+            "file_type": self.file_type,
+            "type_counts": dict(self.type_counts),
+            "n_tensors": self.n_tensors,
+            "n_parameters": self.n_parameters,
+            "output_bytes": self.output_bytes,
+            "copied_tensors": self.copied_tensors,
+            "tensor_types": dict(self.tensor_types),
+        }
+
+
+def _open(source: str | Path | Model) -> tuple[Model, bool]:
+    if isinstance(source, Model):
+        return source, False
+    from weightprint.io import open_model
+
+    return open_model(source), True
+
+
+def _n_layers(model: Model) -> int:
+    cfg = model.config or {}
+    n = cfg.get("num_hidden_layers")
+    if n is None:
+        n = model.metadata.get(f"{model.architecture}.block_count", 0)
+    return int(n or 0)
+
+
+def plan_tensor_types(model: Model, file_type: FileType) -> dict[str, QType]:
+    """The type llama.cpp would give each tensor of ``model`` for ``file_type`` (canonical names)."""
+    from weightprint.io.names import hf_to_gguf_name
+    from weightprint.quant.mixes import choose_tensor_types
+
+    infos = model.tensor_infos()
+    arch = model.architecture
+    gguf_names = {t.name: hf_to_gguf_name(t.name, arch) for t in infos}
+    chosen = choose_tensor_types(
+        arch,
+        [(gguf_names[t.name], tuple(t.shape)) for t in infos],
+        file_type,
+        n_layers=_n_layers(model),
+    )
+    return {t.name: QType(chosen[gguf_names[t.name]]) for t in infos}
+
+
+def convert(
+    source: str | Path | Model,
+    out: str | Path,
+    *,
+    to: Literal["gguf", "hf"] = "gguf",
+    file_type: FileType | str | None = None,
+    tensor_transform: TensorTransform | None = None,
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16",
+    progress: ProgressCallback | None = None,
+) -> ConvertResult:
+    """Convert ``source`` to a GGUF file or a Hugging Face directory, quantizing on the way.
+
+    Parameters
+    ----------
+    source : str, Path or Model
+        A GGUF file, a safetensors file or a Hugging Face directory (or an open ``Model``).
+    out : str or Path
+        Output GGUF path (``to="gguf"``) or directory (``to="hf"``). Written to a temporary
+        name first, then renamed: no partial output is ever left behind.
+    to : {"gguf", "hf"}, *optional*, defaults to "gguf"
+    file_type : FileType or str, *optional*
+        GGUF file type (``Q4_K_M``, ``Q8_0``, ``F16``...); defaults to ``F16``.
+    tensor_transform : callable, *optional*
+        ``transform(name, values, target_type) -> values`` applied to every tensor's float32
+        Hugging Face-layout values before quantization (the watermark hook).
+    dtype : {"float16", "bfloat16", "float32"}, *optional*, defaults to "float16"
+        Weight dtype of a Hugging Face directory.
+    progress : callable, *optional*
+        ``progress(done, total, description)`` per tensor.
+
+    Returns
+    -------
+    ConvertResult
+
+    Raises
+    ------
+    WeightprintError
+        Unreadable source, unsupported type, shape that does not fit the block size.
+    """
+    model, owned = _open(source)
+    progress = progress or no_progress
+    try:
+        if to == "gguf":
+            ft = parse_file_type(file_type) if isinstance(file_type, str) else (file_type or FileType.F16)
+            return _convert_to_gguf(model, Path(out), ft, tensor_transform, progress)
+        if to == "hf":
+            return _convert_to_hf(model, Path(out), dtype, tensor_transform, progress)
+        raise WeightprintError(f"unknown output format `{to}`; expected `gguf` or `hf`")
+    finally:
+        if owned:
+            model.close()
+
+
+def _gguf_metadata(model: Model, file_type: FileType) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    if model.format == "gguf":
+        from weightprint.io.gguf_file import copy_metadata_for_write
+
+        metadata, types = copy_metadata_for_write(model)
+    else:
+        from weightprint.io.hf_config import gguf_metadata_from_hf
+
+        metadata, types = gguf_metadata_from_hf(model.config, model.tokenizer, model.chat_template)
+    metadata = dict(metadata)
+    types = dict(types) if types is not None else None
+    from gguf import GGUFValueType
+
+    metadata["general.file_type"] = int(file_type)
+    metadata["general.quantization_version"] = 2
+    if types is not None:
+        types["general.file_type"] = GGUFValueType.UINT32
+        types["general.quantization_version"] = GGUFValueType.UINT32
+    return metadata, types
+
+
+def _convert_to_gguf(
+    model: Model,
+    out: Path,
+    file_type: FileType,
+    transform: TensorTransform | None,
+    progress: ProgressCallback,
+) -> ConvertResult:
+    from weightprint.io.gguf_file import TensorSpec, write_gguf
+    from weightprint.io.names import hf_to_gguf_name, to_stored_layout
+    from weightprint.quant import quantize
+
+    arch = model.architecture
+    plan = plan_tensor_types(model, file_type)
+    infos = {t.name: t for t in model.tensor_infos()}
+    specs = [TensorSpec(hf_to_gguf_name(name, arch), tuple(infos[name].shape), plan[name]) for name in infos]
+    by_stored = {s.stored_name: name for s, name in zip(specs, infos)}
+    metadata, types = _gguf_metadata(model, file_type)
+    result = ConvertResult(str(model.path), str(out), "gguf", file_type.name)
+    total = len(specs)
+
+    def data(spec: TensorSpec) -> np.ndarray:
+        name = by_stored[spec.stored_name]
+        info = infos[name]
+        if transform is None and model.format == "gguf" and info.qtype == spec.qtype:
+            result.copied_tensors += 1
+            out_bytes = np.ascontiguousarray(model.raw(name)).view(np.uint8)
+        else:
+            values = model.tensor(name, np.float32)
+            if transform is not None:
+                values = np.asarray(transform(name, values, spec.qtype), dtype=np.float32)
+                if values.shape != tuple(info.shape):
+                    raise WeightprintError(
+                        f"tensor transform changed the shape of `{name}` from {info.shape} to {values.shape}"
+                    )
+            stored = to_stored_layout(name, values, arch, model.config)
+            rows = stored.reshape(-1, stored.shape[-1]) if stored.ndim > 1 else stored.reshape(1, -1)
+            out_bytes = quantize(rows, spec.qtype)
+        result.n_parameters += info.n_elements
+        progress(result.n_tensors + 1, total, name)
+        result.n_tensors += 1
+        return out_bytes
+
+    write_gguf(out, metadata=metadata, metadata_types=types, tensors=specs, data=data)
+    result.tensor_types = {name: plan[name].name for name in infos}
+    result.type_counts = dict(Counter(result.tensor_types.values()))
+    result.output_bytes = out.stat().st_size
+    return result
+
+
+def _convert_to_hf(
+    model: Model,
+    out: Path,
+    dtype: str,
+    transform: TensorTransform | None,
+    progress: ProgressCallback,
+) -> ConvertResult:
+    from weightprint.io.hf import write_hf_dir
+
+    target = {"float16": QType.F16, "bfloat16": QType.BF16, "float32": QType.F32}.get(dtype)
+    if target is None:
+        raise WeightprintError(f"unknown dtype `{dtype}`; expected float16, bfloat16 or float32")
+    names = model.tensor_names()
+    counter = {"n": 0}
+
+    def hook(name: str, values: np.ndarray) -> np.ndarray:
+        counter["n"] += 1
+        progress(counter["n"], len(names), name)
+        if transform is None:
+            return values
+        return np.asarray(transform(name, values, target), dtype=np.float32)
+
+    write_hf_dir(model, out, dtype=dtype, tensor_transform=hook)
+    result = ConvertResult(str(model.path), str(out), "hf", target.name)
+    result.n_tensors = len(names)
+    result.n_parameters = model.n_parameters()
+    result.output_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return result
+
+
+def file_type_base(file_type: FileType) -> QType:
+    """The base tensor type of a file type (``Q4_K_M`` -> ``Q4_K``)."""
+    return FILE_TYPE_BASE[file_type]

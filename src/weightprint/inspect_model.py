@@ -1,0 +1,155 @@
+"""``inspect``: what a model file is, at a glance and without reading its weights."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from weightprint.chat_templates import chat_template_family, template_sha256
+from weightprint.io.model import Model
+
+
+@dataclass
+class TypeSummary:
+    """Tensors of one storage type."""
+
+    count: int = 0
+    n_elements: int = 0
+    nbytes: int = 0
+
+
+@dataclass
+class InspectResult:
+    """Facts about one model checkpoint.
+
+    Attributes
+    ----------
+    path, format, architecture : str
+    n_parameters, n_tensors : int
+    types : dict[str, TypeSummary]
+        Per storage type: tensor count, elements and bytes.
+    context_length : int | None
+    n_layers, hidden_size : int | None
+    tokenizer_model : str | None
+        ``gpt2`` (byte-level BPE), ``llama`` (SentencePiece)...
+    vocab_size : int | None
+    tokenizer_sha256 : str | None
+        SHA-256 of the vocabulary (tokens joined by NUL) — equal vocabularies, equal hashes.
+    chat_template : str | None
+    chat_template_family : str
+    file_sha256 : str | None
+        Only when asked for (it reads the whole file).
+    """
+
+    path: str
+    format: str
+    architecture: str
+    name: str | None
+    n_parameters: int
+    n_tensors: int
+    types: dict[str, TypeSummary] = field(default_factory=dict)
+    context_length: int | None = None
+    n_layers: int | None = None
+    hidden_size: int | None = None
+    tokenizer_model: str | None = None
+    tokenizer_pre: str | None = None
+    vocab_size: int | None = None
+    tokenizer_sha256: str | None = None
+    chat_template: str | None = None
+    chat_template_family: str = "none"
+    chat_template_sha256: str | None = None
+    file_type: str | None = None
+    file_bytes: int = 0
+    file_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["types"] = {k: dict(v.__dict__) for k, v in self.types.items()}
+        return d
+
+
+def vocabulary_sha256(tokens: list[str]) -> str:
+    """SHA-256 of a vocabulary in id order (tokens joined by NUL bytes)."""
+    h = hashlib.sha256()
+    for t in tokens:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _first(d: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if d.get(k) is not None:
+            return d[k]
+    return None
+
+
+def inspect_model(path: str | Path | Model, *, sha256: bool = False) -> InspectResult:
+    """Summarise a model file: architecture, sizes, tensor types, tokenizer and chat template.
+
+    Parameters
+    ----------
+    path : str, Path or Model
+        GGUF file, safetensors file or Hugging Face directory.
+    sha256 : bool, *optional*, defaults to False
+        Also hash the whole file (reads every byte; off by default).
+    """
+    from weightprint.io import open_model
+    from weightprint.testing.models import file_sha256
+
+    model = path if isinstance(path, Model) else open_model(path)
+    try:
+        infos = model.tensor_infos()
+        types: dict[str, TypeSummary] = defaultdict(TypeSummary)
+        for t in infos:
+            s = types[t.qtype.name]
+            s.count += 1
+            s.n_elements += t.n_elements
+            s.nbytes += t.nbytes
+        arch = model.architecture
+        md, cfg = model.metadata or {}, model.config or {}
+        tok = model.tokenizer
+        file_type = md.get("general.file_type")
+        if file_type is not None:
+            from weightprint.constants import FileType
+
+            try:
+                file_type = FileType(int(file_type)).name
+            except ValueError:
+                file_type = str(file_type)
+        p = Path(model.path)
+        files = [p] if p.is_file() else sorted(p.glob("*.safetensors"))
+        result = InspectResult(
+            path=str(model.path),
+            format=model.format,
+            architecture=arch,
+            name=_first(md, "general.name") or cfg.get("_name_or_path"),
+            n_parameters=sum(t.n_elements for t in infos),
+            n_tensors=len(infos),
+            types=dict(sorted(types.items())),
+            context_length=_first(md, f"{arch}.context_length") or cfg.get("max_position_embeddings"),
+            n_layers=_first(md, f"{arch}.block_count") or cfg.get("num_hidden_layers"),
+            hidden_size=_first(md, f"{arch}.embedding_length") or cfg.get("hidden_size"),
+            tokenizer_model=tok.model if tok else None,
+            tokenizer_pre=tok.pre if tok else None,
+            vocab_size=tok.vocab_size if tok else cfg.get("vocab_size"),
+            tokenizer_sha256=vocabulary_sha256(tok.tokens) if tok and tok.tokens else None,
+            chat_template=model.chat_template,
+            chat_template_family=chat_template_family(model.chat_template),
+            chat_template_sha256=template_sha256(model.chat_template),
+            file_type=file_type,
+            file_bytes=sum(f.stat().st_size for f in files),
+        )
+        for k in ("context_length", "n_layers", "hidden_size"):
+            v = getattr(result, k)
+            if v is not None:
+                setattr(result, k, int(v))
+        if sha256:
+            result.file_sha256 = file_sha256(p) if p.is_file() else None
+        return result
+    finally:
+        if not isinstance(path, Model):
+            model.close()
