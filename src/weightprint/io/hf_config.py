@@ -1,0 +1,367 @@
+"""Hugging Face ``config.json`` <-> GGUF hyperparameter metadata.
+
+``hf_config_from_gguf`` rebuilds the ``config.json`` of a llama / mistral / qwen2 / gemma3
+checkpoint from the ``{arch}.*`` keys of a GGUF file; ``gguf_metadata_from_hf`` goes the
+other way and also emits the ``tokenizer.ggml.*`` keys llama.cpp needs. Values that GGUF does
+not store are llama.cpp's own hard-coded assumptions for the architecture (e.g. Gemma 3's
+local rope base 10000 and its 5-sliding-1-global layer pattern).
+
+Both write rope settings in the transformers 5 form (``rope_parameters``) and in the legacy
+form (``rope_theta``, ``rope_local_base_freq``) so that older readers work too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gguf import GGUFValueType
+
+from weightprint.errors import ModelFormatError, WeightprintError
+from weightprint.io.model import TokenizerInfo
+
+__all__ = [
+    "HF_TO_GGUF_ARCH",
+    "GGUF_TO_HF_ARCH",
+    "architecture_from_hf",
+    "hf_config_from_gguf",
+    "gguf_metadata_from_hf",
+]
+
+# transformers architecture class -> llama.cpp architecture name
+HF_TO_GGUF_ARCH: dict[str, str] = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",  # llama.cpp converts Mistral checkpoints to the llama arch
+    "Qwen2ForCausalLM": "qwen2",
+    "Gemma3ForCausalLM": "gemma3",
+    "Gemma3ForConditionalGeneration": "gemma3",
+}
+# Our own names (the Model.architecture of an HF directory) distinguish mistral.
+_HF_ARCH_NAME: dict[str, str] = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Gemma3ForCausalLM": "gemma3",
+    "Gemma3ForConditionalGeneration": "gemma3",
+}
+GGUF_TO_HF_ARCH: dict[str, tuple[str, str]] = {
+    "llama": ("LlamaForCausalLM", "llama"),
+    "mistral": ("MistralForCausalLM", "mistral"),
+    "qwen2": ("Qwen2ForCausalLM", "qwen2"),
+    "gemma3": ("Gemma3ForCausalLM", "gemma3_text"),
+}
+
+GEMMA3_SLIDING_WINDOW_PATTERN = 6  # llama.cpp: hparams.set_swa_pattern(6)
+GEMMA3_LOCAL_ROPE_BASE = 10000.0  # llama.cpp: rope_freq_base_train_swa for gemma3
+
+
+def architecture_from_hf(config: dict[str, Any]) -> str:
+    """llama.cpp-style architecture name of a ``config.json`` (``"unknown"`` if not known)."""
+    for cls in config.get("architectures") or []:
+        if cls in _HF_ARCH_NAME:
+            return _HF_ARCH_NAME[cls]
+    model_type = config.get("model_type")
+    return {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "gemma3_text": "gemma3", "gemma3": "gemma3"}.get(
+        model_type, "unknown"
+    )
+
+
+def _scalar(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray) and x.ndim == 0:
+        return x.item()
+    return x
+
+
+def _float32_clean(x: float) -> float:
+    """A float32 value read from GGUF, printed as its shortest float32 decimal (1e-05, not 9.99e-06)."""
+    return float(np.format_float_positional(np.float32(x), unique=True, trim="-")) if x else 0.0
+
+
+def hf_config_from_gguf(metadata: dict[str, Any], *, tie_word_embeddings: bool | None = None) -> dict[str, Any]:
+    """Rebuild a Hugging Face ``config.json`` from GGUF metadata.
+
+    Parameters
+    ----------
+    metadata : dict
+        GGUF key/values (``general.architecture``, ``{arch}.block_count``, ...,
+        ``tokenizer.ggml.tokens`` for the vocabulary size).
+    tie_word_embeddings : bool, optional
+        Whether the output projection is the token embedding (GGUF: no ``output.weight``).
+        Defaults to False for llama/mistral/qwen2 and True for gemma3.
+
+    Returns
+    -------
+    dict
+        The config, ready for ``json.dump``.
+
+    Raises
+    ------
+    ModelFormatError
+        If ``general.architecture`` is missing or a required hyperparameter is absent.
+    WeightprintError
+        If the architecture is not one of llama, mistral, qwen2, gemma3.
+    """
+    arch = _scalar(metadata.get("general.architecture"))
+    if arch is None:
+        raise ModelFormatError("GGUF metadata has no `general.architecture`")
+    if arch not in GGUF_TO_HF_ARCH:
+        known = ", ".join(GGUF_TO_HF_ARCH)
+        raise WeightprintError(f"cannot build a config.json for architecture `{arch}`; supported: {known}")
+    cls, model_type = GGUF_TO_HF_ARCH[arch]
+
+    def get(key: str, default: Any = KeyError) -> Any:
+        full = f"{arch}.{key}"
+        if full in metadata:
+            return _scalar(metadata[full])
+        if default is KeyError:
+            raise ModelFormatError(f"GGUF metadata has no `{full}`, needed for config.json")
+        return default
+
+    n_embd = int(get("embedding_length"))
+    n_head = int(get("attention.head_count"))
+    n_head_kv = int(get("attention.head_count_kv", n_head))
+    head_dim = int(get("attention.key_length", n_embd // n_head))
+    vocab = metadata.get("tokenizer.ggml.tokens")
+    vocab_size = len(vocab) if vocab is not None else get("vocab_size")
+    rope_theta = _float32_clean(float(get("rope.freq_base", 10000.0)))
+    eps = _float32_clean(float(get("attention.layer_norm_rms_epsilon")))
+
+    config: dict[str, Any] = {
+        "architectures": [cls],
+        "model_type": model_type,
+        "vocab_size": int(vocab_size),
+        "hidden_size": n_embd,
+        "intermediate_size": int(get("feed_forward_length")),
+        "num_hidden_layers": int(get("block_count")),
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_head_kv,
+        "head_dim": head_dim,
+        "max_position_embeddings": int(get("context_length")),
+        "rms_norm_eps": eps,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "attention_dropout": 0.0,
+    }
+    for key, hf_key in (
+        ("tokenizer.ggml.bos_token_id", "bos_token_id"),
+        ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+        ("tokenizer.ggml.padding_token_id", "pad_token_id"),
+    ):
+        if key in metadata:
+            config[hf_key] = int(_scalar(metadata[key]))
+
+    rope_scaling = None
+    scaling_type = get("rope.scaling.type", None)
+    factor = get("rope.scaling.factor", None)
+    if scaling_type in ("linear", "yarn") and factor:
+        rope_scaling = {"rope_type": scaling_type, "factor": _float32_clean(float(factor))}
+        if scaling_type == "yarn":
+            orig = get("rope.scaling.original_context_length", None)
+            if orig:
+                rope_scaling["original_max_position_embeddings"] = int(orig)
+
+    if arch in ("llama", "mistral", "qwen2"):
+        config["hidden_act"] = "silu"
+        config["tie_word_embeddings"] = bool(tie_word_embeddings) if tie_word_embeddings is not None else False
+        config["rope_theta"] = rope_theta
+        config["rope_parameters"] = {"rope_type": "default", "rope_theta": rope_theta, **(rope_scaling or {})}
+        if rope_scaling:
+            config["rope_scaling"] = rope_scaling
+        if arch == "llama":
+            config.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
+        elif arch == "mistral":
+            window = get("attention.sliding_window", None)
+            config["sliding_window"] = int(window) if window else None
+        else:  # qwen2: q/k/v biases are part of the architecture
+            window = get("attention.sliding_window", None)
+            config.update(use_sliding_window=False, sliding_window=int(window) if window else None, max_window_layers=config["num_hidden_layers"])
+    else:  # gemma3
+        n_layer = config["num_hidden_layers"]
+        pattern = GEMMA3_SLIDING_WINDOW_PATTERN
+        config.update(
+            hidden_activation="gelu_pytorch_tanh",
+            tie_word_embeddings=bool(tie_word_embeddings) if tie_word_embeddings is not None else True,
+            query_pre_attn_scalar=head_dim,
+            sliding_window=int(get("attention.sliding_window", 4096)),
+            layer_types=[
+                "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layer)
+            ],
+            sliding_window_pattern=pattern,
+            final_logit_softcapping=get("final_logit_softcapping", None),
+            attn_logit_softcapping=get("attn_logit_softcapping", None),
+            attention_bias=False,
+            rope_theta=rope_theta,
+            rope_local_base_freq=GEMMA3_LOCAL_ROPE_BASE,
+            rope_scaling=rope_scaling,
+            rope_parameters={
+                "full_attention": {"rope_type": "default", "rope_theta": rope_theta, **(rope_scaling or {})},
+                "sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_LOCAL_ROPE_BASE},
+            },
+        )
+    return config
+
+
+def _rope_theta(config: dict[str, Any], layer_type: str | None = None) -> float | None:
+    params = config.get("rope_parameters")
+    if isinstance(params, dict):
+        if layer_type and isinstance(params.get(layer_type), dict):
+            params = params[layer_type]
+        if "rope_theta" in params:
+            return float(params["rope_theta"])
+    if layer_type == "sliding_attention" and "rope_local_base_freq" in config:
+        return float(config["rope_local_base_freq"])
+    if "rope_theta" in config:
+        return float(config["rope_theta"])
+    return None
+
+
+def _rope_scaling(config: dict[str, Any], layer_type: str | None = None) -> dict[str, Any] | None:
+    scaling = config.get("rope_scaling")
+    if not scaling:
+        params = config.get("rope_parameters")
+        if isinstance(params, dict) and layer_type and isinstance(params.get(layer_type), dict):
+            params = params[layer_type]
+        if isinstance(params, dict) and params.get("rope_type", "default") != "default":
+            scaling = params
+    if scaling:
+        kind = scaling.get("rope_type") or scaling.get("type")
+        if kind and kind != "default":
+            return {"type": kind, **{k: v for k, v in scaling.items() if k not in ("type", "rope_type")}}
+    return None
+
+
+def gguf_metadata_from_hf(
+    config: dict[str, Any],
+    tokenizer: TokenizerInfo | None,
+    chat_template: str | None = None,
+    *,
+    name: str | None = None,
+) -> tuple[dict[str, Any], dict[str, GGUFValueType]]:
+    """GGUF key/values (and their GGUF types) for a Hugging Face ``config.json``.
+
+    Parameters
+    ----------
+    config : dict
+        The ``config.json`` values.
+    tokenizer : TokenizerInfo or None
+        Tokenizer facts (see :func:`weightprint.io.tokenizer.tokenizer_info_from_hf`); None
+        omits the ``tokenizer.ggml.*`` keys.
+    chat_template : str, optional
+        Stored as ``tokenizer.chat_template``.
+    name : str, optional
+        ``general.name``; defaults to the config's ``_name_or_path`` or the model type.
+
+    Returns
+    -------
+    (dict, dict)
+        ``metadata`` (key -> value; arrays as lists or numpy arrays) and ``types``
+        (key -> :class:`gguf.GGUFValueType`; for arrays, the element type).
+
+    Raises
+    ------
+    WeightprintError
+        For an architecture other than llama, mistral, qwen2, gemma3.
+    ModelFormatError
+        If a required config key is missing.
+    """
+    arch = architecture_from_hf(config)
+    if arch == "unknown":
+        raise WeightprintError(
+            f"cannot convert architecture {config.get('architectures')} (model_type `{config.get('model_type')}`); "
+            f"supported: {', '.join(sorted(HF_TO_GGUF_ARCH))}"
+        )
+    gguf_arch = "llama" if arch == "mistral" else arch
+
+    def need(key: str) -> Any:
+        if key not in config or config[key] is None:
+            raise ModelFormatError(f"config.json has no `{key}`, needed for GGUF metadata")
+        return config[key]
+
+    U32, F32, STR, BOOL, I32 = (
+        GGUFValueType.UINT32,
+        GGUFValueType.FLOAT32,
+        GGUFValueType.STRING,
+        GGUFValueType.BOOL,
+        GGUFValueType.INT32,
+    )
+    meta: dict[str, Any] = {}
+    types: dict[str, GGUFValueType] = {}
+
+    def put(key: str, value: Any, kind: GGUFValueType) -> None:
+        meta[key] = value
+        types[key] = kind
+
+    n_embd = int(need("hidden_size"))
+    n_head = int(need("num_attention_heads"))
+    n_head_kv = int(config.get("num_key_value_heads") or n_head)
+    head_dim = int(config.get("head_dim") or n_embd // n_head)
+    put("general.architecture", gguf_arch, STR)
+    put("general.name", name or str(config.get("_name_or_path") or config.get("model_type") or gguf_arch), STR)
+    a = gguf_arch
+    ctx = config.get("max_position_embeddings") or 4096
+    put(f"{a}.context_length", int(ctx), U32)
+    put(f"{a}.embedding_length", n_embd, U32)
+    put(f"{a}.block_count", int(need("num_hidden_layers")), U32)
+    put(f"{a}.feed_forward_length", int(need("intermediate_size")), U32)
+    put(f"{a}.attention.head_count", n_head, U32)
+    put(f"{a}.attention.head_count_kv", n_head_kv, U32)
+    put(f"{a}.attention.layer_norm_rms_epsilon", float(need("rms_norm_eps")), F32)
+    if gguf_arch == "gemma3":
+        theta = _rope_theta(config, "full_attention")
+        put(f"{a}.attention.key_length", head_dim, U32)
+        put(f"{a}.attention.value_length", head_dim, U32)
+        if theta is not None:
+            put(f"{a}.rope.freq_base", theta, F32)
+        if config.get("sliding_window"):
+            put(f"{a}.attention.sliding_window", int(config["sliding_window"]), U32)
+        scaling = _rope_scaling(config, "full_attention")
+    else:
+        theta = _rope_theta(config)
+        if theta is not None:
+            put(f"{a}.rope.freq_base", theta, F32)
+        put(f"{a}.rope.dimension_count", head_dim, U32)
+        if head_dim != n_embd // n_head:
+            put(f"{a}.attention.key_length", head_dim, U32)
+            put(f"{a}.attention.value_length", head_dim, U32)
+        if "vocab_size" in config:
+            put(f"{a}.vocab_size", int(config["vocab_size"]), U32)
+        scaling = _rope_scaling(config)
+    if scaling and scaling.get("type") in ("linear", "yarn") and scaling.get("factor"):
+        put(f"{a}.rope.scaling.type", scaling["type"], STR)
+        put(f"{a}.rope.scaling.factor", float(scaling["factor"]), F32)
+        if scaling.get("original_max_position_embeddings"):
+            put(f"{a}.rope.scaling.original_context_length", int(scaling["original_max_position_embeddings"]), U32)
+
+    if tokenizer is not None:
+        put("tokenizer.ggml.model", tokenizer.model, STR)
+        if tokenizer.pre is not None:
+            put("tokenizer.ggml.pre", tokenizer.pre, STR)
+        put("tokenizer.ggml.tokens", list(tokenizer.tokens), STR)
+        if tokenizer.scores is not None:
+            put("tokenizer.ggml.scores", np.asarray(tokenizer.scores, dtype=np.float32), F32)
+        if tokenizer.token_types is not None:
+            put("tokenizer.ggml.token_type", np.asarray(tokenizer.token_types, dtype=np.int32), I32)
+        if tokenizer.merges is not None:
+            put("tokenizer.ggml.merges", list(tokenizer.merges), STR)
+        for attr, key in (
+            ("bos_id", "bos_token_id"),
+            ("eos_id", "eos_token_id"),
+            ("unk_id", "unknown_token_id"),
+            ("pad_id", "padding_token_id"),
+        ):
+            value = getattr(tokenizer, attr)
+            if value is not None:
+                put(f"tokenizer.ggml.{key}", int(value), U32)
+        if tokenizer.add_bos is not None:
+            put("tokenizer.ggml.add_bos_token", bool(tokenizer.add_bos), BOOL)
+        if tokenizer.add_eos is not None:
+            put("tokenizer.ggml.add_eos_token", bool(tokenizer.add_eos), BOOL)
+        if tokenizer.model == "llama":
+            put("tokenizer.ggml.add_space_prefix", False if gguf_arch == "gemma3" else True, BOOL)
+        elif tokenizer.model == "gpt2":
+            put("tokenizer.ggml.add_space_prefix", False, BOOL)
+    if chat_template:
+        put("tokenizer.chat_template", chat_template, STR)
+    return meta, types

@@ -1,0 +1,455 @@
+"""Tokenizers: GGUF ``tokenizer.ggml.*`` facts (:class:`TokenizerInfo`) <-> Hugging Face files.
+
+Two GGUF tokenizer models are covered:
+
+- ``gpt2``: byte-level BPE (SmolLM2, Llama 3, Qwen 2). The vocabulary and merges go into a
+  ``tokenizers`` BPE model; the pre-tokenizer is chosen from ``tokenizer.ggml.pre`` with the
+  same split regex that llama.cpp uses for that name (``smollm``: single digits, then the GPT-2
+  byte-level regex).
+- ``llama``: SentencePiece BPE (Gemma 3, Llama 2, Mistral). GGUF keeps scores, not merges;
+  llama.cpp merges the adjacent pair whose result has the highest score. We rebuild merges
+  ranked by that score (as transformers' ``SentencePieceExtractor`` does), with byte fallback
+  to the ``<0x..>`` tokens, so a ``tokenizers`` BPE reproduces llama.cpp's ids.
+
+Control tokens (GGUF type 3) become special added tokens, user-defined tokens (type 4) plain
+added tokens; both are matched in raw text before the model runs, as in llama.cpp with
+``special=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightprint.errors import MissingTokenizerError, ModelFormatError, WeightprintError
+from weightprint.io.model import TokenizerInfo
+
+__all__ = [
+    "tokenizer_info_from_gguf",
+    "tokenizer_json_from_info",
+    "tokenizer_config_from_info",
+    "special_tokens_map_from_info",
+    "tokenizer_info_from_hf",
+    "read_chat_template",
+    "TOKEN_NORMAL",
+    "TOKEN_UNKNOWN",
+    "TOKEN_CONTROL",
+    "TOKEN_USER_DEFINED",
+    "TOKEN_UNUSED",
+    "TOKEN_BYTE",
+]
+
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+# llama.cpp's pre-tokenizer split regexes (llama-vocab.cpp), by tokenizer.ggml.pre
+_GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_DIGITS_THEN_GPT2 = {"smollm", "starcoder", "refact", "codeshell", "exaone", "minerva", "command-r"}
+_LLAMA3_LIKE = {"llama-bpe", "llama3", "falcon3", "pixtral", "dbrx", "smaug-bpe"}
+_QWEN2_LIKE = {"qwen2", "deepseek-r1-qwen", "megrez"}
+
+
+def _byte_level(use_regex: bool) -> dict[str, Any]:
+    return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": use_regex}
+
+
+def _split(regex: str) -> dict[str, Any]:
+    return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+
+
+def _bpe_pre_tokenizer(pre: str | None) -> dict[str, Any]:
+    if pre in _DIGITS_THEN_GPT2:
+        return {
+            "type": "Sequence",
+            "pretokenizers": [{"type": "Digits", "individual_digits": True}, _byte_level(True)],
+        }
+    if pre in _LLAMA3_LIKE:
+        return {"type": "Sequence", "pretokenizers": [_split(_LLAMA3_REGEX), _byte_level(False)]}
+    if pre in _QWEN2_LIKE:
+        return {"type": "Sequence", "pretokenizers": [_split(_QWEN2_REGEX), _byte_level(False)]}
+    # "default", "gpt-2", "gpt2" and names we do not know: the GPT-2 regex (llama.cpp's default)
+    return _byte_level(True)
+
+
+def _pre_from_pre_tokenizer(pre_tok: dict[str, Any] | None) -> str:
+    """Name a HF byte-level pre-tokenizer the way llama.cpp's ``tokenizer.ggml.pre`` does."""
+    if not pre_tok:
+        return "default"
+    parts = pre_tok.get("pretokenizers", [pre_tok]) if pre_tok.get("type") == "Sequence" else [pre_tok]
+    kinds = [p.get("type") for p in parts]
+    if "Digits" in kinds and kinds[-1] == "ByteLevel":
+        return "smollm"
+    for p in parts:
+        if p.get("type") == "Split":
+            regex = (p.get("pattern") or {}).get("Regex", "")
+            if r"\p{N}{1,3}" in regex:
+                return "llama-bpe"
+            if r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|" in regex:
+                return "qwen2"
+    return "gpt-2"
+
+
+# --------------------------------------------------------------------------- GGUF -> info
+
+
+def _get(metadata: dict[str, Any], key: str) -> Any:
+    v = metadata.get(key)
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def tokenizer_info_from_gguf(metadata: dict[str, Any]) -> TokenizerInfo | None:
+    """A :class:`TokenizerInfo` from GGUF ``tokenizer.ggml.*`` keys (None if there are none)."""
+    model = _get(metadata, "tokenizer.ggml.model")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if model is None or tokens is None:
+        return None
+
+    def opt_int(key: str) -> int | None:
+        v = _get(metadata, key)
+        return None if v is None else int(v)
+
+    def opt_bool(key: str) -> bool | None:
+        v = _get(metadata, key)
+        return None if v is None else bool(v)
+
+    scores = metadata.get("tokenizer.ggml.scores")
+    types = metadata.get("tokenizer.ggml.token_type")
+    merges = metadata.get("tokenizer.ggml.merges")
+    return TokenizerInfo(
+        model=str(model),
+        pre=_get(metadata, "tokenizer.ggml.pre"),
+        tokens=[str(t) for t in tokens],
+        scores=None if scores is None else np.asarray(scores, dtype=np.float32),
+        token_types=None if types is None else np.asarray(types, dtype=np.int32),
+        merges=None if merges is None else [str(m) for m in merges],
+        bos_id=opt_int("tokenizer.ggml.bos_token_id"),
+        eos_id=opt_int("tokenizer.ggml.eos_token_id"),
+        unk_id=opt_int("tokenizer.ggml.unknown_token_id"),
+        pad_id=opt_int("tokenizer.ggml.padding_token_id"),
+        add_bos=opt_bool("tokenizer.ggml.add_bos_token"),
+        add_eos=opt_bool("tokenizer.ggml.add_eos_token"),
+    )
+
+
+# --------------------------------------------------------------------------- info -> HF
+
+
+def _types(info: TokenizerInfo) -> np.ndarray:
+    if info.token_types is not None:
+        types = np.asarray(info.token_types, dtype=np.int32)
+        if len(types) != len(info.tokens):
+            raise ModelFormatError(
+                f"tokenizer has {len(info.tokens)} tokens but {len(types)} token types"
+            )
+        return types
+    return np.full(len(info.tokens), TOKEN_NORMAL, dtype=np.int32)
+
+
+def _added_tokens(info: TokenizerInfo, types: np.ndarray) -> list[dict[str, Any]]:
+    out = []
+    for i in np.nonzero((types == TOKEN_CONTROL) | (types == TOKEN_USER_DEFINED) | (types == TOKEN_UNKNOWN))[0]:
+        i = int(i)
+        out.append(
+            {
+                "id": i,
+                "content": info.tokens[i],
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": bool(types[i] != TOKEN_USER_DEFINED),
+            }
+        )
+    return out
+
+
+def _spm_merges(info: TokenizerInfo, types: np.ndarray) -> list[list[str]]:
+    """Merges for a SentencePiece BPE vocabulary, ranked by the score of the merged piece."""
+    if info.scores is None:
+        raise ModelFormatError("SentencePiece tokenizer has no scores to rebuild merges from")
+    scores = np.asarray(info.scores, dtype=np.float64)
+    vocab = {t: i for i, t in enumerate(info.tokens) if types[i] in (TOKEN_NORMAL, TOKEN_USER_DEFINED)}
+    found: list[tuple[float, int, int, int, str, str]] = []
+    for token, tid in vocab.items():
+        if types[tid] != TOKEN_NORMAL or len(token) < 2:
+            continue
+        for k in range(1, len(token)):
+            left, right = token[:k], token[k:]
+            li = vocab.get(left)
+            if li is None:
+                continue
+            ri = vocab.get(right)
+            if ri is None:
+                continue
+            found.append((-scores[tid], tid, li, ri, left, right))
+    found.sort()
+    return [[left, right] for *_, left, right in found]
+
+
+def tokenizer_json_from_info(info: TokenizerInfo, *, add_space_prefix: bool | None = None) -> dict[str, Any]:
+    """A Hugging Face ``tokenizer.json`` (as a dict) that tokenizes as llama.cpp does.
+
+    Parameters
+    ----------
+    info : TokenizerInfo
+        ``model`` must be ``gpt2`` (byte-level BPE, needs ``merges``) or ``llama``
+        (SentencePiece, needs ``scores``).
+    add_space_prefix : bool, optional
+        SentencePiece only: prepend ``▁`` to the text (GGUF ``tokenizer.ggml.add_space_prefix``;
+        defaults to True, llama.cpp's default).
+
+    Raises
+    ------
+    WeightprintError
+        For another tokenizer model.
+    ModelFormatError
+        When merges (gpt2) or scores (llama) are missing.
+    """
+    types = _types(info)
+    added = _added_tokens(info, types)
+    vocab = {t: i for i, t in enumerate(info.tokens)}
+    if len(vocab) != len(info.tokens):
+        # duplicated token strings: keep the first id, as llama.cpp's text->id map does
+        vocab = {}
+        for i, t in enumerate(info.tokens):
+            vocab.setdefault(t, i)
+    post = None
+    if info.add_bos and info.bos_id is not None:
+        bos = info.tokens[info.bos_id]
+        post = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [
+                {"SpecialToken": {"id": bos, "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": bos, "type_id": 1}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
+            "special_tokens": {bos: {"id": bos, "ids": [info.bos_id], "tokens": [bos]}},
+        }
+    if info.model == "gpt2":
+        if info.merges is None:
+            raise ModelFormatError("byte-level BPE tokenizer has no merges (`tokenizer.ggml.merges`)")
+        merges = [m.split(" ", 1) for m in info.merges]
+        return {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": added,
+            "normalizer": None,
+            "pre_tokenizer": _bpe_pre_tokenizer(info.pre),
+            "post_processor": post,
+            "decoder": _byte_level(True),
+            "model": {
+                "type": "BPE",
+                "dropout": None,
+                "unk_token": None,
+                "continuing_subword_prefix": None,
+                "end_of_word_suffix": None,
+                "fuse_unk": False,
+                "byte_fallback": False,
+                "ignore_merges": info.pre in _LLAMA3_LIKE,
+                "vocab": vocab,
+                "merges": merges,
+            },
+        }
+    if info.model == "llama":
+        prefix = True if add_space_prefix is None else bool(add_space_prefix)
+        norm_steps: list[dict[str, Any]] = []
+        if prefix:
+            norm_steps.append({"type": "Prepend", "prepend": "▁"})
+        norm_steps.append({"type": "Replace", "pattern": {"String": " "}, "content": "▁"})
+        decoders: list[dict[str, Any]] = [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+        ]
+        if prefix:
+            decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+        unk = info.tokens[info.unk_id] if info.unk_id is not None else None
+        return {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": added,
+            "normalizer": {"type": "Sequence", "normalizers": norm_steps},
+            "pre_tokenizer": None,
+            "post_processor": post,
+            "decoder": {"type": "Sequence", "decoders": decoders},
+            "model": {
+                "type": "BPE",
+                "dropout": None,
+                "unk_token": unk,
+                "continuing_subword_prefix": None,
+                "end_of_word_suffix": None,
+                "fuse_unk": True,
+                "byte_fallback": True,
+                "ignore_merges": False,
+                "vocab": vocab,
+                "merges": _spm_merges(info, types),
+            },
+        }
+    raise WeightprintError(f"cannot build a tokenizer.json for GGUF tokenizer model `{info.model}`; supported: gpt2, llama")
+
+
+def _token(info: TokenizerInfo, i: int | None) -> str | None:
+    if i is None or not 0 <= i < len(info.tokens):
+        return None
+    return info.tokens[i]
+
+
+def special_tokens_map_from_info(info: TokenizerInfo) -> dict[str, Any]:
+    """``special_tokens_map.json``: bos/eos/unk/pad token strings."""
+    out: dict[str, Any] = {}
+    for key, i in (("bos_token", info.bos_id), ("eos_token", info.eos_id), ("unk_token", info.unk_id), ("pad_token", info.pad_id)):
+        tok = _token(info, i)
+        if tok is not None:
+            out[key] = tok
+    return out
+
+
+def tokenizer_config_from_info(info: TokenizerInfo, chat_template: str | None = None, *, model_max_length: int | None = None) -> dict[str, Any]:
+    """``tokenizer_config.json`` for :func:`tokenizer_json_from_info`'s tokenizer."""
+    types = _types(info)
+    decoder = {}
+    for entry in _added_tokens(info, types):
+        decoder[str(entry["id"])] = {k: entry[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": bool(info.add_bos),
+        "add_eos_token": bool(info.add_eos),
+        "added_tokens_decoder": decoder,
+        "clean_up_tokenization_spaces": False,
+    }
+    config.update(special_tokens_map_from_info(info))
+    if model_max_length:
+        config["model_max_length"] = int(model_max_length)
+    if chat_template:
+        config["chat_template"] = chat_template
+    return config
+
+
+# --------------------------------------------------------------------------- HF -> info
+
+
+def read_chat_template(directory: str | os.PathLike[str]) -> str | None:
+    """The chat template of a HF directory: ``chat_template.jinja``, else ``tokenizer_config.json``."""
+    d = Path(directory)
+    jinja = d / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    cfg = d / "tokenizer_config.json"
+    if cfg.is_file():
+        try:
+            template = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
+        except json.JSONDecodeError as e:
+            raise ModelFormatError(f"{cfg}: not valid JSON ({e.msg} at byte {e.pos})") from e
+        if isinstance(template, list):  # named templates: take the default one
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        return template if isinstance(template, str) else None
+    return None
+
+
+def tokenizer_info_from_hf(directory: str | os.PathLike[str]) -> TokenizerInfo:
+    """A :class:`TokenizerInfo` (GGUF view) from a HF directory's ``tokenizer.json``.
+
+    Byte-level BPE becomes GGUF ``gpt2`` (merges kept, ``pre`` named after the
+    pre-tokenizer); a BPE with byte fallback and ``▁`` becomes GGUF ``llama`` with scores
+    ``-rank`` of the first merge that makes each token (0 for single characters), so that
+    llama.cpp's score-driven merging replays the merge order.
+
+    Raises
+    ------
+    MissingTokenizerError
+        If the directory has no ``tokenizer.json``.
+    ModelFormatError
+        If it is not valid JSON, or its model is not BPE.
+    """
+    d = Path(directory)
+    path = d / "tokenizer.json"
+    if not path.is_file():
+        raise MissingTokenizerError(f"{d}: no tokenizer.json", hint="copy the tokenizer files of the base model into the directory")
+    try:
+        tj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelFormatError(f"{path}: not valid JSON ({e.msg} at byte {e.pos})") from e
+    model = tj.get("model") or {}
+    if model.get("type") != "BPE":
+        raise ModelFormatError(f"{path}: tokenizer model `{model.get('type')}` is not supported (BPE only)")
+    vocab: dict[str, int] = dict(model.get("vocab") or {})
+    added = {int(a["id"]): a for a in tj.get("added_tokens") or []}
+    for i, a in added.items():
+        vocab.setdefault(a["content"], i)
+    n = max(vocab.values(), default=-1) + 1
+    tokens = [f"[PAD{i}]" for i in range(n)]
+    types = np.full(n, TOKEN_UNUSED, dtype=np.int32)
+    for tok, i in vocab.items():
+        tokens[i] = tok
+        types[i] = TOKEN_NORMAL
+    for i, a in added.items():
+        types[i] = TOKEN_CONTROL if a.get("special") else TOKEN_USER_DEFINED
+    merges_raw = model.get("merges") or []
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges_raw]
+
+    cfg_path = d / "tokenizer_config.json"
+    cfg: dict[str, Any] = {}
+    if cfg_path.is_file():
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ModelFormatError(f"{cfg_path}: not valid JSON ({e.msg} at byte {e.pos})") from e
+
+    def special_id(key: str) -> int | None:
+        value = cfg.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        return vocab.get(value) if isinstance(value, str) else None
+
+    spm = bool(model.get("byte_fallback")) or "▁" in json.dumps(tj.get("normalizer"))
+    bos_id = special_id("bos_token")
+    post = tj.get("post_processor") or {}
+    add_bos = cfg.get("add_bos_token")
+    if add_bos is None:
+        add_bos = bos_id is not None and json.dumps(post).find(json.dumps(tokens[bos_id])) >= 0 if bos_id is not None else False
+    info = TokenizerInfo(
+        model="llama" if spm else "gpt2",
+        pre="default" if spm else _pre_from_pre_tokenizer(tj.get("pre_tokenizer")),
+        tokens=tokens,
+        token_types=types,
+        merges=None if spm else merges,
+        bos_id=bos_id,
+        eos_id=special_id("eos_token"),
+        unk_id=special_id("unk_token") if not spm else vocab.get(model.get("unk_token") or "", special_id("unk_token")),
+        pad_id=special_id("pad_token"),
+        add_bos=bool(add_bos),
+        add_eos=bool(cfg.get("add_eos_token", False)),
+    )
+    if spm:
+        scores = np.zeros(n, dtype=np.float32)
+        made: dict[str, int] = {}
+        for rank, m in enumerate(merges_raw):
+            left, right = (m.split(" ", 1) if isinstance(m, str) else m)
+            made.setdefault(left + right, rank)
+        for tok, i in vocab.items():
+            if tok in made:
+                scores[i] = -float(made[tok] + 1)
+            if len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):
+                types[i] = TOKEN_BYTE
+        for i in added:
+            scores[i] = -1000.0 if types[i] == TOKEN_CONTROL else 0.0
+        if info.unk_id is not None:
+            types[info.unk_id] = TOKEN_UNKNOWN
+        info.scores = scores
+    return info
