@@ -1,1 +1,31 @@
 """Reading and writing model files: GGUF, safetensors, Hugging Face directories."""
+
+from weightprint.io.gguf_file import GGUFModel, StringArray, TensorSpec, copy_metadata_for_write, write_gguf
+from weightprint.io.model import Model, TensorInfo, TokenizerInfo
+from weightprint.io.names import (
+    from_stored_layout,
+    gguf_to_hf_name,
+    hf_to_gguf_name,
+    permute_qk,
+    to_stored_layout,
+    unpermute_qk,
+)
+from weightprint.io.open import open_model
+
+__all__ = [
+    "GGUFModel",
+    "Model",
+    "StringArray",
+    "TensorInfo",
+    "TensorSpec",
+    "TokenizerInfo",
+    "copy_metadata_for_write",
+    "from_stored_layout",
+    "gguf_to_hf_name",
+    "hf_to_gguf_name",
+    "open_model",
+    "permute_qk",
+    "to_stored_layout",
+    "unpermute_qk",
+    "write_gguf",
+]

@@ -1,0 +1,875 @@
+"""GGUF files: a fast memory-mapped reader (:class:`GGUFModel`) and a streaming writer (:func:`write_gguf`).
+
+Layout of a GGUF v2/v3 file (little-endian)::
+
+    magic "GGUF" | version u32 | n_tensors u64 | n_kv u64
+    n_kv x  (key: string, value_type: u32, value)
+    n_tensors x (name: string, n_dims: u32, ne: u64[n_dims], type: u32, offset: u64)
+    padding to `general.alignment` (default 32)
+    tensor data, each tensor at data_start + offset (offset a multiple of the alignment)
+
+    string = length u64 + UTF-8 bytes; array = element type u32 + count u64 + elements
+
+The header is parsed with ``struct`` and ``np.frombuffer`` on an ``mmap``: numeric arrays are read
+in one call, and string arrays (the vocabulary) are scanned once for their offsets and decoded
+lazily (:class:`StringArray`). Every inconsistency raises :class:`~weightprint.errors.GGUFFormatError`
+naming the file and the numbers.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+from gguf import GGUFValueType
+
+from weightprint.constants import QUANT_SIZES, QType
+from weightprint.errors import (
+    GGUFFormatError,
+    ShapeMismatchError,
+    TensorNotFound,
+    UnsupportedQuantType,
+    WeightprintError,
+)
+from weightprint.io.model import Model, TensorInfo, TokenizerInfo
+from weightprint.io.names import from_stored_layout, gguf_to_hf_name, layout_config_from_gguf
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4  # GGML_MAX_DIMS
+_MAX_ARRAY_NESTING = 8
+
+# Fixed-size value types: struct format and numpy dtype.
+_SCALAR_FORMATS: dict[GGUFValueType, str] = {
+    GGUFValueType.UINT8: "<B",
+    GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I",
+    GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q",
+    GGUFValueType.FLOAT64: "<d",
+}
+_SCALAR_STRUCTS = {t: struct.Struct(f) for t, f in _SCALAR_FORMATS.items()}
+_NUMPY_DTYPES: dict[GGUFValueType, np.dtype] = {
+    GGUFValueType.UINT8: np.dtype("<u1"),
+    GGUFValueType.INT8: np.dtype("<i1"),
+    GGUFValueType.UINT16: np.dtype("<u2"),
+    GGUFValueType.INT16: np.dtype("<i2"),
+    GGUFValueType.UINT32: np.dtype("<u4"),
+    GGUFValueType.INT32: np.dtype("<i4"),
+    GGUFValueType.FLOAT32: np.dtype("<f4"),
+    GGUFValueType.BOOL: np.dtype("?"),
+    GGUFValueType.UINT64: np.dtype("<u8"),
+    GGUFValueType.INT64: np.dtype("<i8"),
+    GGUFValueType.FLOAT64: np.dtype("<f8"),
+}
+_DTYPE_TO_VALUE_TYPE: dict[np.dtype, GGUFValueType] = {
+    dt.newbyteorder("="): t for t, dt in _NUMPY_DTYPES.items()
+}
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+# Tensor types stored as plain numbers, and their numpy dtype (BF16 as raw uint16).
+_PLAIN_TENSOR_DTYPES: dict[QType, np.dtype] = {
+    QType.F32: np.dtype("<f4"),
+    QType.F16: np.dtype("<f2"),
+    QType.BF16: np.dtype("<u2"),
+    QType.F64: np.dtype("<f8"),
+    QType.I8: np.dtype("<i1"),
+    QType.I16: np.dtype("<i2"),
+    QType.I32: np.dtype("<i4"),
+    QType.I64: np.dtype("<i8"),
+}
+
+
+def tensor_nbytes(shape: Sequence[int], qtype: QType) -> int:
+    """Stored size in bytes of a tensor of numpy-order ``shape`` and type ``qtype``."""
+    block_size, type_size = QUANT_SIZES[qtype]
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n // block_size * type_size
+
+
+# --------------------------------------------------------------------------- strings
+
+
+class StringArray(Sequence[str]):
+    """A GGUF string array that decodes its items on access.
+
+    Holds the offsets of each string in the memory-mapped file; ``list(arr)`` or
+    :meth:`tolist` materialises it. Compares equal to any sequence of the same strings.
+    """
+
+    def __init__(self, buffer: Any, starts: np.ndarray, ends: np.ndarray, region: tuple[int, int],
+                 label: str) -> None:
+        self._buffer = buffer
+        self._starts = starts
+        self._ends = ends
+        self._region = region  # byte range of the encoded array (length prefixes included)
+        self._label = label
+        self._cache: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def _decode(self, i: int) -> str:
+        raw = self._buffer[int(self._starts[i]):int(self._ends[i])]
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise GGUFFormatError(f"{self._label}: item {i} is not valid UTF-8 ({e.reason})") from e
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if self._cache is not None:
+            return self._cache[index]
+        if isinstance(index, slice):
+            return [self._decode(i) for i in range(*index.indices(len(self)))]
+        n = len(self)
+        i = int(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"{self._label}: index {index} out of range for {n} strings")
+        return self._decode(i)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tolist())
+
+    def tolist(self) -> list[str]:
+        """All strings, decoded once and cached."""
+        if self._cache is None:
+            buf = self._buffer
+            out = []
+            try:
+                for a, b in zip(self._starts.tolist(), self._ends.tolist()):
+                    out.append(buf[a:b].decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise GGUFFormatError(f"{self._label}: item {len(out)} is not valid UTF-8 ({e.reason})") from e
+            self._cache = out
+        return self._cache
+
+    def encoded(self) -> bytes:
+        """The array's strings exactly as stored (each a u64 length + bytes), for copying."""
+        return bytes(self._buffer[self._region[0]:self._region[1]])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (StringArray, list, tuple)):
+            return len(self) == len(other) and self.tolist() == list(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:  # pragma: no cover - unhashable like list
+        raise TypeError("unhashable type: 'StringArray'")
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(s) for s in self[: min(3, len(self))])
+        return f"StringArray([{head}{', ...' if len(self) > 3 else ''}], n={len(self)})"
+
+
+# --------------------------------------------------------------------------- header parser
+
+
+class _HeaderParser:
+    """Bounds-checked cursor over the file bytes; every error names the file."""
+
+    def __init__(self, buffer: Any, size: int, label: str) -> None:
+        self.buf = buffer
+        self.size = size
+        self.label = label
+        self.pos = 0
+
+    def fail(self, message: str) -> GGUFFormatError:
+        return GGUFFormatError(f"{self.label}: {message}")
+
+    def need(self, n: int) -> None:
+        if self.pos + n > self.size:
+            raise self.fail(f"truncated GGUF header at byte {self.pos + n} (file is {self.size} bytes)")
+
+    def u32(self) -> int:
+        self.need(4)
+        v = _U32.unpack_from(self.buf, self.pos)[0]
+        self.pos += 4
+        return v
+
+    def u64(self) -> int:
+        self.need(8)
+        v = _U64.unpack_from(self.buf, self.pos)[0]
+        self.pos += 8
+        return v
+
+    def string(self, what: str) -> str:
+        start = self.pos
+        n = self.u64()
+        if self.pos + n > self.size:
+            raise self.fail(
+                f"{what} of {n} bytes at byte {start} runs past end of file ({self.size} bytes)"
+            )
+        raw = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise self.fail(f"{what} at byte {start} is not valid UTF-8 ({e.reason})") from e
+
+    def value_type(self, key: str) -> GGUFValueType:
+        at = self.pos
+        t = self.u32()
+        try:
+            return GGUFValueType(t)
+        except ValueError:
+            raise self.fail(f"metadata key `{key}` has unknown value type {t} at byte {at}") from None
+
+    def value(self, vtype: GGUFValueType, key: str, depth: int = 0) -> tuple[Any, GGUFValueType | None]:
+        """Read one value; returns ``(value, element type for arrays else None)``."""
+        if vtype == GGUFValueType.STRING:
+            return self.string(f"metadata value `{key}`"), None
+        if vtype == GGUFValueType.ARRAY:
+            return self.array(key, depth)
+        st = _SCALAR_STRUCTS[vtype]
+        self.need(st.size)
+        v = st.unpack_from(self.buf, self.pos)[0]
+        self.pos += st.size
+        return v, None
+
+    def array(self, key: str, depth: int) -> tuple[Any, GGUFValueType]:
+        if depth >= _MAX_ARRAY_NESTING:
+            raise self.fail(f"metadata key `{key}` nests arrays deeper than {_MAX_ARRAY_NESTING}")
+        etype = self.value_type(key)
+        at = self.pos
+        count = self.u64()
+        remaining = self.size - self.pos
+        min_item = _NUMPY_DTYPES[etype].itemsize if etype in _NUMPY_DTYPES else (8 if etype == GGUFValueType.STRING else 12)
+        if count * min_item > remaining:
+            raise self.fail(
+                f"array `{key}` of {count} {etype.name} at byte {at} runs past end of file ({self.size} bytes)"
+            )
+        if etype in _NUMPY_DTYPES:
+            dtype = _NUMPY_DTYPES[etype]
+            arr = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos).copy()
+            self.pos += count * dtype.itemsize
+            return arr, etype
+        if etype == GGUFValueType.STRING:
+            return self.string_array(key, count), etype
+        items = []  # nested arrays
+        for _ in range(count):
+            inner_type = self.value_type(key)
+            if inner_type != GGUFValueType.ARRAY:
+                raise self.fail(f"metadata key `{key}`: nested array item has type {inner_type.name}")
+            items.append(self.array(key, depth + 1)[0])
+        return items, etype
+
+    def string_array(self, key: str, count: int) -> StringArray:
+        region_start = pos = self.pos
+        buf, size = self.buf, self.size
+        unpack = _U64.unpack_from
+        starts = [0] * count
+        try:
+            for i in range(count):
+                n = unpack(buf, pos)[0]
+                pos += 8
+                starts[i] = pos
+                pos += n
+                if pos > size:
+                    break
+        except struct.error:
+            raise self.fail(
+                f"string array `{key}` of {count} items runs past end of file ({size} bytes)"
+            ) from None
+        if pos > size:
+            raise self.fail(f"string array `{key}` of {count} items runs past end of file ({size} bytes)")
+        start_arr = np.array(starts, dtype=np.int64)
+        end_arr = np.empty_like(start_arr)
+        if count:
+            end_arr[:-1] = start_arr[1:] - 8
+            end_arr[-1] = pos
+        self.pos = pos
+        return StringArray(buf, start_arr, end_arr, (region_start, pos), f"{self.label}: `{key}`")
+
+
+# --------------------------------------------------------------------------- reader
+
+
+class GGUFModel(Model):
+    """A GGUF file opened for streaming (memory-mapped; nothing is read until asked).
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.gguf`` file.
+
+    Attributes
+    ----------
+    version : int
+        GGUF version (2 or 3).
+    metadata : dict[str, Any]
+        Key/values in file order. Scalars as Python values, numeric arrays as numpy arrays of
+        their exact stored dtype, string arrays as :class:`StringArray` (a lazy sequence of str).
+    metadata_types : dict[str, GGUFValueType]
+        The stored type of each value (``ARRAY`` for arrays).
+    metadata_element_types : dict[str, GGUFValueType]
+        The element type of each array value.
+    alignment : int
+        ``general.alignment`` (32 by default).
+    data_offset : int
+        Absolute byte offset where tensor data starts.
+
+    Raises
+    ------
+    GGUFFormatError
+        The file is not a well-formed GGUF (message names the file and the byte position).
+    UnsupportedQuantType
+        A tensor has a type id that gguf-py does not know.
+
+    Examples
+    --------
+    >>> with GGUFModel("SmolLM2-135M-Instruct.Q4_1.gguf") as m:   # doctest: +SKIP
+    ...     q = m.tensor("model.layers.0.self_attn.q_proj.weight")
+    """
+
+    format = "gguf"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._label = str(self.path)
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    raise GGUFFormatError(f"{self._label}: empty file, not a GGUF")
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise GGUFFormatError(f"{self._label}: cannot open ({e.strerror or e})") from e
+        self.file_size = size
+        self._parse()
+
+    # -- parsing ---------------------------------------------------------------------------
+
+    def _parse(self) -> None:
+        p = _HeaderParser(self._mmap, self.file_size, self._label)
+        p.need(4)
+        magic = bytes(self._mmap[0:4])
+        if magic != GGUF_MAGIC:
+            raise p.fail(f"not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
+        p.pos = 4
+        version = p.u32()
+        if version not in SUPPORTED_VERSIONS:
+            extra = " (big-endian GGUF is not supported)" if version & 0xFFFF == 0 and version else ""
+            raise p.fail(f"unsupported GGUF version {version}{extra}; supported: 2, 3")
+        self.version = version
+        n_tensors = p.u64()
+        n_kv = p.u64()
+        # Each key/value takes at least 8 + 4 + 1 bytes, each tensor info at least 8 + 4 + 4 + 8.
+        if n_kv * 13 > self.file_size or n_tensors * 24 > self.file_size:
+            raise p.fail(
+                f"header claims {n_kv} metadata keys and {n_tensors} tensors but file is only "
+                f"{self.file_size} bytes"
+            )
+
+        metadata: dict[str, Any] = {}
+        types: dict[str, GGUFValueType] = {}
+        element_types: dict[str, GGUFValueType] = {}
+        for _ in range(n_kv):
+            at = p.pos
+            key = p.string("metadata key")
+            if key in metadata:
+                raise p.fail(f"duplicate metadata key `{key}` at byte {at}")
+            vtype = p.value_type(key)
+            value, etype = p.value(vtype, key)
+            metadata[key] = value
+            types[key] = vtype
+            if etype is not None:
+                element_types[key] = etype
+        self.metadata = metadata
+        self.metadata_types = types
+        self.metadata_element_types = element_types
+
+        alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if "general.alignment" in metadata and types["general.alignment"] != GGUFValueType.UINT32:
+            raise p.fail(f"`general.alignment` has type {types['general.alignment'].name}, expected UINT32")
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise p.fail(f"`general.alignment` is {alignment}, expected a power of two")
+        self.alignment = alignment
+        self.architecture = str(metadata.get("general.architecture", "unknown"))
+
+        raw_infos = []
+        seen: set[str] = set()
+        for _ in range(n_tensors):
+            at = p.pos
+            name = p.string("tensor name")
+            if name in seen:
+                raise p.fail(f"duplicate tensor `{name}` at byte {at}")
+            seen.add(name)
+            n_dims = p.u32()
+            if n_dims > MAX_DIMS:
+                raise p.fail(f"tensor `{name}` has {n_dims} dimensions (at most {MAX_DIMS})")
+            p.need(8 * n_dims)
+            ne = struct.unpack_from(f"<{n_dims}Q", self._mmap, p.pos)
+            p.pos += 8 * n_dims
+            type_id = p.u32()
+            offset = p.u64()
+            try:
+                qtype = QType(type_id)
+            except ValueError:
+                raise UnsupportedQuantType(
+                    f"{self._label}: tensor `{name}` has unknown GGML type id {type_id}"
+                ) from None
+            if qtype not in QUANT_SIZES:
+                raise UnsupportedQuantType(f"{self._label}: tensor `{name}` has type {qtype.name} without a known block size")
+            raw_infos.append((name, ne, qtype, offset))
+
+        data_offset = -(-p.pos // alignment) * alignment
+        self.data_offset = data_offset
+        infos: list[TensorInfo] = []
+        by_name: dict[str, TensorInfo] = {}
+        for name, ne, qtype, offset in raw_infos:
+            block_size, type_size = QUANT_SIZES[qtype]
+            if ne and ne[0] % block_size:
+                raise p.fail(
+                    f"tensor `{name}` row length {ne[0]} is not a multiple of {qtype.name} block size {block_size}"
+                )
+            if offset % alignment:
+                raise p.fail(f"tensor `{name}` offset {offset} is not a multiple of alignment {alignment}")
+            shape = tuple(int(d) for d in reversed(ne))
+            nbytes = tensor_nbytes(shape, qtype)
+            start = data_offset + offset
+            if start + nbytes > self.file_size:
+                raise p.fail(
+                    f"tensor `{name}` data [{start}, {start + nbytes}) runs past end of file "
+                    f"({self.file_size} bytes)"
+                )
+            hf_name = gguf_to_hf_name(name, self.architecture)
+            if hf_name in by_name:
+                raise p.fail(f"tensors `{by_name[hf_name].stored_name}` and `{name}` both map to `{hf_name}`")
+            info = TensorInfo(name=hf_name, stored_name=name, shape=shape, qtype=qtype,
+                              offset=start, nbytes=nbytes, file=self.path)
+            infos.append(info)
+            by_name[hf_name] = info
+        self._infos = infos
+        self._by_name = by_name
+        self._by_stored = {i.stored_name: i for i in infos}
+        self._layout_config = layout_config_from_gguf(metadata, self.architecture)
+
+    # -- Model API -------------------------------------------------------------------------
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return list(self._infos)
+
+    def info(self, name: str) -> TensorInfo:
+        """The :class:`TensorInfo` of a canonical (HF) name; GGUF names are accepted too."""
+        info = self._by_name.get(name) or self._by_stored.get(name)
+        if info is None:
+            raise TensorNotFound(f"{self._label}: no tensor `{name}`")
+        return info
+
+    def raw(self, name: str) -> np.ndarray:
+        info = self.info(name)
+        buf = self._buffer()
+        plain = _PLAIN_TENSOR_DTYPES.get(info.qtype)
+        if plain is not None:
+            return np.frombuffer(buf, dtype=plain, count=info.n_elements, offset=info.offset).reshape(info.shape)
+        rows, row_bytes = _byte_shape(info.shape, info.qtype)
+        return np.frombuffer(buf, dtype=np.uint8, count=info.nbytes, offset=info.offset).reshape(rows, row_bytes)
+
+    def tensor(self, name: str, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        info = self.info(name)
+        values = dequantize_raw(self.raw(name), info.qtype, info.shape)
+        values = from_stored_layout(info.name, values, self.architecture, self._layout_config)
+        return values.astype(dtype, copy=False)
+
+    def stored_tensor(self, name: str, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """The tensor dequantized but in stored (GGUF) layout: q/k still permuted, Gemma norms + 1."""
+        info = self.info(name)
+        return dequantize_raw(self.raw(name), info.qtype, info.shape).astype(dtype, copy=False)
+
+    @cached_property
+    def tokenizer(self) -> TokenizerInfo | None:  # type: ignore[override]
+        return tokenizer_from_gguf_metadata(self.metadata)
+
+    @cached_property
+    def chat_template(self) -> str | None:  # type: ignore[override]
+        value = self.metadata.get("tokenizer.chat_template")
+        return value if isinstance(value, str) else None
+
+    @cached_property
+    def config(self) -> dict[str, Any]:  # type: ignore[override]
+        try:
+            from weightprint.io.hf_config import hf_config_from_gguf
+        except ImportError:
+            return _minimal_config(self.metadata, self.architecture)
+        tied = "output.weight" not in self._by_stored  # no lm_head: llama.cpp reuses token_embd
+        return hf_config_from_gguf(self.metadata, tie_word_embeddings=tied)
+
+    def _buffer(self) -> Any:
+        if self._mmap is None:
+            raise GGUFFormatError(f"{self._label}: model is closed")
+        return self._mmap
+
+    def close(self) -> None:
+        """Release the memory map (views already handed out keep it alive until dropped)."""
+        mm, self._mmap = self._mmap, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # numpy views still export the buffer; the map dies with them
+
+    def __repr__(self) -> str:
+        return f"GGUFModel({str(self.path)!r}, arch={self.architecture!r}, tensors={len(self._infos)})"
+
+
+def _byte_shape(shape: tuple[int, ...], qtype: QType) -> tuple[int, int]:
+    block_size, type_size = QUANT_SIZES[qtype]
+    cols = shape[-1] if shape else 1
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    return rows, cols // block_size * type_size
+
+
+def dequantize_raw(raw: np.ndarray, qtype: QType, shape: tuple[int, ...]) -> np.ndarray:
+    """Stored values (as :meth:`GGUFModel.raw` returns them) -> a new float32 array of ``shape``."""
+    if qtype == QType.BF16:
+        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    if qtype in _PLAIN_TENSOR_DTYPES:
+        return raw.astype(np.float32).reshape(shape)
+    try:
+        from weightprint.quant import dequantize as _dequantize  # the house kernels, when present
+    except ImportError:
+        from gguf.quants import dequantize as _gguf_dequantize
+
+        try:
+            out = _gguf_dequantize(raw, qtype)
+        except NotImplementedError as e:
+            raise UnsupportedQuantType(f"cannot dequantize {qtype.name}: not implemented") from e
+        return np.asarray(out, dtype=np.float32).reshape(shape)
+    return np.asarray(_dequantize(raw, qtype, shape), dtype=np.float32).reshape(shape)
+
+
+def _scalar(metadata: Mapping[str, Any], key: str) -> Any:
+    value = metadata.get(key)
+    return None if isinstance(value, (np.ndarray, StringArray, list)) else value
+
+
+def tokenizer_from_gguf_metadata(metadata: Mapping[str, Any]) -> TokenizerInfo | None:
+    """:class:`TokenizerInfo` from ``tokenizer.ggml.*`` keys, or None when there are none."""
+    model = _scalar(metadata, "tokenizer.ggml.model")
+    if model is None:
+        return None
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    merges = metadata.get("tokenizer.ggml.merges")
+
+    def as_int(key: str) -> int | None:
+        v = _scalar(metadata, key)
+        return None if v is None else int(v)
+
+    def as_bool(key: str) -> bool | None:
+        v = _scalar(metadata, key)
+        return None if v is None else bool(v)
+
+    scores = metadata.get("tokenizer.ggml.scores")
+    token_types = metadata.get("tokenizer.ggml.token_type")
+    return TokenizerInfo(
+        model=str(model),
+        pre=_scalar(metadata, "tokenizer.ggml.pre"),
+        tokens=list(tokens) if tokens is not None else [],
+        scores=scores if isinstance(scores, np.ndarray) else None,
+        token_types=token_types if isinstance(token_types, np.ndarray) else None,
+        merges=list(merges) if merges is not None else None,
+        bos_id=as_int("tokenizer.ggml.bos_token_id"),
+        eos_id=as_int("tokenizer.ggml.eos_token_id"),
+        unk_id=as_int("tokenizer.ggml.unknown_token_id"),
+        pad_id=as_int("tokenizer.ggml.padding_token_id"),
+        add_bos=as_bool("tokenizer.ggml.add_bos_token"),
+        add_eos=as_bool("tokenizer.ggml.add_eos_token"),
+    )
+
+
+def _minimal_config(metadata: Mapping[str, Any], arch: str) -> dict[str, Any]:
+    config: dict[str, Any] = {"model_type": arch}
+    for gguf_key, hf_key in (
+        ("embedding_length", "hidden_size"),
+        ("block_count", "num_hidden_layers"),
+        ("feed_forward_length", "intermediate_size"),
+        ("attention.head_count", "num_attention_heads"),
+        ("attention.head_count_kv", "num_key_value_heads"),
+        ("context_length", "max_position_embeddings"),
+        ("rope.freq_base", "rope_theta"),
+        ("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+        ("attention.key_length", "head_dim"),
+    ):
+        value = _scalar(metadata, f"{arch}.{gguf_key}")
+        if value is not None:
+            config[hf_key] = value
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        config["vocab_size"] = len(tokens)
+    return config
+
+
+# --------------------------------------------------------------------------- writer
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor to write: its GGUF name, numpy-order shape and storage type."""
+
+    stored_name: str
+    shape: tuple[int, ...]
+    qtype: QType
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.shape, self.qtype)
+
+
+def copy_metadata_for_write(model: GGUFModel) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metadata, metadata_types)`` of ``model``, ready to edit and pass to :func:`write_gguf`.
+
+    Array types are given as ``(GGUFValueType.ARRAY, element_type)`` so that even empty arrays
+    are written back with their exact element type.
+    """
+    metadata = dict(model.metadata)
+    types: dict[str, Any] = {}
+    for key, vtype in model.metadata_types.items():
+        if vtype == GGUFValueType.ARRAY:
+            types[key] = (GGUFValueType.ARRAY, model.metadata_element_types[key])
+        else:
+            types[key] = vtype
+    return metadata, types
+
+
+def _infer_scalar_type(value: Any) -> GGUFValueType:
+    if isinstance(value, (bool, np.bool_)):
+        return GGUFValueType.BOOL
+    if isinstance(value, np.generic):
+        t = _DTYPE_TO_VALUE_TYPE.get(value.dtype.newbyteorder("="))
+        if t is not None:
+            return t
+    if isinstance(value, (int, np.integer)):
+        if -(2**31) <= value < 2**31:
+            return GGUFValueType.INT32
+        return GGUFValueType.INT64 if value < 0 or value < 2**63 else GGUFValueType.UINT64
+    if isinstance(value, (float, np.floating)):
+        return GGUFValueType.FLOAT32
+    if isinstance(value, (str, bytes)):
+        return GGUFValueType.STRING
+    if isinstance(value, (list, tuple, np.ndarray, StringArray)):
+        return GGUFValueType.ARRAY
+    raise TypeError(type(value).__name__)
+
+
+def _infer_element_type(value: Any) -> GGUFValueType:
+    if isinstance(value, np.ndarray):
+        t = _DTYPE_TO_VALUE_TYPE.get(value.dtype.newbyteorder("=") if value.dtype.byteorder != "|" else value.dtype)
+        if t is None:
+            if value.dtype.kind in "US":
+                return GGUFValueType.STRING
+            raise TypeError(f"array of dtype {value.dtype}")
+        return t
+    if isinstance(value, StringArray) or len(value) == 0:
+        return GGUFValueType.STRING
+    kinds = {_infer_scalar_type(v) for v in value}
+    if kinds <= {GGUFValueType.INT32, GGUFValueType.INT64}:
+        return max(kinds, key=lambda k: 0 if k == GGUFValueType.INT32 else 1)
+    if len(kinds) == 1:
+        return kinds.pop()
+    raise TypeError(f"list of mixed types {sorted(k.name for k in kinds)}")
+
+
+def _encode_string(value: str | bytes) -> bytes:
+    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    return _U64.pack(len(raw)) + raw
+
+
+def _encode_value(key: str, value: Any, vtype: GGUFValueType, etype: GGUFValueType | None, label: str) -> bytes:
+    if vtype == GGUFValueType.STRING:
+        if not isinstance(value, (str, bytes)):
+            raise TypeError(f"expected str, got {type(value).__name__}")
+        return _encode_string(value)
+    if vtype == GGUFValueType.ARRAY:
+        if etype is None:
+            etype = _infer_element_type(value)
+        if etype == GGUFValueType.STRING:
+            if isinstance(value, StringArray):
+                body = value.encoded()
+            else:
+                body = b"".join(_encode_string(str(v) if not isinstance(v, (str, bytes)) else v) for v in value)
+            return _U32.pack(etype) + _U64.pack(len(value)) + body
+        if etype == GGUFValueType.ARRAY:
+            parts = [_encode_value(key, v, GGUFValueType.ARRAY, None, label) for v in value]
+            return _U32.pack(etype) + _U64.pack(len(value)) + b"".join(_U32.pack(GGUFValueType.ARRAY) + p for p in parts)
+        dtype = _NUMPY_DTYPES[etype]
+        arr = np.asarray(value)
+        if arr.ndim != 1:
+            raise TypeError(f"expected a 1-D array, got shape {arr.shape}")
+        if arr.size and arr.dtype != dtype:
+            converted = arr.astype(dtype)
+            if not np.array_equal(converted.astype(arr.dtype), arr):
+                raise TypeError(f"values do not fit {etype.name}")
+            arr = converted
+        return _U32.pack(etype) + _U64.pack(arr.size) + arr.astype(dtype, copy=False).tobytes()
+    st = _SCALAR_STRUCTS[vtype]
+    if vtype in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
+        return st.pack(float(value))
+    if vtype == GGUFValueType.BOOL:
+        return st.pack(bool(value))
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        raise TypeError(f"{value!r} is not an integer")
+    return st.pack(int(value))
+
+
+def _encode_metadata(metadata: Mapping[str, Any], metadata_types: Mapping[str, Any] | None, label: str) -> bytes:
+    parts = []
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise WeightprintError(f"{label}: metadata key {key!r} must be a non-empty string")
+        spec = (metadata_types or {}).get(key)
+        etype: GGUFValueType | None = None
+        try:
+            if spec is None:
+                vtype = _infer_scalar_type(value)
+            elif isinstance(spec, tuple):
+                vtype, etype = GGUFValueType(spec[0]), GGUFValueType(spec[1])
+            else:
+                vtype = GGUFValueType(spec)
+            body = _encode_value(key, value, vtype, etype, label)
+        except (TypeError, ValueError, struct.error, OverflowError, UnicodeError) as e:
+            raise WeightprintError(f"{label}: cannot write metadata key `{key}` ({e})") from e
+        parts.append(_encode_string(key) + _U32.pack(vtype) + body)
+    return b"".join(parts)
+
+
+def _validate_tensor_specs(tensors: Sequence[TensorSpec], label: str) -> None:
+    seen: set[str] = set()
+    for spec in tensors:
+        if spec.stored_name in seen:
+            raise WeightprintError(f"{label}: duplicate tensor `{spec.stored_name}`")
+        seen.add(spec.stored_name)
+        if not 1 <= len(spec.shape) <= MAX_DIMS or any(int(d) < 0 for d in spec.shape):
+            raise ShapeMismatchError(f"{label}: tensor `{spec.stored_name}` has shape {spec.shape} (1 to {MAX_DIMS} dims)")
+        if spec.qtype not in QUANT_SIZES:
+            raise UnsupportedQuantType(f"{label}: tensor `{spec.stored_name}` has type {spec.qtype!r} without a block size")
+        block_size = QUANT_SIZES[spec.qtype][0]
+        if int(spec.shape[-1]) % block_size:
+            raise ShapeMismatchError(
+                f"{label}: tensor `{spec.stored_name}` row length {spec.shape[-1]} is not a multiple of "
+                f"{spec.qtype.name} block size {block_size}"
+            )
+
+
+def write_gguf(
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any],
+    metadata_types: Mapping[str, Any] | None,
+    tensors: Sequence[TensorSpec],
+    data: Callable[[TensorSpec], np.ndarray],
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write a GGUF v3 file, streaming one tensor at a time.
+
+    Everything is validated and the header encoded before the first tensor is fetched; the file
+    is written to a temporary file in the same directory and renamed into place, and removed on
+    any error.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file.
+    metadata : Mapping[str, Any]
+        Key/values in the order to write. Set ``general.architecture`` and ``general.file_type``.
+    metadata_types : Mapping[str, GGUFValueType | tuple] | None
+        Type of each value: a ``GGUFValueType``, or ``(ARRAY, element_type)`` for arrays. Keys
+        without a type are inferred: numpy scalars/arrays by dtype, ``bool`` -> BOOL, ``int`` ->
+        INT32 (INT64/UINT64 when out of range), ``float`` -> FLOAT32, ``str`` -> STRING, a list of
+        str -> string array. llama.cpp checks the types of the keys it reads, so copy them
+        (:func:`copy_metadata_for_write`).
+    tensors : Sequence[TensorSpec]
+        The tensors, in file order.
+    data : Callable[[TensorSpec], numpy.ndarray]
+        Returns the stored bytes of a tensor (quantized ``uint8 (rows, row_bytes)``, or F32/F16/...
+        values); called once per tensor, in order, so peak memory is one tensor.
+    progress : Callable[[int, int], None], *optional*
+        Called with ``(tensors_done, n_tensors)`` after each tensor.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    WeightprintError
+        A metadata value does not fit its type, duplicate tensor names.
+    ShapeMismatchError
+        A shape is not a multiple of its block size, or ``data`` returned the wrong number of bytes.
+    """
+    path = Path(path)
+    label = str(path)
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, (int, np.integer)) or alignment <= 0 or int(alignment) & (int(alignment) - 1):
+        raise WeightprintError(f"{label}: `general.alignment` is {alignment!r}, expected a power of two")
+    alignment = int(alignment)
+    types = dict(metadata_types or {})
+    if "general.alignment" in metadata:
+        types["general.alignment"] = GGUFValueType.UINT32
+    _validate_tensor_specs(tensors, label)
+
+    kv = _encode_metadata(metadata, types, label)
+    infos = []
+    offset = 0
+    for spec in tensors:
+        ne = [int(d) for d in reversed(spec.shape)]
+        infos.append(
+            _encode_string(spec.stored_name)
+            + _U32.pack(len(ne))
+            + struct.pack(f"<{len(ne)}Q", *ne)
+            + _U32.pack(int(spec.qtype))
+            + _U64.pack(offset)
+        )
+        offset += -(-spec.nbytes // alignment) * alignment
+    header = GGUF_MAGIC + _U32.pack(3) + _U64.pack(len(tensors)) + _U64.pack(len(metadata)) + kv + b"".join(infos)
+    header += b"\0" * (-len(header) % alignment)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            for i, spec in enumerate(tensors):
+                arr = np.ascontiguousarray(data(spec))
+                if arr.nbytes != spec.nbytes:
+                    raise ShapeMismatchError(
+                        f"{label}: data for tensor `{spec.stored_name}` has {arr.nbytes} bytes, expected "
+                        f"{spec.nbytes} ({spec.qtype.name} {tuple(spec.shape)})"
+                    )
+                f.write(arr.reshape(-1).view(np.uint8).data)
+                f.write(b"\0" * (-spec.nbytes % alignment))
+                if progress is not None:
+                    progress(i + 1, len(tensors))
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return path

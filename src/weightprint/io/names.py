@@ -1,0 +1,277 @@
+"""The one GGUF <-> Hugging Face tensor-name map, and the stored-layout transforms.
+
+GGUF files use llama.cpp names (``blk.3.attn_q.weight``); every :class:`~weightprint.io.model.Model`
+exposes Hugging Face names (``model.layers.3.self_attn.q_proj.weight``). The tables below are ours;
+the tests check them against gguf-py's ``TensorNameMap`` for every supported architecture.
+
+Besides names, llama.cpp's converter (``convert_hf_to_gguf.py``) changes some *values*:
+
+- ``LlamaModel.modify_tensors`` (used by the ``llama`` and ``mistral`` converters) permutes the rows
+  of ``q_proj``/``k_proj`` weights and biases so that rotary pairs are interleaved
+  (:func:`permute_qk`; ``k`` uses the number of key/value heads). Qwen2/Qwen3 and Gemma are not permuted.
+- ``GemmaModel``/``Gemma2Model``/``Gemma3Model`` store every ``*norm.weight`` as ``weight + 1``
+  (Gemma's RMSNorm multiplies by ``1 + weight``).
+
+:func:`from_stored_layout` undoes both (reading a GGUF), :func:`to_stored_layout` redoes them (writing).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from weightprint.errors import ShapeMismatchError
+
+# Tensors outside the blocks.
+_GLOBAL_GGUF_TO_HF: dict[str, str] = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+
+# Inside block N: ``blk.N.<gguf>`` <-> ``model.layers.N.<hf>``.
+_BLOCK_COMMON: dict[str, str] = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+# One norm between attention and MLP (llama, mistral, qwen2, qwen3, gemma 1).
+_BLOCK_LLAMA: dict[str, str] = {**_BLOCK_COMMON, "ffn_norm": "post_attention_layernorm"}
+# Gemma 2/3 "sandwich" norms: after attention, before and after the MLP.
+_BLOCK_GEMMA2: dict[str, str] = {
+    **_BLOCK_COMMON,
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+
+BLOCK_MAPS: dict[str, dict[str, str]] = {
+    "llama": _BLOCK_LLAMA,
+    "mistral": _BLOCK_LLAMA,
+    "qwen2": _BLOCK_LLAMA,
+    "qwen3": _BLOCK_LLAMA,
+    "gemma": _BLOCK_LLAMA,
+    "gemma2": _BLOCK_GEMMA2,
+    "gemma3": _BLOCK_GEMMA2,
+}
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(BLOCK_MAPS)
+
+# Architectures whose q/k projections llama.cpp stores with the rotary permutation.
+QK_PERMUTED_ARCHITECTURES: frozenset[str] = frozenset({"llama", "mistral"})
+# Architectures whose ``*norm.weight`` llama.cpp stores as ``weight + 1``.
+NORM_SHIFT_ARCHITECTURES: frozenset[str] = frozenset({"gemma", "gemma2", "gemma3"})
+
+_BLOCK_INVERSE: dict[int, dict[str, str]] = {}
+
+
+def _block_map(arch: str) -> dict[str, str]:
+    # Unknown architectures get the llama map: most llama.cpp architectures share it.
+    return BLOCK_MAPS.get(arch, _BLOCK_LLAMA)
+
+
+def _block_inverse(arch: str) -> dict[str, str]:
+    forward = _block_map(arch)
+    inverse = _BLOCK_INVERSE.get(id(forward))
+    if inverse is None:
+        inverse = {hf: gg for gg, hf in forward.items()}
+        _BLOCK_INVERSE[id(forward)] = inverse
+    return inverse
+
+
+def _split_suffix(name: str) -> tuple[str, str]:
+    """``"a.b.weight"`` -> ``("a.b", ".weight")``; names without a suffix keep ``""``."""
+    base, dot, suffix = name.rpartition(".")
+    if not dot or suffix.isdigit():
+        return name, ""
+    return base, "." + suffix
+
+
+def gguf_to_hf_name(gguf_name: str, arch: str) -> str:
+    """Hugging Face name of a GGUF tensor name.
+
+    Parameters
+    ----------
+    gguf_name : str
+        llama.cpp name, e.g. ``blk.3.attn_q.weight``.
+    arch : str
+        llama.cpp architecture (``general.architecture``), e.g. ``llama``, ``gemma3``.
+
+    Returns
+    -------
+    str
+        e.g. ``model.layers.3.self_attn.q_proj.weight``. Names the map does not know
+        (``rope_freqs.weight``, vision tensors...) are returned unchanged, so that the map is a
+        bijection on every file.
+
+    Examples
+    --------
+    >>> gguf_to_hf_name("blk.0.ffn_norm.weight", "gemma3")
+    'model.layers.0.pre_feedforward_layernorm.weight'
+    """
+    base, suffix = _split_suffix(gguf_name)
+    if base.startswith("blk."):
+        block, dot, part = base[4:].partition(".")
+        if dot and block.isdigit():
+            hf_part = _block_map(arch).get(part)
+            if hf_part is not None:
+                return f"model.layers.{block}.{hf_part}{suffix}"
+        return gguf_name
+    hf = _GLOBAL_GGUF_TO_HF.get(base)
+    return gguf_name if hf is None else hf + suffix
+
+
+_GLOBAL_HF_TO_GGUF = {hf: gg for gg, hf in _GLOBAL_GGUF_TO_HF.items()}
+
+
+def hf_to_gguf_name(hf_name: str, arch: str) -> str:
+    """GGUF name of a Hugging Face tensor name; the inverse of :func:`gguf_to_hf_name`.
+
+    Names the map does not know are returned unchanged.
+
+    Examples
+    --------
+    >>> hf_to_gguf_name("model.layers.0.self_attn.q_proj.weight", "llama")
+    'blk.0.attn_q.weight'
+    """
+    base, suffix = _split_suffix(hf_name)
+    if base.startswith("model.layers."):
+        block, dot, part = base[len("model.layers."):].partition(".")
+        if dot and block.isdigit():
+            gg_part = _block_inverse(arch).get(part)
+            if gg_part is not None:
+                return f"blk.{block}.{gg_part}{suffix}"
+        return hf_name
+    gg = _GLOBAL_HF_TO_GGUF.get(base)
+    return hf_name if gg is None else gg + suffix
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's rotary permutation of q/k rows (Hugging Face -> GGUF order).
+
+    As ``LlamaModel.permute`` in ``convert_hf_to_gguf.py``: within each head, the first half and
+    the second half of the rows are interleaved. Works on weights ``(rows, cols)`` and biases
+    ``(rows,)``; pass the number of key/value heads for ``k_proj``.
+
+    Raises
+    ------
+    ShapeMismatchError
+        When the row count is not a multiple of ``2 * n_head``.
+    """
+    rows = _check_qk_rows(w, n_head)
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of :func:`permute_qk` (GGUF -> Hugging Face order)."""
+    rows = _check_qk_rows(w, n_head)
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _check_qk_rows(w: np.ndarray, n_head: int) -> int:
+    rows = int(w.shape[0]) if w.ndim else 0
+    if n_head <= 0 or rows % (2 * n_head) != 0:
+        raise ShapeMismatchError(
+            f"q/k tensor of shape {tuple(w.shape)}: {rows} rows is not a multiple of 2 x {n_head} heads"
+        )
+    return rows
+
+
+def _layer_index(hf_name: str) -> int | None:
+    if hf_name.startswith("model.layers."):
+        block = hf_name[len("model.layers."):].partition(".")[0]
+        if block.isdigit():
+            return int(block)
+    return None
+
+
+def _head_count(config: Mapping[str, Any], key: str, hf_name: str) -> int:
+    value = config.get(key)
+    if value is None and key == "num_key_value_heads":
+        value = config.get("num_attention_heads")
+    if value is None:
+        raise ShapeMismatchError(f"tensor `{hf_name}`: config has no `{key}` to undo the q/k permutation")
+    if isinstance(value, (list, tuple, np.ndarray)):  # per-layer head counts
+        layer = _layer_index(hf_name)
+        if layer is None or layer >= len(value):
+            raise ShapeMismatchError(f"tensor `{hf_name}`: no per-layer `{key}` for it")
+        value = value[layer]
+    return int(value)
+
+
+def _qk_kind(hf_name: str) -> str | None:
+    if hf_name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+        return "q"
+    if hf_name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+        return "k"
+    return None
+
+
+def needs_layout_change(hf_name: str, arch: str) -> bool:
+    """True when the stored values of ``hf_name`` differ from the Hugging Face values in ``arch``."""
+    if arch in QK_PERMUTED_ARCHITECTURES and _qk_kind(hf_name) is not None:
+        return True
+    return arch in NORM_SHIFT_ARCHITECTURES and hf_name.endswith("norm.weight")
+
+
+def from_stored_layout(hf_name: str, array: np.ndarray, arch: str, config: Mapping[str, Any]) -> np.ndarray:
+    """GGUF stored values -> Hugging Face values (undo q/k permutation, Gemma's norm + 1).
+
+    Parameters
+    ----------
+    hf_name : str
+        Canonical (Hugging Face) tensor name.
+    array : numpy.ndarray
+        Dequantized values as stored in the GGUF file, numpy order.
+    arch : str
+        llama.cpp architecture.
+    config : Mapping
+        Needs ``num_attention_heads`` and (for GQA) ``num_key_value_heads`` for permuted archs;
+        per-layer lists are accepted.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new array when anything changed, else ``array`` itself.
+    """
+    if arch in QK_PERMUTED_ARCHITECTURES:
+        kind = _qk_kind(hf_name)
+        if kind is not None:
+            key = "num_attention_heads" if kind == "q" else "num_key_value_heads"
+            return unpermute_qk(array, _head_count(config, key, hf_name))
+    if arch in NORM_SHIFT_ARCHITECTURES and hf_name.endswith("norm.weight"):
+        return (array.astype(np.float64) - 1.0).astype(array.dtype)
+    return array
+
+
+def to_stored_layout(hf_name: str, array: np.ndarray, arch: str, config: Mapping[str, Any]) -> np.ndarray:
+    """Hugging Face values -> GGUF stored values; the inverse of :func:`from_stored_layout`."""
+    if arch in QK_PERMUTED_ARCHITECTURES:
+        kind = _qk_kind(hf_name)
+        if kind is not None:
+            key = "num_attention_heads" if kind == "q" else "num_key_value_heads"
+            return permute_qk(array, _head_count(config, key, hf_name))
+    if arch in NORM_SHIFT_ARCHITECTURES and hf_name.endswith("norm.weight"):
+        return (array.astype(np.float64) + 1.0).astype(array.dtype)
+    return array
+
+
+def layout_config_from_gguf(metadata: Mapping[str, Any], arch: str) -> dict[str, Any]:
+    """The head counts :func:`from_stored_layout` needs, from GGUF metadata."""
+    config: dict[str, Any] = {}
+    for gguf_key, hf_key in (("attention.head_count", "num_attention_heads"),
+                             ("attention.head_count_kv", "num_key_value_heads")):
+        value = metadata.get(f"{arch}.{gguf_key}")
+        if value is not None:
+            config[hf_key] = [int(v) for v in value] if isinstance(value, np.ndarray) else int(value)
+    return config

@@ -1,0 +1,80 @@
+"""``open_model``: one entry point for every model format."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+from weightprint.errors import ModelFormatError
+from weightprint.io.model import Model
+
+GGUF_MAGIC = b"GGUF"
+
+
+def _looks_like_safetensors(head: bytes, file_size: int) -> bool:
+    """safetensors starts with a u64 header length and a JSON object."""
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack_from("<Q", head, 0)
+    return 2 <= n <= file_size - 8 and head[8:9] == b"{"
+
+
+def open_model(path: str | os.PathLike[str]) -> Model:
+    """Open a GGUF file, a safetensors file or a Hugging Face directory as a :class:`Model`.
+
+    The format is chosen by content (GGUF magic, safetensors JSON header), then by extension;
+    a directory must hold ``*.safetensors`` weights (and normally ``config.json``).
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.gguf`` file, a ``.safetensors`` file or a model directory.
+
+    Returns
+    -------
+    Model
+        :class:`~weightprint.io.gguf_file.GGUFModel`, ``SafetensorsModel`` or ``HFModel``; use it
+        as a context manager to release the memory maps.
+
+    Raises
+    ------
+    ModelFormatError
+        The path does not exist, is not readable, has no weights, or is of an unknown format
+        (``GGUFFormatError``/``SafetensorsFormatError`` for malformed files of a known format).
+
+    Examples
+    --------
+    >>> with open_model("model.gguf") as m:   # doctest: +SKIP
+    ...     print(m.architecture, len(m.tensor_names()))
+    """
+    p = Path(path)
+    try:
+        is_dir = p.is_dir()
+        exists = is_dir or p.exists()
+    except OSError as e:
+        raise ModelFormatError(f"{p}: cannot access ({e.strerror or e})") from e
+    if not exists:
+        raise ModelFormatError(f"{p}: no such file or directory")
+    if is_dir:
+        if not any(p.glob("*.safetensors")):
+            raise ModelFormatError(f"{p}: no *.safetensors weights found")
+        from weightprint.io.hf import HFModel
+
+        return HFModel(p)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise ModelFormatError(f"{p}: cannot read ({e.strerror or e})") from e
+    suffix = p.suffix.lower()
+    if head[:4] == GGUF_MAGIC or (suffix == ".gguf" and not _looks_like_safetensors(head, size)):
+        from weightprint.io.gguf_file import GGUFModel
+
+        return GGUFModel(p)
+    if suffix == ".safetensors" or _looks_like_safetensors(head, size):
+        from weightprint.io.safetensors_file import SafetensorsModel
+
+        return SafetensorsModel(p)
+    raise ModelFormatError(f"{p}: not a GGUF or safetensors file (magic {head[:4]!r})")
