@@ -1,1 +1,255 @@
-"""Quantization kernels, one class per GGML type, registered in one table."""
+"""Quantization kernels, one class per GGML type, registered in one table.
+
+Public API
+----------
+``quantize(data, qtype)``
+    float array ``(..., cols)`` -> ``uint8`` bytes ``(..., row_bytes)``, bit-exact with llama.cpp's
+    ``ggml_quantize_chunk`` without an importance matrix. Always bytes, also for F32/F16/BF16.
+``dequantize(data, qtype, shape=None, dtype=np.float32)``
+    bytes ``(..., row_bytes)`` -> float ``(..., cols)``, equal to llama.cpp / gguf-py.
+``kernel(qtype)``, ``supports_quantize(qtype)``, ``row_bytes(qtype, cols)``, ``QUANTIZABLE``.
+
+Types with quantize and dequantize: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K,
+Q4_K, Q5_K, Q6_K. Dequantize only: the IQ*, TQ*, MXFP4 and NVFP4 types that gguf-py can read.
+
+Examples
+--------
+>>> import numpy as np
+>>> from weightprint.quant import quantize, dequantize
+>>> w = np.random.default_rng(0).standard_normal((4, 256), dtype=np.float32)
+>>> q = quantize(w, "Q4_K")
+>>> q.shape, q.dtype
+((4, 144), dtype('uint8'))
+>>> dequantize(q, "Q4_K").shape
+(4, 256)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from weightprint.constants import QUANT_SIZES, QType
+from weightprint.errors import NonFiniteError, ShapeMismatchError, UnsupportedQuantType
+from weightprint.quant import iquants as _iquants  # noqa: F401  (registers the dequantize-only types)
+from weightprint.quant import kquants as _kquants  # noqa: F401
+from weightprint.quant import legacy as _legacy  # noqa: F401
+from weightprint.quant.base import QuantKernel, registry
+
+__all__ = [
+    "QUANTIZABLE",
+    "QuantKernel",
+    "dequantize",
+    "kernel",
+    "quantize",
+    "row_bytes",
+    "supports_quantize",
+]
+
+_KERNELS = registry()
+
+#: Every type that :func:`quantize` accepts.
+QUANTIZABLE: frozenset[QType] = frozenset(q for q, k in _KERNELS.items() if k.supports_quantize)
+
+# weights converted to float32 per step; bounds the temporary memory of quantize()
+_CHUNK_WEIGHTS = 1 << 20
+
+# native (non-byte) dtypes accepted by dequantize() for the plain float types
+_NATIVE_DTYPES = {
+    QType.F32: np.dtype(np.float32),
+    QType.F16: np.dtype(np.float16),
+    QType.BF16: np.dtype(np.uint16),
+}
+
+
+def _resolve(qtype: QType | int | str) -> QType:
+    if isinstance(qtype, QType):
+        return qtype
+    if isinstance(qtype, (int, np.integer)) and not isinstance(qtype, bool):
+        try:
+            return QType(int(qtype))
+        except ValueError:
+            raise UnsupportedQuantType(f"unknown quantization type id {int(qtype)}") from None
+    if isinstance(qtype, str):
+        try:
+            return QType[qtype.strip().upper()]
+        except KeyError:
+            raise UnsupportedQuantType(f"unknown quantization type `{qtype}`") from None
+    raise UnsupportedQuantType(f"unknown quantization type {qtype!r}")
+
+
+def kernel(qtype: QType | int | str) -> type[QuantKernel]:
+    """The kernel class of a type.
+
+    Parameters
+    ----------
+    qtype : `QType`, `int` or `str`
+        The type, by enum, on-disk id (``12``) or name (``"Q4_K"``).
+
+    Returns
+    -------
+    type[QuantKernel]
+
+    Raises
+    ------
+    UnsupportedQuantType
+        The id or name is unknown, or weightprint has no kernel for the type (e.g. ``Q8_K``).
+    """
+    qt = _resolve(qtype)
+    try:
+        return _KERNELS[qt]
+    except KeyError:
+        raise UnsupportedQuantType(f"quantization type {qt.name} is not supported") from None
+
+
+def supports_quantize(qtype: QType | int | str) -> bool:
+    """Whether :func:`quantize` accepts the type (``False`` for unknown and dequantize-only types)."""
+    try:
+        return kernel(qtype).supports_quantize
+    except UnsupportedQuantType:
+        return False
+
+
+def _prefix(name: str | None) -> str:
+    return f"{name}: " if name else ""
+
+
+def row_bytes(qtype: QType | int | str, cols: int, *, name: str | None = None) -> int:
+    """Bytes of one row of ``cols`` weights.
+
+    Raises
+    ------
+    ShapeMismatchError
+        ``cols`` is not a multiple of the type's block size.
+    """
+    qt = _resolve(qtype)
+    if qt not in QUANT_SIZES:
+        raise UnsupportedQuantType(f"quantization type {qt.name} has no known block size")
+    block_size, type_size = QUANT_SIZES[qt]
+    if cols % block_size != 0:
+        raise ShapeMismatchError(
+            f"{_prefix(name)}row size {cols} is not a multiple of {qt.name} block size {block_size}"
+        )
+    return cols // block_size * type_size
+
+
+def quantize(data: np.ndarray, qtype: QType | int | str, *, name: str | None = None) -> np.ndarray:
+    """Quantize a float tensor row by row, bit-exact with llama.cpp (no importance matrix).
+
+    Parameters
+    ----------
+    data : `np.ndarray`
+        Floats of shape ``(..., cols)`` (a 1-D array is one row); converted to float32 first.
+    qtype : `QType`, `int` or `str`
+        Target type; must be in :data:`QUANTIZABLE`.
+    name : `str`, *optional*, defaults to None
+        Tensor name used in error messages.
+
+    Returns
+    -------
+    np.ndarray
+        ``uint8`` of shape ``(..., cols // block_size * type_size)``: the bytes as stored in GGUF.
+
+    Raises
+    ------
+    UnsupportedQuantType
+        Unknown type, or a dequantize-only type.
+    ShapeMismatchError
+        ``cols`` is not a multiple of the block size, or ``data`` is a scalar.
+    NonFiniteError
+        ``data`` holds NaN or infinity (all types except F32, which stores them as they are).
+    """
+    k = kernel(qtype)
+    if not k.supports_quantize:
+        raise UnsupportedQuantType(f"{_prefix(name)}quantization to {k.qtype.name} is not supported (dequantize only)")
+    arr = np.asarray(data)
+    if arr.ndim == 0:
+        raise ShapeMismatchError(f"{_prefix(name)}cannot quantize a scalar to {k.qtype.name}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ShapeMismatchError(f"{_prefix(name)}cannot quantize an array of dtype {arr.dtype} to {k.qtype.name}")
+    cols = arr.shape[-1]
+    nbytes = row_bytes(k.qtype, cols, name=name)
+    out_shape = (*arr.shape[:-1], nbytes)
+    flat = arr.reshape(-1)
+    n = flat.size
+    out = np.empty(n // k.block_size * k.type_size, dtype=np.uint8)
+    step = max(k.block_size, _CHUNK_WEIGHTS // k.block_size * k.block_size)
+    check_finite = k.qtype != QType.F32
+    for start in range(0, n, step):
+        chunk = np.ascontiguousarray(flat[start : start + step], dtype=np.float32)
+        if check_finite and not np.isfinite(chunk).all():
+            bad = int(np.count_nonzero(~np.isfinite(np.asarray(arr, dtype=np.float32))))
+            raise NonFiniteError(
+                f"{_prefix(name)}{bad} non-finite values (NaN or infinity) in a tensor of {n} weights;"
+                f" cannot quantize to {k.qtype.name}"
+            )
+        blocks = chunk.reshape(-1, k.block_size)
+        q = k.quantize_blocks(blocks)
+        b0 = start // k.block_size * k.type_size
+        out[b0 : b0 + q.size] = q.reshape(-1)
+    return out.reshape(out_shape)
+
+
+def dequantize(
+    data: np.ndarray,
+    qtype: QType | int | str,
+    shape: tuple[int, ...] | None = None,
+    dtype: np.typing.DTypeLike = np.float32,
+    *,
+    name: str | None = None,
+) -> np.ndarray:
+    """Dequantize GGUF tensor bytes, with the values llama.cpp and gguf-py compute.
+
+    Parameters
+    ----------
+    data : `np.ndarray`
+        ``uint8`` bytes of shape ``(..., row_bytes)`` (1-D: one row). For F32/F16/BF16 the native
+        views (float32, float16, uint16) are accepted too.
+    qtype : `QType`, `int` or `str`
+        Stored type.
+    shape : `tuple[int, ...]`, *optional*, defaults to None
+        Shape of the result (e.g. the tensor's logical shape); must hold the same number of weights.
+    dtype : numpy dtype, *optional*, defaults to ``np.float32``
+        Dtype of the result.
+    name : `str`, *optional*, defaults to None
+        Tensor name used in error messages.
+
+    Returns
+    -------
+    np.ndarray
+        Floats of shape ``(..., cols)`` or ``shape``.
+
+    Raises
+    ------
+    UnsupportedQuantType
+        Unknown type or no kernel for it.
+    ShapeMismatchError
+        The bytes are not whole blocks, the dtype is wrong, or ``shape`` does not fit.
+    """
+    k = kernel(qtype)
+    arr = np.asarray(data)
+    if arr.ndim == 0:
+        raise ShapeMismatchError(f"{_prefix(name)}cannot dequantize a scalar as {k.qtype.name}")
+    if arr.dtype != np.uint8:
+        native = _NATIVE_DTYPES.get(k.qtype)
+        if native is None or arr.dtype.newbyteorder("=") != native or arr.dtype.byteorder == ">":
+            raise ShapeMismatchError(
+                f"{_prefix(name)}{k.qtype.name} data must be uint8 bytes, got dtype {arr.dtype}"
+            )
+        arr = np.ascontiguousarray(arr).view(np.uint8)
+    nbytes = arr.shape[-1]
+    if nbytes % k.type_size != 0:
+        raise ShapeMismatchError(
+            f"{_prefix(name)}row of {nbytes} bytes is not a multiple of {k.qtype.name} block size {k.type_size} bytes"
+        )
+    cols = nbytes // k.type_size * k.block_size
+    blocks = np.ascontiguousarray(arr).reshape(-1, k.type_size)
+    values = k.dequantize_blocks(blocks).reshape(*arr.shape[:-1], cols)
+    if shape is not None:
+        shape = tuple(int(s) for s in shape)
+        if int(np.prod(shape, dtype=np.int64)) != values.size:
+            raise ShapeMismatchError(
+                f"{_prefix(name)}shape {shape} holds {int(np.prod(shape, dtype=np.int64))} weights,"
+                f" the {k.qtype.name} data holds {values.size}"
+            )
+        values = values.reshape(shape)
+    return values.astype(dtype, copy=False)

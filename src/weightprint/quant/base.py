@@ -1,0 +1,185 @@
+"""The kernel base class, its registry, and the scalar helpers that the numba kernels share.
+
+A kernel is a class with two classmethods on whole blocks::
+
+    class Q8_0(QuantKernel, qtype=QType.Q8_0):
+        supports_quantize = True
+        @classmethod
+        def quantize_blocks(cls, blocks): ...    # float32[n, block_size] -> uint8[n, type_size]
+        @classmethod
+        def dequantize_blocks(cls, data): ...    # uint8[n, type_size] -> float32[n, block_size]
+
+``block_size`` and ``type_size`` come from :data:`weightprint.constants.QUANT_SIZES`; a second
+class for the same type is refused. What a type supports is declared (``supports_quantize``),
+never found out by catching exceptions.
+
+The helpers below reproduce llama.cpp's scalar semantics exactly: ``nearest_int`` (the
+``+12582912.f`` trick), ``GGML_FP32_TO_FP16`` / ``GGML_FP16_TO_FP32`` (round to nearest even,
+subnormals kept, ``-0.0`` keeps its sign) and C's float -> small-int casts on x86.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numba
+import numpy as np
+
+from weightprint.constants import QUANT_SIZES, QType
+from weightprint.errors import UnsupportedQuantType
+
+__all__ = ["QuantKernel", "registry"]
+
+_REGISTRY: dict[QType, type[QuantKernel]] = {}
+
+
+def registry() -> dict[QType, type[QuantKernel]]:
+    """A copy of the table ``QType -> kernel class`` (every registered type)."""
+    return dict(_REGISTRY)
+
+
+class QuantKernel:
+    """One GGML tensor type: its block layout and its block (de)quantizer.
+
+    Attributes
+    ----------
+    qtype : QType
+        The on-disk type id.
+    block_size : int
+        Weights per block.
+    type_size : int
+        Bytes per block.
+    supports_quantize : bool
+        Whether :meth:`quantize_blocks` is implemented (bit-exact with llama.cpp's reference path).
+    """
+
+    qtype: ClassVar[QType]
+    block_size: ClassVar[int]
+    type_size: ClassVar[int]
+    supports_quantize: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        raise TypeError("quantization kernels are used through their classmethods, not instances")
+
+    def __init_subclass__(cls, qtype: QType, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if qtype in _REGISTRY:
+            raise TypeError(f"a kernel for {qtype.name} is already registered ({_REGISTRY[qtype].__name__})")
+        cls.qtype = QType(qtype)
+        cls.block_size, cls.type_size = QUANT_SIZES[cls.qtype]
+        _REGISTRY[cls.qtype] = cls
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        """Quantize ``float32[n, block_size]`` (C-contiguous) to ``uint8[n, type_size]``."""
+        raise UnsupportedQuantType(f"quantization to {cls.qtype.name} is not supported (dequantize only)")
+
+    @classmethod
+    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
+        """Dequantize ``uint8[n, type_size]`` (C-contiguous) to ``float32[n, block_size]``."""
+        raise NotImplementedError  # every registered kernel overrides this
+
+
+# --------------------------------------------------------------------------------------------
+# scalar helpers for the numba kernels (no fastmath anywhere: llama.cpp's float32 order matters)
+# --------------------------------------------------------------------------------------------
+
+_jit = numba.njit(cache=True, nogil=True, inline="always")
+
+F32 = np.float32
+
+
+@_jit
+def nearest_int(fval):
+    """llama.cpp ``nearest_int``: float32 ``fval + 12582912.f``, then the low 23 mantissa bits - 2**22.
+
+    Equals round-half-even for ``|fval| <= 4194303``; outside that range it reproduces the
+    same garbage as the C code (which only asserts in debug builds).
+    """
+    v = F32(F32(fval) + F32(12582912.0))
+    if v >= 8388608.0 and v < 16777216.0:
+        return int(v) - 12582912
+    a = abs(float(v))
+    if a != a:  # x86's default NaN (0xFFC00000, from inf*0 etc.): mantissa 0x400000
+        return 0
+    if a == 0.0 or a == np.inf:
+        return -4194304
+    m, e = math.frexp(a)  # a = m * 2**e, m in [0.5, 1)
+    mant = int((m * 2.0 - 1.0) * 8388608.0)
+    return mant - 4194304
+
+
+@_jit
+def fp32_to_fp16_bits(f):
+    """``GGML_FP32_TO_FP16`` as an int (0..65535): round to nearest even, subnormals, -0.0."""
+    x = float(F32(f))
+    sign = 0x8000 if math.copysign(1.0, x) < 0.0 else 0
+    a = abs(x)
+    if a != a:
+        return sign | 0x7E00
+    if a >= 65520.0:
+        return sign | 0x7C00
+    if a < 6.103515625e-05:  # 2**-14: subnormal half
+        return sign | int(np.rint(a * 16777216.0))
+    m, e = math.frexp(a)  # a = m * 2**e; half exponent E = e - 1
+    mant = int(np.rint((m * 2.0 - 1.0) * 1024.0))
+    return sign | (((e - 1 + 15) << 10) + mant)
+
+
+@_jit
+def fp16_bits_to_fp32(h):
+    """``GGML_FP16_TO_FP32`` of a half given as an int (0..65535)."""
+    sign = -1.0 if (h & 0x8000) else 1.0
+    exp = (h >> 10) & 0x1F
+    mant = h & 0x3FF
+    if exp == 0:
+        return F32(sign * mant * 5.9604644775390625e-08)
+    if exp == 31:
+        if mant == 0:
+            return F32(sign * np.inf)
+        return F32(np.nan)
+    return F32(sign * (1024 + mant) * math.ldexp(1.0, exp - 25))
+
+
+@_jit
+def c_float_to_int32(v):
+    """C's ``(int)v`` on x86 (``cvttss2si``): truncation; NaN and out-of-range give INT_MIN."""
+    x = float(v)
+    if x != x or x >= 2147483648.0 or x < -2147483648.0:
+        return -2147483648
+    return int(x)
+
+
+@_jit
+def c_to_int8(i):
+    """Wrap an int to int8 as a C conversion does on two's-complement targets."""
+    return ((i + 128) & 0xFF) - 128
+
+
+@_jit
+def c_roundf(v):
+    """C ``roundf``: half away from zero (exact for float32 inputs)."""
+    x = float(v)
+    r = np.floor(abs(x) + 0.5)
+    return F32(-r if x < 0.0 else r)
+
+
+@_jit
+def read_fp16(data, i, off):
+    """The fp16 stored little-endian at ``data[i, off:off+2]``, as float32."""
+    return fp16_bits_to_fp32(np.int64(data[i, off]) | (np.int64(data[i, off + 1]) << 8))
+
+
+@_jit
+def write_fp16(out, i, off, f):
+    """Store ``GGML_FP32_TO_FP16(f)`` little-endian at ``out[i, off:off+2]``; return its float32 value."""
+    h = fp32_to_fp16_bits(f)
+    out[i, off] = h & 0xFF
+    out[i, off + 1] = (h >> 8) & 0xFF
+    return fp16_bits_to_fp32(h)
+
+
+def fp16_table() -> np.ndarray:
+    """float32 value of every half bit pattern (index = bits), as numpy computes it."""
+    return np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)

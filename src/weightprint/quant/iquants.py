@@ -1,0 +1,42 @@
+"""Dequantize-only types (IQ*, TQ*, MXFP4, NVFP4), delegated to gguf-py's numpy kernels.
+
+These kernels declare ``supports_quantize = False``; :func:`weightprint.quant.quantize` refuses
+them with :class:`~weightprint.errors.UnsupportedQuantType` before any work is done. Their block
+layouts are those of llama.cpp's ``ggml-common.h`` (see gguf-py ``gguf/quants.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import quants as _gguf_quants
+
+from weightprint.constants import QType
+from weightprint.quant.base import QuantKernel
+
+_DEQUANTIZE_ONLY = (
+    "TQ1_0", "TQ2_0", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+    "IQ1_S", "IQ1_M", "IQ4_NL", "IQ4_XS", "MXFP4", "NVFP4",
+)
+
+
+def _make(qtype: QType) -> type[QuantKernel]:
+    def dequantize_blocks(cls: type[QuantKernel], data: np.ndarray) -> np.ndarray:
+        flat = _gguf_quants.dequantize(np.ascontiguousarray(data, dtype=np.uint8), cls.qtype)
+        return np.asarray(flat, dtype=np.float32).reshape(-1, cls.block_size)
+
+    namespace = {
+        "__doc__": f"{qtype.name}: dequantize only, through gguf-py ({QUANT_DOC})",
+        "supports_quantize": False,
+        "dequantize_blocks": classmethod(dequantize_blocks),
+        "__module__": __name__,
+    }
+    return type(qtype.name, (QuantKernel,), namespace, qtype=qtype)
+
+
+QUANT_DOC = "block layout as llama.cpp ggml-common.h"
+
+KERNELS: dict[QType, type[QuantKernel]] = {}
+for _name in _DEQUANTIZE_ONLY:
+    if hasattr(QType, _name) and QType[_name] in _gguf_quants._type_traits:
+        KERNELS[QType[_name]] = _make(QType[_name])
+        globals()[_name] = KERNELS[QType[_name]]

@@ -1,0 +1,394 @@
+"""Plain float types and the legacy 32-weight block quants (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+
+Quantizers port llama.cpp's ``quantize_row_*_ref`` (``ggml/src/ggml-quants.c``) operation by
+operation in float32; they are bit-exact with ``ggml_quantize_chunk(type, ..., imatrix=NULL)``.
+Dequantizers compute what ``dequantize_row_*`` and gguf-py compute, in the same float32 order.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from weightprint.constants import QType
+from weightprint.quant.base import (
+    F32,
+    QuantKernel,
+    c_float_to_int32,
+    c_roundf,
+    c_to_int8,
+    read_fp16,
+    write_fp16,
+)
+
+_njit = numba.njit(cache=True, nogil=True)
+_njit_par = numba.njit(cache=True, nogil=True, parallel=True)
+
+
+# ------------------------------------------------------------------------------ plain floats
+
+
+class F32Kernel(QuantKernel, qtype=QType.F32):
+    """float32, little-endian, 4 bytes per weight (block of 1)."""
+
+    supports_quantize = True
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(blocks, dtype="<f4").view(np.uint8).reshape(-1, 4)
+
+    @classmethod
+    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(data).view("<f4").astype(np.float32, copy=True).reshape(-1, 1)
+
+
+class F16Kernel(QuantKernel, qtype=QType.F16):
+    """IEEE half, little-endian, 2 bytes per weight; rounding to nearest even as ``GGML_FP32_TO_FP16``."""
+
+    supports_quantize = True
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(blocks, dtype=np.float32).astype("<f2").view(np.uint8).reshape(-1, 2)
+
+    @classmethod
+    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(data).view("<f2").astype(np.float32).reshape(-1, 1)
+
+
+class BF16Kernel(QuantKernel, qtype=QType.BF16):
+    """bfloat16 (high half of a float32), little-endian, 2 bytes per weight.
+
+    Rounding as llama.cpp's ``ggml_compute_fp32_to_bf16``: nearest even, NaN forced quiet.
+    """
+
+    supports_quantize = True
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        u = np.ascontiguousarray(blocks, dtype=np.float32).view(np.uint32)
+        rounded = ((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)).astype("<u2")
+        nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+        if nan.any():
+            rounded[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(64)).astype("<u2")
+        return rounded.view(np.uint8).reshape(-1, 2)
+
+    @classmethod
+    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
+        h = np.ascontiguousarray(data).view("<u2").astype(np.uint32) << np.uint32(16)
+        return h.view(np.float32).reshape(-1, 1)
+
+
+# ------------------------------------------------------------------------------ Q4_0
+
+
+@_njit
+def _quantize_q4_0(x):
+    nb = x.shape[0]
+    out = np.zeros((nb, 18), dtype=np.uint8)
+    for i in range(nb):
+        amax = F32(0.0)
+        vmax = F32(0.0)
+        for j in range(32):
+            v = x[i, j]
+            if amax < abs(v):
+                amax = abs(v)
+                vmax = v
+        d = F32(vmax / F32(-8.0))
+        idv = F32(F32(1.0) / d) if d != 0 else F32(0.0)
+        write_fp16(out, i, 0, d)
+        for j in range(16):
+            x0 = F32(x[i, j] * idv)
+            x1 = F32(x[i, j + 16] * idv)
+            xi0 = min(15, c_to_int8(c_float_to_int32(F32(x0 + F32(8.5))))) & 0xFF
+            xi1 = min(15, c_to_int8(c_float_to_int32(F32(x1 + F32(8.5))))) & 0xFF
+            out[i, 2 + j] = (xi0 | (xi1 << 4)) & 0xFF
+    return out
+
+
+@_njit_par
+def _dequantize_q4_0(data):
+    nb = data.shape[0]
+    y = np.empty((nb, 32), dtype=np.float32)
+    for i in numba.prange(nb):
+        d = read_fp16(data, i, 0)
+        for j in range(16):
+            q = np.int64(data[i, 2 + j])
+            y[i, j] = F32(F32((q & 0xF) - 8) * d)
+            y[i, j + 16] = F32(F32((q >> 4) - 8) * d)
+    return y
+
+
+class Q4_0(QuantKernel, qtype=QType.Q4_0):
+    """4-bit, symmetric, 32 weights in 18 bytes.
+
+    Block layout: ``d: fp16`` (bytes 0-1), ``qs: uint8[16]`` (bytes 2-17); weight ``j < 16`` is the
+    low nibble of ``qs[j]``, weight ``j + 16`` the high nibble; ``w = (q - 8) * d``.
+    """
+
+    supports_quantize = True
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        return _quantize_q4_0(blocks)
+
+    @classmethod
+    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
+        return _dequantize_q4_0(data)
+
+
+# ------------------------------------------------------------------------------ Q4_1
+
+
+@_njit
+def _quantize_q4_1(x):
+    nb = x.shape[0]
+    out = np.zeros((nb, 20), dtype=np.uint8)
+    for i in range(nb):
+        vmin = F32(3.4028234663852886e38)
+        vmax = F32(-3.4028234663852886e38)
+        for j in range(32):
+            v = x[i, j]
+            if v < vmin:
+                vmin = v
+            if v > vmax:
+                vmax = v
+        d = F32(F32(vmax - vmin) / F32(15.0))
+        idv = F32(F32(1.0) / d) if d != 0 else F32(0.0)
+        write_fp16(out, i, 0, d)
+        write_fp16(out, i, 2, vmin)
+        for j in range(16):
+            x0 = F32(F32(x[i, j] - vmin) * idv)
+            x1 = F32(F32(x[i, j + 16] - vmin) * idv)
+            xi0 = min(15, c_to_int8(c_float_to_int32(F32(x0 + F32(0.5))))) & 0xFF
+            xi1 = min(15, c_to_int8(c_float_to_int32(F32(x1 + F32(0.5))))) & 0xFF
+            out[i, 4 + j] = (xi0 | (xi1 << 4)) & 0xFF
+    return out
+
+
+@_njit_par
+def _dequantize_q4_1(data):
+    nb = data.shape[0]
+    y = np.empty((nb, 32), dtype=np.float32)
+    for i in numba.prange(nb):
+        d = read_fp16(data, i, 0)
+        m = read_fp16(data, i, 2)
+        for j in range(16):
+            q = np.int64(data[i, 4 + j])
+            y[i, j] = F32(F32(F32(q & 0xF) * d) + m)
+            y[i, j + 16] = F32(F32(F32(q >> 4) * d) + m)
+    return y
+
+
+class Q4_1(QuantKernel, qtype=QType.Q4_1):
+    """4-bit with offset, 32 weights in 20 bytes.
+
+    Block layout: ``d: fp16`` (0-1), ``m: fp16`` (2-3), ``qs: uint8[16]`` (4-19), nibbles as in
+    Q4_0; ``w = q * d + m``.
+    """
+
+    supports_quantize = True
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        return _quantize_q4_1(blocks)
+
+    @classmethod
+    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
+        return _dequantize_q4_1(data)
+
+
+# ------------------------------------------------------------------------------ Q5_0
+
+
+@_njit
+def _quantize_q5_0(x):
+    nb = x.shape[0]
+    out = np.zeros((nb, 22), dtype=np.uint8)
+    for i in range(nb):
+        amax = F32(0.0)
+        vmax = F32(0.0)
+        for j in range(32):
+            v = x[i, j]
+            if amax < abs(v):
+                amax = abs(v)
+                vmax = v
+        d = F32(vmax / F32(-16.0))
+        idv = F32(F32(1.0) / d) if d != 0 else F32(0.0)
+        write_fp16(out, i, 0, d)
+        qh = 0
+        for j in range(16):
+            x0 = F32(x[i, j] * idv)
+            x1 = F32(x[i, j + 16] * idv)
+            xi0 = min(31, c_to_int8(c_float_to_int32(F32(x0 + F32(16.5))))) & 0xFF
+            xi1 = min(31, c_to_int8(c_float_to_int32(F32(x1 + F32(16.5))))) & 0xFF
+            out[i, 6 + j] = ((xi0 & 0x0F) | ((xi1 & 0x0F) << 4)) & 0xFF
+            qh |= ((xi0 & 0x10) >> 4) << j
+            qh |= ((xi1 & 0x10) >> 4) << (j + 16)
+        for b in range(4):
+            out[i, 2 + b] = (qh >> (8 * b)) & 0xFF
+    return out
+
+
+@_njit_par
+def _dequantize_q5_0(data):
+    nb = data.shape[0]
+    y = np.empty((nb, 32), dtype=np.float32)
+    for i in numba.prange(nb):
+        d = read_fp16(data, i, 0)
+        qh = (
+            np.int64((data[i, 2]))
+            | (np.int64((data[i, 3])) << 8)
+            | (np.int64((data[i, 4])) << 16)
+            | (np.int64((data[i, 5])) << 24)
+        )
+        for j in range(16):
+            q = np.int64(data[i, 6 + j])
+            h0 = ((qh >> j) << 4) & 0x10
+            h1 = (qh >> (j + 12)) & 0x10
+            y[i, j] = F32(F32(((q & 0xF) | h0) - 16) * d)
+            y[i, j + 16] = F32(F32(((q >> 4) | h1) - 16) * d)
+    return y
+
+
+class Q5_0(QuantKernel, qtype=QType.Q5_0):
+    """5-bit, symmetric, 32 weights in 22 bytes.
+
+    Block layout: ``d: fp16`` (0-1), ``qh: uint32`` little-endian (2-5; bit ``j`` = 5th bit of
+    weight ``j``), ``qs: uint8[16]`` (6-21, nibbles as in Q4_0); ``w = (q - 16) * d``.
+    """
+
+    supports_quantize = True
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        return _quantize_q5_0(blocks)
+
+    @classmethod
+    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
+        return _dequantize_q5_0(data)
+
+
+# ------------------------------------------------------------------------------ Q5_1
+
+
+@_njit
+def _quantize_q5_1(x):
+    nb = x.shape[0]
+    out = np.zeros((nb, 24), dtype=np.uint8)
+    for i in range(nb):
+        vmin = F32(3.4028234663852886e38)
+        vmax = F32(-3.4028234663852886e38)
+        for j in range(32):
+            v = x[i, j]
+            if v < vmin:
+                vmin = v
+            if v > vmax:
+                vmax = v
+        d = F32(F32(vmax - vmin) / F32(31.0))
+        idv = F32(F32(1.0) / d) if d != 0 else F32(0.0)
+        write_fp16(out, i, 0, d)
+        write_fp16(out, i, 2, vmin)
+        qh = 0
+        for j in range(16):
+            x0 = F32(F32(x[i, j] - vmin) * idv)
+            x1 = F32(F32(x[i, j + 16] - vmin) * idv)
+            xi0 = c_float_to_int32(F32(x0 + F32(0.5))) & 0xFF
+            xi1 = c_float_to_int32(F32(x1 + F32(0.5))) & 0xFF
+            out[i, 8 + j] = ((xi0 & 0x0F) | ((xi1 & 0x0F) << 4)) & 0xFF
+            qh |= ((xi0 & 0x10) >> 4) << j
+            qh |= ((xi1 & 0x10) >> 4) << (j + 16)
+        for b in range(4):
+            out[i, 4 + b] = (qh >> (8 * b)) & 0xFF
+    return out
+
+
+@_njit_par
+def _dequantize_q5_1(data):
+    nb = data.shape[0]
+    y = np.empty((nb, 32), dtype=np.float32)
+    for i in numba.prange(nb):
+        d = read_fp16(data, i, 0)
+        m = read_fp16(data, i, 2)
+        qh = (
+            np.int64((data[i, 4]))
+            | (np.int64((data[i, 5])) << 8)
+            | (np.int64((data[i, 6])) << 16)
+            | (np.int64((data[i, 7])) << 24)
+        )
+        for j in range(16):
+            q = np.int64(data[i, 8 + j])
+            h0 = ((qh >> j) << 4) & 0x10
+            h1 = (qh >> (j + 12)) & 0x10
+            y[i, j] = F32(F32(F32((q & 0xF) | h0) * d) + m)
+            y[i, j + 16] = F32(F32(F32((q >> 4) | h1) * d) + m)
+    return y
+
+
+class Q5_1(QuantKernel, qtype=QType.Q5_1):
+    """5-bit with offset, 32 weights in 24 bytes.
+
+    Block layout: ``d: fp16`` (0-1), ``m: fp16`` (2-3), ``qh: uint32`` LE (4-7), ``qs: uint8[16]``
+    (8-23); ``w = q * d + m``.
+    """
+
+    supports_quantize = True
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        return _quantize_q5_1(blocks)
+
+    @classmethod
+    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
+        return _dequantize_q5_1(data)
+
+
+# ------------------------------------------------------------------------------ Q8_0
+
+
+@_njit
+def _quantize_q8_0(x):
+    nb = x.shape[0]
+    out = np.zeros((nb, 34), dtype=np.uint8)
+    for i in range(nb):
+        amax = F32(0.0)
+        for j in range(32):
+            amax = max(amax, abs(x[i, j]))
+        d = F32(amax / F32(127.0))
+        idv = F32(F32(1.0) / d) if d != 0 else F32(0.0)
+        write_fp16(out, i, 0, d)
+        for j in range(32):
+            x0 = F32(x[i, j] * idv)
+            out[i, 2 + j] = c_float_to_int32(c_roundf(x0)) & 0xFF
+    return out
+
+
+@_njit_par
+def _dequantize_q8_0(data):
+    nb = data.shape[0]
+    y = np.empty((nb, 32), dtype=np.float32)
+    for i in numba.prange(nb):
+        d = read_fp16(data, i, 0)
+        for j in range(32):
+            q = np.int32(np.int64(data[i, 2 + j]))
+            if q >= 128:
+                q -= 256
+            y[i, j] = F32(F32(q) * d)
+    return y
+
+
+class Q8_0(QuantKernel, qtype=QType.Q8_0):
+    """8-bit, symmetric, 32 weights in 34 bytes.
+
+    Block layout: ``d: fp16`` (0-1), ``qs: int8[32]`` (2-33); ``w = q * d``.
+    """
+
+    supports_quantize = True
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        return _quantize_q8_0(blocks)
+
+    @classmethod
+    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
+        return _dequantize_q8_0(data)
