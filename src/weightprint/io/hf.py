@@ -1,0 +1,376 @@
+"""Hugging Face model directories: :class:`HFModel` (read) and :func:`write_hf_dir` (write).
+
+A directory holds ``config.json``, weights as ``model.safetensors`` or as shards listed in
+``model.safetensors.index.json``, and the tokenizer files (``tokenizer.json``,
+``tokenizer_config.json``, ``special_tokens_map.json``, optionally ``chat_template.jinja``).
+Tensors are memory-mapped shard by shard and read one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from weightprint.errors import ModelFormatError, TensorNotFound, WeightprintError
+from weightprint.io.hf_config import architecture_from_hf
+from weightprint.io.model import Model, TensorInfo, TokenizerInfo
+from weightprint.io.safetensors_file import SafetensorsModel, write_safetensors_shards
+
+__all__ = ["HFModel", "write_hf_dir", "TOKENIZER_FILES"]
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+# Files copied verbatim when the source is itself a HF directory.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "added_tokens.json",
+    "generation_config.json",
+)
+_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+
+TensorTransform = Callable[[str, np.ndarray], np.ndarray]
+Progress = Callable[[int, int, str], None]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelFormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot read ({e.strerror or e})") from e
+
+
+class HFModel(Model):
+    """A Hugging Face model directory opened for streaming.
+
+    Parameters
+    ----------
+    path : str or Path
+        The directory (``config.json`` plus ``model.safetensors`` or sharded weights with
+        ``model.safetensors.index.json``).
+
+    Attributes
+    ----------
+    config : dict
+        ``config.json`` (empty if the directory has none), with ``_name_or_path`` set to the
+        directory.
+    metadata : dict[str, str]
+        The ``__metadata__`` of the first weight file.
+    architecture : str
+        llama.cpp name: ``LlamaForCausalLM`` -> ``llama``, ``MistralForCausalLM`` -> ``mistral``,
+        ``Qwen2ForCausalLM`` -> ``qwen2``, ``Gemma3ForCausalLM`` -> ``gemma3``, else ``unknown``.
+    tokenizer : TokenizerInfo or None
+        From ``tokenizer.json`` (None when there is none), parsed on first use.
+    chat_template : str or None
+        ``chat_template.jinja`` or ``tokenizer_config.json``'s ``chat_template``.
+
+    Raises
+    ------
+    ModelFormatError
+        The directory has no weights, its index is malformed or lists a missing shard, or a
+        tensor appears in two files.
+    SafetensorsFormatError
+        A weight file is malformed.
+
+    Examples
+    --------
+    >>> with HFModel("SmolLM2-hf") as m:   # doctest: +SKIP
+    ...     print(m.architecture, m.tensor("model.norm.weight")[:4])
+    """
+
+    format = "hf"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise ModelFormatError(f"{self.path}: not a directory")
+        config_path = self.path / "config.json"
+        self.config: dict[str, Any] = _read_json(config_path) if config_path.is_file() else {}
+        if not isinstance(self.config, dict):
+            raise ModelFormatError(f"{config_path}: expected a JSON object")
+        self.config.setdefault("_name_or_path", str(self.path))
+        self.architecture = architecture_from_hf(self.config)
+        self._files: list[SafetensorsModel] = []
+        self._where: dict[str, SafetensorsModel] = {}
+        try:
+            self._open_weights()
+        except BaseException:
+            self.close()
+            raise
+        self.metadata = dict(self._files[0].metadata) if self._files else {}
+
+    def _open_weights(self) -> None:
+        index_path = self.path / INDEX_FILE
+        if index_path.is_file():
+            index = _read_json(index_path)
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ModelFormatError(f"{index_path}: no `weight_map`")
+            shard_names = list(dict.fromkeys(weight_map.values()))
+            missing = [s for s in shard_names if not (self.path / s).is_file()]
+            if missing:
+                raise ModelFormatError(
+                    f"{self.path}: {len(missing)} of {len(shard_names)} shards listed in {INDEX_FILE} "
+                    f"are missing: {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
+                )
+            shards = [self.path / s for s in sorted(shard_names)]
+        elif (self.path / SINGLE_FILE).is_file():
+            shards = [self.path / SINGLE_FILE]
+            weight_map = None
+        else:
+            shards = sorted(self.path.glob("*.safetensors"))
+            weight_map = None
+            if not shards:
+                raise ModelFormatError(f"{self.path}: no {SINGLE_FILE}, {INDEX_FILE} or *.safetensors weights")
+        for shard in shards:
+            st = SafetensorsModel(shard)
+            self._files.append(st)
+            for name in st.tensor_names():
+                if name in self._where:
+                    raise ModelFormatError(
+                        f"{self.path}: tensor `{name}` is in both {self._where[name].path.name} and {shard.name}"
+                    )
+                self._where[name] = st
+        if weight_map is not None:
+            for name, shard_name in weight_map.items():
+                st = self._where.get(name)
+                if st is None or st.path.name != shard_name:
+                    found = st.path.name if st else "no shard"
+                    raise ModelFormatError(
+                        f"{self.path}: {INDEX_FILE} puts `{name}` in {shard_name} but it is in {found}"
+                    )
+
+    # -- Model contract ------------------------------------------------------------
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return [info for st in self._files for info in st.tensor_infos()]
+
+    def tensor_names(self) -> list[str]:
+        return [name for st in self._files for name in st.tensor_names()]
+
+    def _file(self, name: str) -> SafetensorsModel:
+        try:
+            return self._where[name]
+        except KeyError:
+            raise TensorNotFound(f"{self.path}: no tensor `{name}` ({len(self._where)} tensors)") from None
+
+    def info(self, name: str) -> TensorInfo:
+        return self._file(name).info(name)
+
+    def raw(self, name: str) -> np.ndarray:
+        return self._file(name).raw(name)
+
+    def tensor(self, name: str, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        return self._file(name).tensor(name, dtype)
+
+    def dtype_name(self, name: str) -> str:
+        """The stored safetensors dtype (``F16``, ``BF16``...) of a tensor."""
+        return self._file(name).dtype_name(name)
+
+    @cached_property
+    def tokenizer(self) -> TokenizerInfo | None:  # type: ignore[override]
+        if not (self.path / "tokenizer.json").is_file():
+            return None
+        from weightprint.io.tokenizer import tokenizer_info_from_hf
+
+        return tokenizer_info_from_hf(self.path)
+
+    @cached_property
+    def chat_template(self) -> str | None:  # type: ignore[override]
+        from weightprint.io.tokenizer import read_chat_template
+
+        return read_chat_template(self.path)
+
+    def close(self) -> None:
+        for st in self._files:
+            st.close()
+
+    def __repr__(self) -> str:
+        return f"HFModel({str(self.path)!r}, arch={self.architecture!r}, tensors={len(self._where)}, files={len(self._files)})"
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def _write_json(directory: Path, name: str, value: Any) -> None:
+    with open(directory / name, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def _generation_config(config: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"_from_model_config": True}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if config.get(key) is not None:
+            out[key] = config[key]
+    return out
+
+
+def write_hf_dir(
+    model: Model,
+    out_dir: str | os.PathLike[str],
+    *,
+    dtype: str = "float16",
+    tensor_transform: TensorTransform | None = None,
+    progress: Progress | None = None,
+    max_shard_bytes: int = 5 * 10**9,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` as a Hugging Face directory that ``transformers`` loads.
+
+    Writes ``config.json``, ``generation_config.json``, the tokenizer files
+    (``tokenizer.json``, ``tokenizer_config.json`` with the chat template,
+    ``special_tokens_map.json``; copied as they are when ``model`` is a HF directory) and the
+    weights, streamed one tensor at a time from ``model.tensor(name)``. Everything goes into a
+    temporary directory next to ``out_dir`` that is renamed into place at the end.
+    A model without ``lm_head.weight`` (GGUF without ``output.weight``) gets
+    ``tie_word_embeddings: true``.
+
+    Parameters
+    ----------
+    model : Model
+        The source (GGUF file, safetensors file with a config, HF directory).
+    out_dir : str or Path
+        The directory to create.
+    dtype : {"float16", "bfloat16", "float32"}, *optional*, defaults to "float16"
+        Storage type of floating-point tensors (bfloat16: round to nearest even).
+    tensor_transform : callable, optional
+        ``(name, float32 array) -> array`` applied to each tensor before storing (same shape).
+    progress : callable, optional
+        Called as ``progress(i, total, name)`` after each tensor.
+    max_shard_bytes : int, *optional*, defaults to 5e9
+        Largest weight file; more tensors go into ``model-0000k-of-0000n.safetensors``.
+    overwrite : bool, *optional*, defaults to False
+        Replace an existing non-empty ``out_dir``.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+
+    Raises
+    ------
+    WeightprintError
+        Unknown ``dtype``; ``out_dir`` exists and is not empty (without ``overwrite``); the
+        model has no config; a transform changed a tensor's shape.
+    """
+    out = Path(out_dir)
+    if dtype not in _DTYPES:
+        raise WeightprintError(f"unknown dtype `{dtype}`; expected float16, bfloat16 or float32")
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise WeightprintError(f"{out}: already exists and is not empty", hint="choose a new directory or pass overwrite=True")
+    config = dict(model.config or {})
+    if not config.get("model_type") and not config.get("architectures"):
+        raise WeightprintError(f"{model.path}: no model config to write a config.json from")
+
+    infos = model.tensor_infos()
+    names = [t.name for t in infos]
+    config.pop("_name_or_path", None)
+    config["tie_word_embeddings"] = "lm_head.weight" not in names
+    config["dtype"] = dtype
+    config["torch_dtype"] = dtype
+    config.setdefault("transformers_version", _transformers_version())
+
+    floating = {"F32", "F16", "BF16", "F64"}
+    specs = []
+    for t in infos:
+        kind = t.qtype.name
+        target = _DTYPES[dtype] if kind not in ("I8", "I16", "I32", "I64") else kind
+        if isinstance(model, HFModel) and model.dtype_name(t.name) not in floating:
+            target = model.dtype_name(t.name)
+        specs.append((t.name, tuple(t.shape), target))
+    total = len(specs)
+    done = {"n": 0}
+    shapes = {t.name: tuple(t.shape) for t in infos}
+
+    def data(name: str) -> np.ndarray:
+        if isinstance(model, HFModel) and model.dtype_name(name) not in floating:
+            values = model.tensor(name, None)  # type: ignore[arg-type]
+        else:
+            values = model.tensor(name, np.float32)
+            if tensor_transform is not None:
+                values = np.asarray(tensor_transform(name, values))
+                if tuple(values.shape) != shapes[name]:
+                    raise WeightprintError(
+                        f"tensor transform changed the shape of `{name}` from {list(shapes[name])} to {list(values.shape)}"
+                    )
+        done["n"] += 1
+        if progress is not None:
+            progress(done["n"], total, name)
+        return values
+
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    try:
+        _write_json(tmp, "config.json", config)
+        source_dir = model.path if isinstance(model, HFModel) else None
+        copied = set()
+        if source_dir is not None:
+            for fname in TOKENIZER_FILES:
+                if (source_dir / fname).is_file():
+                    shutil.copyfile(source_dir / fname, tmp / fname)
+                    copied.add(fname)
+        if "generation_config.json" not in copied:
+            _write_json(tmp, "generation_config.json", _generation_config(config))
+        if "tokenizer.json" not in copied and model.tokenizer is not None:
+            _write_tokenizer_files(tmp, model, config)
+        write_safetensors_shards(tmp, specs, data, max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_tokenizer_files(directory: Path, model: Model, config: dict[str, Any]) -> None:
+    from weightprint.io.tokenizer import (
+        special_tokens_map_from_info,
+        tokenizer_config_from_info,
+        tokenizer_json_from_info,
+    )
+
+    info = model.tokenizer
+    assert info is not None  # checked by the caller
+    prefix = (model.metadata or {}).get("tokenizer.ggml.add_space_prefix")
+    if isinstance(prefix, np.generic):
+        prefix = prefix.item()
+    if prefix is None and model.architecture == "gemma3":
+        prefix = False
+    tj = tokenizer_json_from_info(info, add_space_prefix=None if prefix is None else bool(prefix))
+    with open(directory / "tokenizer.json", "w", encoding="utf-8") as f:
+        json.dump(tj, f, ensure_ascii=False)
+    _write_json(
+        directory,
+        "tokenizer_config.json",
+        tokenizer_config_from_info(info, model.chat_template, model_max_length=config.get("max_position_embeddings")),
+    )
+    _write_json(directory, "special_tokens_map.json", special_tokens_map_from_info(info))
+
+
+def _transformers_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("transformers")
+    except Exception:  # transformers is optional for writing
+        return "5.0.0"
