@@ -1,0 +1,217 @@
+"""Per-residual-coordinate features of a model, read one tensor at a time.
+
+For every decoder layer and every weight that touches the residual stream, one number per
+residual coordinate ``i``:
+
+- matrices that *read* the residual stream (``q/k/v_proj``, ``gate/up_proj``; HF shape
+  ``(out, d)``): the norm of column ``i``;
+- matrices that *write* it (``o_proj``, ``down_proj``; shape ``(d, in)``): the norm of row ``i``;
+- norm weights of length ``d``: the weight itself.
+
+A norm over the other axis does not change when hidden units, attention heads or experts are
+permuted or when q/k rows are reordered (llama.cpp's rotary layout), so these features survive
+every function-preserving permutation except one of the residual stream itself. Each layer
+also gets a *descriptor* (quantiles of each feature) that does not depend on the order of the
+residual coordinates at all; layers are aligned on descriptors, so the alignment cannot leak
+information about the residual order that the permutation test relies on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from weightprint.io.model import Model
+
+__all__ = [
+    "ModelFeatures",
+    "embedding_rows",
+    "extract_features",
+    "token_hashes",
+]
+
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)\.")
+_EXPERT_RE = re.compile(r"\.experts\.(\d+)\.")
+
+# Tensors whose columns (HF (out, in) layout) are residual coordinates.
+_READS_RESIDUAL = (
+    "q_proj.weight", "k_proj.weight", "v_proj.weight", "qkv_proj.weight", "query_key_value.weight",
+    "gate_proj.weight", "up_proj.weight", "gate_up_proj.weight", "w1.weight", "w3.weight",
+    "mlp.gate.weight", "router.weight",
+)
+# Tensors whose rows are residual coordinates.
+_WRITES_RESIDUAL = ("o_proj.weight", "down_proj.weight", "w2.weight", "dense.weight")
+
+_EMBED_NAMES = ("model.embed_tokens.weight", "embed_tokens.weight", "transformer.wte.weight")
+_HEAD_NAMES = ("lm_head.weight",)
+_FINAL_NORM_NAMES = ("model.norm.weight", "norm.weight", "transformer.ln_f.weight")
+
+DESCRIPTOR_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+@dataclass
+class ModelFeatures:
+    """What the white-box tests need from one model (no weights beyond these).
+
+    Attributes
+    ----------
+    hidden_size : int
+        Residual-stream width ``d``.
+    layers : list[dict[str, numpy.ndarray]]
+        Per decoder layer, ``role -> (d,) float32`` feature.
+    descriptors : list[dict[str, numpy.ndarray]]
+        Per layer, ``role -> (len(DESCRIPTOR_QUANTILES) + 1,)``: order-free summary of the feature.
+    global_features : dict[str, numpy.ndarray]
+        ``final_norm`` (``(d,)``) when present.
+    embed_name, head_name : str | None
+        Tensor names of the input embedding and of an untied output head.
+    n_parameters : int
+    """
+
+    hidden_size: int
+    layers: list[dict[str, np.ndarray]] = field(default_factory=list)
+    descriptors: list[dict[str, np.ndarray]] = field(default_factory=list)
+    global_features: dict[str, np.ndarray] = field(default_factory=dict)
+    embed_name: str | None = None
+    head_name: str | None = None
+    n_parameters: int = 0
+
+
+def _role(name: str) -> tuple[int | None, str]:
+    m = _LAYER_RE.search(name)
+    if not m:
+        return None, name
+    role = name[m.end():]
+    role = _EXPERT_RE.sub(".experts.*.", "." + role)[1:]
+    return int(m.group(1)), role
+
+
+def _residual_axis(role: str, shape: tuple[int, ...], d: int) -> int | None:
+    """Axis of ``shape`` that indexes residual coordinates, or None when the tensor has none."""
+    if len(shape) == 1:
+        return 0 if shape[0] == d and "norm" in role else None
+    if len(shape) != 2:
+        return None
+    if role.endswith(_READS_RESIDUAL) and shape[1] == d:
+        return 1
+    if role.endswith(_WRITES_RESIDUAL) and shape[0] == d:
+        return 0
+    if shape[1] == d and shape[0] != d:
+        return 1
+    if shape[0] == d and shape[1] != d:
+        return 0
+    return None
+
+
+def descriptor(feature: np.ndarray) -> np.ndarray:
+    """Order-free summary of one feature: quantiles and mean of ``log(|x| + eps)``."""
+    lf = np.log(np.abs(feature.astype(np.float64)) + 1e-8)
+    return np.concatenate([np.quantile(lf, DESCRIPTOR_QUANTILES), [lf.mean()]]).astype(np.float32)
+
+
+def hidden_size_of(model: Model) -> int | None:
+    """Residual width from the config, else from the embedding's shape."""
+    cfg = model.config or {}
+    for key in ("hidden_size", "n_embd", "d_model"):
+        v = cfg.get(key)
+        if isinstance(v, int) and v > 0:
+            return v
+    for info in model.tensor_infos():
+        if info.name in _EMBED_NAMES and len(info.shape) == 2:
+            return int(info.shape[1])
+    return None
+
+
+def extract_features(model: Model) -> ModelFeatures:
+    """Stream ``model`` tensor by tensor and compute its per-coordinate features.
+
+    Peak memory is one dequantized tensor (the embedding matrix is not read here; see
+    :func:`embedding_rows`).
+    """
+    infos = model.tensor_infos()
+    d = hidden_size_of(model)
+    if d is None:
+        from weightprint.errors import NotComparableError
+
+        raise NotComparableError(f"{model.path}: cannot tell the hidden size (no config and no embedding)")
+    names = {i.name for i in infos}
+    feats = ModelFeatures(hidden_size=d, n_parameters=sum(i.n_elements for i in infos))
+    feats.embed_name = next((n for n in _EMBED_NAMES if n in names), None)
+    feats.head_name = next((n for n in _HEAD_NAMES if n in names), None)
+    per_layer: dict[int, dict[str, np.ndarray]] = {}
+    vector_roles: set[str] = set()
+    for info in infos:
+        layer, role = _role(info.name)
+        if layer is None:
+            if info.name in _FINAL_NORM_NAMES and info.shape == (d,):
+                feats.global_features["final_norm"] = model.tensor(info.name).astype(np.float32).reshape(-1)
+            continue
+        axis = _residual_axis(role, tuple(info.shape), d)
+        if axis is None:
+            continue
+        w = model.tensor(info.name)
+        if w.ndim == 1:
+            per_layer.setdefault(layer, {})[role] = w.astype(np.float64).reshape(-1)
+            vector_roles.add(role)
+            continue
+        w64 = w.astype(np.float64, copy=False)
+        sq = np.einsum("ij,ij->j", w64, w64) if axis == 1 else np.einsum("ij,ij->i", w64, w64)
+        slot = per_layer.setdefault(layer, {})
+        if role in slot:  # experts of one layer: add their squared norms (order-free)
+            slot[role] = slot[role] + sq
+        else:
+            slot[role] = sq
+        del w, w64
+    for layer in sorted(per_layer):
+        out: dict[str, np.ndarray] = {}
+        for role, v in per_layer[layer].items():
+            out[role] = (v if role in vector_roles else np.sqrt(v)).astype(np.float32)
+        feats.layers.append(out)
+        feats.descriptors.append({r: descriptor(v) for r, v in out.items()})
+    return feats
+
+
+def token_hashes(tokens: list[str]) -> np.ndarray:
+    """A 64-bit hash of each token string (BLAKE2b), as ``uint64``: the order used to pick tokens."""
+    out = np.empty(len(tokens), dtype=np.uint64)
+    for i, t in enumerate(tokens):
+        out[i] = int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    return out
+
+
+def _to_float32(raw: np.ndarray, qtype: Any, cols: int) -> np.ndarray:
+    from weightprint.constants import QType
+
+    if qtype == QType.F32:
+        return np.asarray(raw, dtype=np.float32).reshape(-1, cols)
+    if qtype == QType.F16:
+        return np.asarray(raw).view(np.float16).astype(np.float32).reshape(-1, cols)
+    if qtype == QType.BF16:
+        u = np.asarray(raw).view(np.uint16).astype(np.uint32) << 16
+        return u.view(np.float32).reshape(-1, cols)
+    try:
+        from weightprint.quant import dequantize  # type: ignore[attr-defined]
+
+        return np.asarray(dequantize(np.ascontiguousarray(raw), qtype, shape=(raw.shape[0], cols)), dtype=np.float32)
+    except ImportError:
+        import gguf
+
+        return np.asarray(gguf.quants.dequantize(np.ascontiguousarray(raw), qtype), dtype=np.float32).reshape(-1, cols)
+
+
+def embedding_rows(model: Model, name: str, ids: np.ndarray) -> np.ndarray:
+    """Rows ``ids`` of a ``(vocab, d)`` tensor as float32, dequantizing only those rows."""
+    ids = np.asarray(ids, dtype=np.int64)
+    info = model.info(name)
+    cols = int(info.shape[-1])
+    try:
+        raw = model.raw(name)
+        if raw.shape[0] == info.shape[0]:
+            return _to_float32(raw[ids], info.qtype, cols)
+    except (NotImplementedError, AttributeError):
+        pass
+    return np.asarray(model.tensor(name), dtype=np.float32)[ids]

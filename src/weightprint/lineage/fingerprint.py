@@ -1,0 +1,364 @@
+"""Compact model fingerprints: everything the lineage test needs, without the weights.
+
+A :class:`Fingerprint` holds, per decoder layer, the rank profile of each residual-coordinate
+feature (see :mod:`weightprint.lineage.features`), the order-free layer descriptors used for
+layer alignment, the embedding rows of a small deterministic sample of tokens (chosen by a
+hash of the token *string*, so two models with overlapping vocabularies pick overlapping
+samples whatever their token ids), MinHash signatures of the vocabulary and merges, and the
+config summary and chat-template family.
+
+Stored fingerprints quantize the rank profiles to 4 bits (16 levels, two per byte) and size
+the token sample so that the whole blob stays within ``1 MB per 1e9 parameters``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightprint.chat_templates import chat_template_family, template_sha256
+from weightprint.errors import WeightprintError
+from weightprint.io.model import Model
+from weightprint.lineage.evidence import config_summary, minhash
+from weightprint.lineage.features import embedding_rows, extract_features, token_hashes
+from weightprint.lineage.stats import rank_transform
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Fingerprint",
+    "build_fingerprint",
+    "fingerprint_budget_bytes",
+]
+
+FORMAT_VERSION = 1
+BYTES_PER_PARAMETER_BUDGET = 1_000_000 / 1e9  # 1 MB per 1B parameters
+STORED_LEVELS = 16
+MIN_STORED_TOKENS = 32
+MAX_STORED_TOKENS = 1024
+
+
+def fingerprint_budget_bytes(n_parameters: int) -> int:
+    """The size budget of a stored fingerprint: 1 MB per 1e9 parameters (at least 16 KB)."""
+    return max(16_384, int(n_parameters * BYTES_PER_PARAMETER_BUDGET))
+
+
+@dataclass
+class Fingerprint:
+    """White-box summary of one model.
+
+    Attributes
+    ----------
+    label : str
+        Name of the model (file name or a user label).
+    hidden_size : int
+    n_parameters : int
+    config : dict
+        Config summary (architecture, sizes) for the config diff.
+    layer_roles : list[list[str]]
+        Feature roles of each layer, in the order of ``layer_features`` rows.
+    layer_features : list[numpy.ndarray]
+        Per layer ``(n_roles, hidden_size)`` float32 rank profiles in ``(0, 1)``.
+    descriptors : list[numpy.ndarray]
+        Per layer ``(n_roles, 6)`` order-free descriptors.
+    global_features : dict[str, numpy.ndarray]
+        ``final_norm`` rank profile.
+    tokens : list[str]
+        Token strings of the embedding sample.
+    embedding : numpy.ndarray | None
+        ``(len(tokens), hidden_size)`` row-standardized embedding rows (float32).
+    head : numpy.ndarray | None
+        Same for an untied output head.
+    tied_embeddings : bool
+    vocab_size : int
+    tokenizer_model : str | None
+    vocab_minhash, merges_minhash : numpy.ndarray | None
+    chat_template_family : str
+    chat_template_sha256 : str | None
+    levels : int
+        0 for full precision, else the number of quantization levels of the stored profiles.
+    """
+
+    label: str
+    hidden_size: int
+    n_parameters: int
+    config: dict[str, Any] = field(default_factory=dict)
+    layer_roles: list[list[str]] = field(default_factory=list)
+    layer_features: list[np.ndarray] = field(default_factory=list)
+    descriptors: list[np.ndarray] = field(default_factory=list)
+    global_features: dict[str, np.ndarray] = field(default_factory=dict)
+    tokens: list[str] = field(default_factory=list)
+    embedding: np.ndarray | None = None
+    head: np.ndarray | None = None
+    tied_embeddings: bool = True
+    vocab_size: int = 0
+    tokenizer_model: str | None = None
+    vocab_minhash: np.ndarray | None = None
+    merges_minhash: np.ndarray | None = None
+    chat_template_family: str = "none"
+    chat_template_sha256: str | None = None
+    levels: int = 0
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_features)
+
+    def descriptor_dicts(self) -> list[dict[str, np.ndarray]]:
+        return [dict(zip(roles, desc)) for roles, desc in zip(self.layer_roles, self.descriptors)]
+
+    def feature_dicts(self) -> list[dict[str, np.ndarray]]:
+        return [dict(zip(roles, feats)) for roles, feats in zip(self.layer_roles, self.layer_features)]
+
+    # ------------------------------------------------------------------ storage
+    def compact(self, *, max_bytes: int | None = None) -> "Fingerprint":
+        """A stored-size copy: 4-bit profiles and a token sample that fits ``max_bytes``.
+
+        ``max_bytes`` defaults to :func:`fingerprint_budget_bytes` of ``n_parameters``.
+        """
+        budget = fingerprint_budget_bytes(self.n_parameters) if max_bytes is None else int(max_bytes)
+        d = self.hidden_size
+        n_rows = sum(f.shape[0] for f in self.layer_features) + len(self.global_features)
+        fixed = n_rows * d // 2 + sum(x.size * 2 for x in self.descriptors) + 4096
+        per_token = d // 2 * (2 if self.head is not None else 1) + 8
+        m = (int(budget * 0.92) - fixed) // per_token
+        m = max(0, min(m, MAX_STORED_TOKENS, len(self.tokens)))
+        if m < MIN_STORED_TOKENS:
+            m = min(len(self.tokens), MIN_STORED_TOKENS)
+        q = _quantize_profile
+        return Fingerprint(
+            label=self.label,
+            hidden_size=d,
+            n_parameters=self.n_parameters,
+            config=dict(self.config),
+            layer_roles=[list(r) for r in self.layer_roles],
+            layer_features=[q(f) for f in self.layer_features],
+            descriptors=[np.asarray(x, dtype=np.float16).astype(np.float32) for x in self.descriptors],
+            global_features={k: q(v[None, :])[0] for k, v in self.global_features.items()},
+            tokens=list(self.tokens[:m]),
+            embedding=None if self.embedding is None else q(rank_transform(self.embedding[:m], axis=0).T).T,
+            head=None if self.head is None else q(rank_transform(self.head[:m], axis=0).T).T,
+            tied_embeddings=self.tied_embeddings,
+            vocab_size=self.vocab_size,
+            tokenizer_model=self.tokenizer_model,
+            vocab_minhash=self.vocab_minhash,
+            merges_minhash=self.merges_minhash,
+            chat_template_family=self.chat_template_family,
+            chat_template_sha256=self.chat_template_sha256,
+            levels=STORED_LEVELS,
+        )
+
+    def to_bytes(self) -> bytes:
+        """Serialize (stored fingerprints: 4-bit profiles packed two per byte)."""
+        levels = self.levels
+        arrays: dict[str, np.ndarray] = {}
+
+        def put(key: str, x: np.ndarray) -> None:
+            arrays[key] = _pack(x) if levels else np.asarray(x, dtype=np.float32)
+
+        for i, f in enumerate(self.layer_features):
+            put(f"layer{i}", f)
+            arrays[f"desc{i}"] = np.asarray(self.descriptors[i], dtype=np.float16)
+        for k, v in self.global_features.items():
+            put(f"global_{k}", v[None, :])
+        if self.embedding is not None:
+            put("embedding", self.embedding)
+        if self.head is not None:
+            put("head", self.head)
+        if self.vocab_minhash is not None:
+            arrays["vocab_minhash"] = self.vocab_minhash
+        if self.merges_minhash is not None:
+            arrays["merges_minhash"] = self.merges_minhash
+        header = {
+            "format_version": FORMAT_VERSION,
+            "label": self.label,
+            "hidden_size": self.hidden_size,
+            "n_parameters": self.n_parameters,
+            "config": self.config,
+            "layer_roles": self.layer_roles,
+            "layer_shapes": [list(f.shape) for f in self.layer_features],
+            "global_keys": list(self.global_features),
+            "tokens": self.tokens,
+            "embedding_shape": None if self.embedding is None else list(self.embedding.shape),
+            "head_shape": None if self.head is None else list(self.head.shape),
+            "tied_embeddings": self.tied_embeddings,
+            "vocab_size": self.vocab_size,
+            "tokenizer_model": self.tokenizer_model,
+            "chat_template_family": self.chat_template_family,
+            "chat_template_sha256": self.chat_template_sha256,
+            "levels": levels,
+        }
+        buf = io.BytesIO()
+        np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8), **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, *, source: str = "fingerprint") -> "Fingerprint":
+        """Inverse of :meth:`to_bytes`; raises :class:`WeightprintError` on a malformed blob."""
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+                header = json.loads(z["header"].tobytes().decode("utf-8"))
+                arrays = {k: z[k] for k in z.files if k != "header"}
+        except (ValueError, OSError, KeyError, json.JSONDecodeError, EOFError) as e:
+            raise WeightprintError(f"{source}: not a weightprint fingerprint ({type(e).__name__}: {e})") from e
+        if header.get("format_version") != FORMAT_VERSION:
+            raise WeightprintError(
+                f"{source}: fingerprint format {header.get('format_version')} is not supported (expected {FORMAT_VERSION})"
+            )
+        levels = int(header["levels"])
+
+        def get(key: str, shape: list[int]) -> np.ndarray:
+            x = arrays[key]
+            return _unpack(x, tuple(shape), levels) if levels else x.astype(np.float32).reshape(shape)
+
+        d = int(header["hidden_size"])
+        feats = [get(f"layer{i}", s) for i, s in enumerate(header["layer_shapes"])]
+        descs = [arrays[f"desc{i}"].astype(np.float32) for i in range(len(feats))]
+        glob = {k: get(f"global_{k}", [1, d])[0] for k in header["global_keys"]}
+        return cls(
+            label=header["label"],
+            hidden_size=d,
+            n_parameters=int(header["n_parameters"]),
+            config=header["config"],
+            layer_roles=header["layer_roles"],
+            layer_features=feats,
+            descriptors=descs,
+            global_features=glob,
+            tokens=header["tokens"],
+            embedding=None if header["embedding_shape"] is None else get("embedding", header["embedding_shape"]),
+            head=None if header["head_shape"] is None else get("head", header["head_shape"]),
+            tied_embeddings=bool(header["tied_embeddings"]),
+            vocab_size=int(header["vocab_size"]),
+            tokenizer_model=header["tokenizer_model"],
+            vocab_minhash=arrays.get("vocab_minhash"),
+            merges_minhash=arrays.get("merges_minhash"),
+            chat_template_family=header["chat_template_family"],
+            chat_template_sha256=header["chat_template_sha256"],
+            levels=levels,
+        )
+
+
+def _quantize_profile(x: np.ndarray, levels: int = STORED_LEVELS) -> np.ndarray:
+    """Rank profiles in (0, 1) -> bin centres of ``levels`` equal bins (float32)."""
+    b = np.clip(np.floor(np.asarray(x, dtype=np.float32) * levels), 0, levels - 1)
+    return ((b + 0.5) / levels).astype(np.float32)
+
+
+def _pack(x: np.ndarray, levels: int = STORED_LEVELS) -> np.ndarray:
+    b = np.clip(np.floor(np.asarray(x, dtype=np.float32).reshape(-1) * levels), 0, levels - 1).astype(np.uint8)
+    if b.size % 2:
+        b = np.concatenate([b, np.zeros(1, np.uint8)])
+    return (b[0::2] | (b[1::2] << 4)).astype(np.uint8)
+
+
+def _unpack(p: np.ndarray, shape: tuple[int, ...], levels: int) -> np.ndarray:
+    p = np.asarray(p, dtype=np.uint8)
+    b = np.empty(p.size * 2, dtype=np.uint8)
+    b[0::2] = p & 0x0F
+    b[1::2] = p >> 4
+    n = math.prod(shape)
+    return ((b[:n].astype(np.float32) + 0.5) / levels).reshape(shape)
+
+
+def sample_tokens(tokens: list[str], *, limit: int, among: set[str] | None = None) -> list[str]:
+    """Up to ``limit`` distinct token strings in increasing BLAKE2b-hash order (deterministic).
+
+    Only tokens in ``among`` are considered when it is given (e.g. the shared vocabulary).
+    """
+    seen: dict[str, None] = {}
+    for t in tokens:
+        if t and (among is None or t in among):
+            seen.setdefault(t, None)
+    cand = list(seen)
+    if not cand:
+        return []
+    order = np.argsort(token_hashes(cand), kind="stable")[:limit]
+    return [cand[i] for i in order]
+
+
+def _standardize_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.mean(axis=1, keepdims=True)
+    sd = x.std(axis=1, keepdims=True)
+    sd[sd == 0] = 1.0
+    return (x / sd).astype(np.float32)
+
+
+def build_fingerprint(
+    model: Model,
+    *,
+    tokens: list[str] | None = None,
+    max_tokens: int = 2048,
+    label: str | None = None,
+) -> Fingerprint:
+    """Compute the full-precision fingerprint of ``model``, streaming its tensors.
+
+    Parameters
+    ----------
+    model : Model
+        An opened model.
+    tokens : list[str], *optional*
+        Token strings whose embedding rows to keep (those missing from the vocabulary are
+        skipped). Defaults to the ``max_tokens`` vocabulary strings of smallest hash.
+    max_tokens : int, *optional*, defaults to 2048
+        Size of the default token sample.
+    label : str, *optional*
+        Name stored in the fingerprint; defaults to the file name.
+    """
+    feats = extract_features(model)
+    d = feats.hidden_size
+    tok = model.tokenizer
+    vocab = list(tok.tokens) if tok is not None else []
+    fp = Fingerprint(label=label or Path(str(model.path)).name, hidden_size=d, n_parameters=feats.n_parameters)
+    fp.config = config_summary(model, hidden_size=d, n_layers=len(feats.layers))
+    for layer, desc in zip(feats.layers, feats.descriptors):
+        roles = sorted(layer)
+        fp.layer_roles.append(roles)
+        fp.layer_features.append(rank_transform(np.stack([layer[r] for r in roles]), axis=1))
+        fp.descriptors.append(np.stack([desc[r] for r in roles]))
+    fp.global_features = {k: rank_transform(v[None, :], axis=1)[0] for k, v in feats.global_features.items()}
+    fp.tied_embeddings = feats.head_name is None
+    fp.vocab_size = len(vocab)
+    if tok is not None:
+        fp.tokenizer_model = tok.model
+        fp.vocab_minhash = minhash(vocab)
+        fp.merges_minhash = minhash(list(tok.merges)) if tok.merges else None
+    fp.chat_template_family = chat_template_family(model.chat_template)
+    fp.chat_template_sha256 = template_sha256(model.chat_template)
+    if vocab and feats.embed_name is not None:
+        if tokens is None:
+            chosen = sample_tokens(vocab, limit=max_tokens)
+        else:
+            present = set(vocab)
+            chosen = [t for t in dict.fromkeys(tokens) if t in present]
+        if chosen:
+            index: dict[str, int] = {}
+            for i, t in enumerate(vocab):
+                index.setdefault(t, i)
+            ids = np.array([index[t] for t in chosen], dtype=np.int64)
+            n_rows = model.info(feats.embed_name).shape[0]
+            keep = ids < n_rows
+            ids = ids[keep]
+            chosen = [t for t, k in zip(chosen, keep) if k]
+            fp.tokens = chosen
+            fp.embedding = _standardize_rows(embedding_rows(model, feats.embed_name, ids))
+            if feats.head_name is not None and model.info(feats.head_name).shape[0] > int(ids.max(initial=0)):
+                fp.head = _standardize_rows(embedding_rows(model, feats.head_name, ids))
+    return fp
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,180 @@
+"""Helpers for the lineage tests: in-memory models, synthetic derivations, tiny trained pairs.
+
+Not a conftest: imported explicitly by tests/test_lineage*.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from weightprint.constants import QType
+from weightprint.errors import TensorNotFound
+from weightprint.io.model import Model, TensorInfo, TokenizerInfo
+
+
+class ArrayModel(Model):
+    """A :class:`Model` over a dict of float32 arrays (HF names and layout)."""
+
+    def __init__(
+        self,
+        tensors: dict[str, np.ndarray],
+        *,
+        config: dict | None = None,
+        tokens: list[str] | None = None,
+        merges: list[str] | None = None,
+        chat_template: str | None = None,
+        path: str = "array-model",
+        architecture: str = "llama",
+    ) -> None:
+        self.path = Path(path)
+        self.format = "memory"
+        self.architecture = architecture
+        self.metadata = {}
+        self.config = dict(config or {})
+        self.tokenizer = TokenizerInfo(model="gpt2", tokens=list(tokens), merges=merges) if tokens is not None else None
+        self.chat_template = chat_template
+        self._t = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+        self._infos = [
+            TensorInfo(k, k, tuple(v.shape), QType.F32, 0, v.nbytes, self.path) for k, v in self._t.items()
+        ]
+        self._by = {i.name: i for i in self._infos}
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return list(self._infos)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._by[name]
+        except KeyError:
+            raise TensorNotFound(f"{self.path}: no tensor `{name}`") from None
+
+    def raw(self, name: str) -> np.ndarray:
+        return self._t[name]
+
+    def tensor(self, name: str, dtype=np.float32) -> np.ndarray:
+        return self._t[name].astype(dtype, copy=True)
+
+
+def toy_vocab(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct token strings (the same strings for every seed; ``seed`` shuffles them)."""
+    toks = [f"tok{i}" for i in range(n)]
+    rng = np.random.default_rng(seed)
+    if seed:
+        rng.shuffle(toks)
+    return toks
+
+
+def random_llama(
+    seed: int,
+    *,
+    d: int = 64,
+    n_layers: int = 4,
+    ffn: int = 128,
+    n_heads: int = 4,
+    n_kv: int = 2,
+    vocab: int = 512,
+    tokens: list[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Tensors of a llama-shaped model with iid Gaussian weights (an untrained 'init')."""
+    rng = np.random.default_rng(seed)
+    hd = d // n_heads
+    s = 1.0 / np.sqrt(d)
+    t: dict[str, np.ndarray] = {"model.embed_tokens.weight": rng.normal(0, 1, (vocab, d))}
+    for layer in range(n_layers):
+        p = f"model.layers.{layer}."
+        t[p + "input_layernorm.weight"] = 1 + 0.1 * rng.normal(size=d)
+        t[p + "self_attn.q_proj.weight"] = rng.normal(0, s, (n_heads * hd, d))
+        t[p + "self_attn.k_proj.weight"] = rng.normal(0, s, (n_kv * hd, d))
+        t[p + "self_attn.v_proj.weight"] = rng.normal(0, s, (n_kv * hd, d))
+        t[p + "self_attn.o_proj.weight"] = rng.normal(0, s, (d, n_heads * hd))
+        t[p + "post_attention_layernorm.weight"] = 1 + 0.1 * rng.normal(size=d)
+        t[p + "mlp.gate_proj.weight"] = rng.normal(0, s, (ffn, d))
+        t[p + "mlp.up_proj.weight"] = rng.normal(0, s, (ffn, d))
+        t[p + "mlp.down_proj.weight"] = rng.normal(0, 1 / np.sqrt(ffn), (d, ffn))
+    t["model.norm.weight"] = 1 + 0.1 * rng.normal(size=d)
+    return {k: v.astype(np.float32) for k, v in t.items()}
+
+
+def array_model(tensors: dict[str, np.ndarray], *, vocab: list[str] | None = None, label: str = "m") -> ArrayModel:
+    n = tensors["model.embed_tokens.weight"].shape[0]
+    d = tensors["model.embed_tokens.weight"].shape[1]
+    layers = {int(m.group(1)) for k in tensors if (m := re.search(r"layers\.(\d+)\.", k))}
+    return ArrayModel(
+        tensors,
+        config={"hidden_size": d, "num_hidden_layers": len(layers), "vocab_size": n},
+        tokens=vocab if vocab is not None else toy_vocab(n),
+        path=label,
+    )
+
+
+# ------------------------------------------------------------------ synthetic derivations
+def add_relative_noise(t: dict[str, np.ndarray], rel: float, seed: int) -> dict[str, np.ndarray]:
+    """Every tensor plus Gaussian noise of ``rel`` times its own standard deviation."""
+    rng = np.random.default_rng(seed)
+    return {k: (v + rel * v.std() * rng.normal(size=v.shape)).astype(np.float32) for k, v in t.items()}
+
+
+def permute_hidden(t: dict[str, np.ndarray], seed: int, *, n_heads: int, n_kv: int) -> dict[str, np.ndarray]:
+    """Function-preserving permutation of MLP units and of attention KV groups/heads."""
+    rng = np.random.default_rng(seed)
+    out = dict(t)
+    layers = sorted({int(m.group(1)) for k in t if (m := re.search(r"layers\.(\d+)\.", k))})
+    for layer in layers:
+        p = f"model.layers.{layer}."
+        ffn = t[p + "mlp.up_proj.weight"].shape[0]
+        perm = rng.permutation(ffn)
+        out[p + "mlp.gate_proj.weight"] = t[p + "mlp.gate_proj.weight"][perm]
+        out[p + "mlp.up_proj.weight"] = t[p + "mlp.up_proj.weight"][perm]
+        out[p + "mlp.down_proj.weight"] = t[p + "mlp.down_proj.weight"][:, perm]
+        q = t[p + "self_attn.q_proj.weight"]
+        hd = q.shape[0] // n_heads
+        group = n_heads // n_kv
+        gperm = rng.permutation(n_kv)
+        head_order = np.concatenate([np.arange(g * group, (g + 1) * group) for g in gperm])
+        qrows = np.concatenate([np.arange(h * hd, (h + 1) * hd) for h in head_order])
+        kvrows = np.concatenate([np.arange(g * hd, (g + 1) * hd) for g in gperm])
+        out[p + "self_attn.q_proj.weight"] = q[qrows]
+        out[p + "self_attn.k_proj.weight"] = t[p + "self_attn.k_proj.weight"][kvrows]
+        out[p + "self_attn.v_proj.weight"] = t[p + "self_attn.v_proj.weight"][kvrows]
+        out[p + "self_attn.o_proj.weight"] = t[p + "self_attn.o_proj.weight"][:, qrows]
+    return out
+
+
+def drop_layer(t: dict[str, np.ndarray], layer: int) -> dict[str, np.ndarray]:
+    """Remove decoder layer ``layer`` and renumber the ones above it."""
+    out: dict[str, np.ndarray] = {}
+    for k, v in t.items():
+        m = re.search(r"layers\.(\d+)\.", k)
+        if not m:
+            out[k] = v
+            continue
+        i = int(m.group(1))
+        if i == layer:
+            continue
+        j = i - 1 if i > layer else i
+        out[k.replace(f"layers.{i}.", f"layers.{j}.")] = v
+    return out
+
+
+def permute_residual(t: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """Apply one random permutation to the residual coordinates of every tensor (the H0 symmetry)."""
+    d = t["model.embed_tokens.weight"].shape[1]
+    perm = np.random.default_rng(seed).permutation(d)
+    out: dict[str, np.ndarray] = {}
+    for k, v in t.items():
+        if v.ndim == 1 and v.shape[0] == d:
+            out[k] = v[perm]
+        elif k.endswith(("o_proj.weight", "down_proj.weight")):
+            out[k] = v[perm]
+        elif v.ndim == 2 and v.shape[1] == d:
+            out[k] = v[:, perm]
+        else:
+            out[k] = v
+    return out
+
+
+TransformFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
