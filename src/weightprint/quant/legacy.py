@@ -49,7 +49,9 @@ class F16Kernel(QuantKernel, qtype=QType.F16):
 
     @classmethod
     def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(blocks, dtype=np.float32).astype("<f2").view(np.uint8).reshape(-1, 2)
+        with np.errstate(over="ignore"):  # |x| > 65504 becomes inf, as in GGML_FP32_TO_FP16
+            half = np.ascontiguousarray(blocks, dtype=np.float32).astype("<f2")
+        return half.view(np.uint8).reshape(-1, 2)
 
     @classmethod
     def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
