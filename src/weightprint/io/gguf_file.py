@@ -269,10 +269,7 @@ class _HeaderParser:
         if etype == GGUFValueType.STRING:
             return self.string_array(key, count), etype
         items = []  # nested arrays
-        for _ in range(count):
-            inner_type = self.value_type(key)
-            if inner_type != GGUFValueType.ARRAY:
-                raise self.fail(f"metadata key `{key}`: nested array item has type {inner_type.name}")
+        for _ in range(count):  # each item is an array body: element type, count, elements
             items.append(self.array(key, depth + 1)[0])
         return items, etype
 
@@ -501,7 +498,7 @@ class GGUFModel(Model):
 
     @cached_property
     def tokenizer(self) -> TokenizerInfo | None:  # type: ignore[override]
-        return tokenizer_from_gguf_metadata(self.metadata)
+        return tokenizer_from_gguf_metadata(self.metadata, self._label)
 
     @cached_property
     def chat_template(self) -> str | None:  # type: ignore[override]
@@ -532,7 +529,8 @@ class GGUFModel(Model):
                 pass  # numpy views still export the buffer; the map dies with them
 
     def __repr__(self) -> str:
-        return f"GGUFModel({str(self.path)!r}, arch={self.architecture!r}, tensors={len(self._infos)})"
+        arch = getattr(self, "architecture", "?")
+        return f"GGUFModel({str(self.path)!r}, arch={arch!r}, tensors={len(getattr(self, '_infos', ()))})"
 
 
 def _byte_shape(shape: tuple[int, ...], qtype: QType) -> tuple[int, int]:
@@ -568,30 +566,47 @@ def _scalar(metadata: Mapping[str, Any], key: str) -> Any:
     return None if isinstance(value, (np.ndarray, StringArray, list)) else value
 
 
-def tokenizer_from_gguf_metadata(metadata: Mapping[str, Any]) -> TokenizerInfo | None:
-    """:class:`TokenizerInfo` from ``tokenizer.ggml.*`` keys, or None when there are none."""
-    model = _scalar(metadata, "tokenizer.ggml.model")
+def tokenizer_from_gguf_metadata(metadata: Mapping[str, Any], label: str = "GGUF") -> TokenizerInfo | None:
+    """:class:`TokenizerInfo` from ``tokenizer.ggml.*`` keys, or None when there are none.
+
+    Raises
+    ------
+    GGUFFormatError
+        A tokenizer key has the wrong kind of value (e.g. a string token id).
+    """
+    model = metadata.get("tokenizer.ggml.model")
     if model is None:
         return None
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    merges = metadata.get("tokenizer.ggml.merges")
+
+    def typed(key: str, kinds: tuple[type, ...], what: str) -> Any:
+        v = metadata.get(key)
+        if v is not None and (not isinstance(v, kinds) or (what == "an integer" and isinstance(v, bool))):
+            raise GGUFFormatError(f"{label}: `{key}` is {type(v).__name__}, expected {what}")
+        return v
+
+    model = typed("tokenizer.ggml.model", (str,), "a string")
+    pre = typed("tokenizer.ggml.pre", (str,), "a string")
+    tokens = typed("tokenizer.ggml.tokens", (StringArray, list), "a string array")
+    merges = typed("tokenizer.ggml.merges", (StringArray, list), "a string array")
+    scores = typed("tokenizer.ggml.scores", (np.ndarray,), "a numeric array")
+    token_types = typed("tokenizer.ggml.token_type", (np.ndarray,), "a numeric array")
 
     def as_int(key: str) -> int | None:
-        v = _scalar(metadata, key)
+        v = typed(key, (int, np.integer), "an integer")
         return None if v is None else int(v)
 
     def as_bool(key: str) -> bool | None:
-        v = _scalar(metadata, key)
+        v = typed(key, (bool, np.bool_, int), "a bool")
         return None if v is None else bool(v)
 
     scores = metadata.get("tokenizer.ggml.scores")
     token_types = metadata.get("tokenizer.ggml.token_type")
     return TokenizerInfo(
-        model=str(model),
-        pre=_scalar(metadata, "tokenizer.ggml.pre"),
+        model=model,
+        pre=pre,
         tokens=list(tokens) if tokens is not None else [],
-        scores=scores if isinstance(scores, np.ndarray) else None,
-        token_types=token_types if isinstance(token_types, np.ndarray) else None,
+        scores=scores,
+        token_types=token_types,
         merges=list(merges) if merges is not None else None,
         bos_id=as_int("tokenizer.ggml.bos_token_id"),
         eos_id=as_int("tokenizer.ggml.eos_token_id"),
@@ -715,7 +730,7 @@ def _encode_value(key: str, value: Any, vtype: GGUFValueType, etype: GGUFValueTy
             return _U32.pack(etype) + _U64.pack(len(value)) + body
         if etype == GGUFValueType.ARRAY:
             parts = [_encode_value(key, v, GGUFValueType.ARRAY, None, label) for v in value]
-            return _U32.pack(etype) + _U64.pack(len(value)) + b"".join(_U32.pack(GGUFValueType.ARRAY) + p for p in parts)
+            return _U32.pack(etype) + _U64.pack(len(value)) + b"".join(parts)
         dtype = _NUMPY_DTYPES[etype]
         arr = np.asarray(value)
         if arr.ndim != 1:

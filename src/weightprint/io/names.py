@@ -272,6 +272,9 @@ def layout_config_from_gguf(metadata: Mapping[str, Any], arch: str) -> dict[str,
     for gguf_key, hf_key in (("attention.head_count", "num_attention_heads"),
                              ("attention.head_count_kv", "num_key_value_heads")):
         value = metadata.get(f"{arch}.{gguf_key}")
-        if value is not None:
-            config[hf_key] = [int(v) for v in value] if isinstance(value, np.ndarray) else int(value)
+        if isinstance(value, np.ndarray) and value.dtype.kind in "iu":
+            config[hf_key] = [int(v) for v in value]
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            config[hf_key] = int(value)
+        # other types: leave it out; from_stored_layout then names the missing key
     return config
