@@ -1,0 +1,69 @@
+"""Shared helpers for the Hugging Face io tests: HF directories derived from the real GGUFs.
+
+Each directory is built once per machine under ``cache_dir()/hf/`` and keyed by a recipe hash
+(source file name and size, dtype, and the source code of the writer modules), so a change in
+the writer rebuilds it and an unchanged writer reuses it across sessions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from weightprint.testing.models import cache_dir
+
+_WRITER_MODULES = ("safetensors_file.py", "hf.py", "hf_config.py", "tokenizer.py", "gguf_file.py", "names.py")
+
+# Strings whose ids must agree between llama.cpp and transformers: ASCII, numbers, whitespace
+# runs, code, accented Latin, CJK, emoji, Greek, and each model's chat special tokens.
+TOKENIZER_TEXTS = [
+    "Hello, world!",
+    "The year 2024 had 366 days; 3.14159 is pi.",
+    "  leading spaces and\ttabs\n\nnewlines   trailing  ",
+    "Ünïcödé: 日本語のテキスト, emoji 🤖🎉, Ελληνικά, Привет",
+    "def f(x):\n    return x**2  # comment",
+    "don't won't I'm they'll",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n",
+]
+
+
+def _recipe_hash(source: Path, dtype: str) -> str:
+    import weightprint.io as io_pkg
+
+    h = hashlib.sha256()
+    h.update(f"{source.name}:{source.stat().st_size}:{dtype}".encode())
+    io_dir = Path(io_pkg.__file__).parent
+    for name in _WRITER_MODULES:
+        p = io_dir / name
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def hf_dir_from_gguf(source: Path, dtype: str) -> Path:
+    """A HF directory written by ``write_hf_dir`` from ``source`` (cached by recipe hash)."""
+    from weightprint.io.gguf_file import GGUFModel
+    from weightprint.io.hf import write_hf_dir
+
+    out = cache_dir() / "hf" / f"{source.stem}-{dtype}-{_recipe_hash(source, dtype)}"
+    if (out / "config.json").is_file():
+        return out
+    with GGUFModel(source) as model:
+        write_hf_dir(model, out, dtype=dtype, overwrite=True)
+    return out
+
+
+def llama_token_ids(llm, text: str, *, add_bos: bool) -> list[int]:
+    """llama.cpp's ids for ``text`` (special tokens parsed)."""
+    return list(llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """Record measured numbers in ``bench/results/<name>.json`` (visible without ``-s``)."""
+    root = Path(__file__).resolve().parents[1] / "bench" / "results"
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return path
