@@ -18,6 +18,7 @@ recipient's signs.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -228,8 +229,9 @@ def aligned_pairs(original: Model, leaked: Model, report: AlignmentReport,
         for n in group:
             s = _suffix(n)
             xo, yl = x[s], y[s]
-            num = float(np.vdot(xo.ravel().astype(np.float64), yl.ravel().astype(np.float64)))
-            den = float(np.linalg.norm(xo) * np.linalg.norm(yl)) or 1.0
+            xf, yf = xo.reshape(-1), yl.reshape(-1)
+            num = float(np.dot(xf, yf))
+            den = math.sqrt(float(np.dot(xf, xf)) * float(np.dot(yf, yf))) or 1.0
             cos_sum += num / den
             cos_n += 1
             report.n_tensors += 1

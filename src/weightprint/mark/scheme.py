@@ -51,6 +51,7 @@ SCHEME_VERSION = "wp-round-v1"
 DEFAULT_DELTA = 0.02
 MIN_ELEMENTS = 4096
 CLIP = 4.0
+_SCALE_SAMPLE = 1 << 16  # entries (a fixed stride) used for a tensor's robust scale
 BERRY_ESSEEN_C = 0.56
 LN10 = math.log(10.0)
 
@@ -176,7 +177,7 @@ def residual_scores(original: np.ndarray, leaked: np.ndarray) -> np.ndarray | No
     """Scores ``c`` (float32, flat) of a leaked tensor against the original; None if empty.
 
     ``c_i = clip(r_i / u_i / m, -CLIP, CLIP)`` with ``r = leaked - original``, ``u`` the
-    type-free block scale of the original and ``m`` 1.4826 × the median of ``|r/u|`` over the
+    type-free block scale of the original and ``m`` 1.4826 × the median of ``|r/u|`` over (a fixed-stride sample of) the
     tensor (mean absolute value where the median is 0). Entries with a zero scale or a
     non-finite residual score 0. Depends on the two tensors only (never on a key).
     """
@@ -188,7 +189,8 @@ def residual_scores(original: np.ndarray, leaked: np.ndarray) -> np.ndarray | No
         c = (y - x) / unit
     c[~np.isfinite(c)] = 0.0
     c = c.reshape(-1)
-    a = np.abs(c)
+    stride = max(1, c.size // _SCALE_SAMPLE)
+    a = np.abs(c[::stride])
     m = float(np.median(a))
     if m == 0.0:
         m = float(a.mean())
@@ -203,17 +205,37 @@ def residual_scores(original: np.ndarray, leaked: np.ndarray) -> np.ndarray | No
 def _signed_sum(c: np.ndarray, bits: np.ndarray) -> float:  # pragma: no cover - numba
     n = c.shape[0]
     acc = 0.0
-    for j in range(bits.shape[0]):
+    full = n // 8
+    for j in range(full):
         b = bits[j]
         base = j * 8
+        part = np.float32(0.0)
         for k in range(8):
-            i = base + k
-            if i < n:
-                if (b >> (7 - k)) & 1:
-                    acc += c[i]
-                else:
-                    acc -= c[i]
+            sign = np.float32(((b >> (7 - k)) & 1) * 2 - 1)
+            part += c[base + k] * sign
+        acc += part
+    for i in range(full * 8, n):
+        sign = np.float32(((bits[i >> 3] >> (7 - (i & 7))) & 1) * 2 - 1)
+        acc += c[i] * sign
     return acc
+
+
+@numba.njit(cache=True, nogil=True)
+def _power_sums(c: np.ndarray) -> tuple[float, float]:  # pragma: no cover - numba
+    s2 = 0.0
+    s3 = 0.0
+    for i in range(c.shape[0]):
+        v = np.float64(c[i])
+        a = abs(v)
+        s2 += v * v
+        s3 += a * a * a
+    return s2, s3
+
+
+def power_sums(c: np.ndarray) -> tuple[float, float]:
+    """``(sum c_i^2, sum |c_i|^3)`` in float64."""
+    s2, s3 = _power_sums(c)
+    return float(s2), float(s3)
 
 
 def correlate(c: np.ndarray, key: CopyKey, name: str) -> float:

@@ -13,13 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from weightprint.errors import NotComparableError
 from weightprint.io.model import Model
 from weightprint.mark.align import AlignmentReport, aligned_pairs
 from weightprint.mark.keys import CopyKey
-from weightprint.mark.scheme import SCHEME_VERSION, Accumulator, correlate, residual_scores
+from weightprint.mark.scheme import SCHEME_VERSION, Accumulator, correlate, power_sums, residual_scores
 from weightprint.results import TestResult, format_pvalue
 
 NULL_HYPOTHESIS = (
@@ -114,9 +112,7 @@ def correlate_leak(
         c = residual_scores(x, y)
         if c is None:
             continue
-        c64 = c.astype(np.float64)
-        sum_sq = float(np.dot(c64, c64))
-        sum_cube = float(np.sum(np.abs(c64) ** 3))
+        sum_sq, sum_cube = power_sums(c)
         for acc, copy in zip(accs, copies):
             acc.add(name, correlate(c, copy.key, name), sum_sq, sum_cube, c.size)
     if report.n_tensors == 0:

@@ -1,0 +1,404 @@
+"""Mark and trace on synthetic tensors and a tiny llama GGUF (fast; no real model).
+
+The real-model acceptance tests are in test_mark_real.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _fixtures_mark import TINY_FFN, TINY_HEADS, TINY_KV, write_tiny_llama  # noqa: E402
+
+from weightprint.constants import QType  # noqa: E402
+from weightprint.errors import NotComparableError, RegistryError, WeightprintError  # noqa: E402
+from weightprint.mark import init_registry, issue_copy, trace_leak, verify_file  # noqa: E402
+from weightprint.mark import keys, scheme  # noqa: E402
+from weightprint.mark.keys import CopyKey, MasterKey  # noqa: E402
+
+
+# --------------------------------------------------------------------------------------
+# keys
+# --------------------------------------------------------------------------------------
+def test_key_file_is_0600_and_roundtrips(tmp_path):
+    p = tmp_path / "m.key"
+    master = keys.create_key_file(p)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    again = keys.load_key_file(p)
+    assert again.fingerprint() == master.fingerprint()
+    assert "hidden" in repr(master) and p.read_text().split()[1] not in repr(master)
+    with pytest.raises(RegistryError, match="already exists"):
+        keys.create_key_file(p)
+
+
+def test_key_file_errors(tmp_path):
+    p = tmp_path / "m.key"
+    keys.create_key_file(p)
+    os.chmod(p, 0o644)
+    with pytest.raises(RegistryError, match=r"has permissions 0644, expected 0600$"):
+        keys.load_key_file(p)
+    with pytest.raises(RegistryError, match=r"^key file .*nope.key not found$"):
+        keys.load_key_file(tmp_path / "nope.key")
+    with pytest.raises(RegistryError, match="no key file given"):
+        keys.load_key_file(None)
+    bad = tmp_path / "bad.key"
+    bad.write_text("hello\n")
+    os.chmod(bad, 0o600)
+    with pytest.raises(RegistryError, match="not a weightprint key file"):
+        keys.load_key_file(bad)
+
+
+def test_derived_keys_are_deterministic_and_distinct():
+    m = MasterKey(b"\x01" * 32)
+    salt = b"\x02" * 16
+    a = m.derive(salt, "issue-a")
+    assert a._key == m.derive(salt, "issue-a")._key
+    assert a._key != m.derive(salt, "issue-b")._key
+    assert a._key != m.derive(b"\x03" * 16, "issue-a")._key
+    assert a._key != MasterKey(b"\x04" * 32).derive(salt, "issue-a")._key
+    s1 = scheme.signs(a, "t.weight", 10_000)
+    assert set(np.unique(s1)) == {-1.0, 1.0}
+    assert abs(s1.mean()) < 0.05
+    assert np.array_equal(s1, scheme.signs(a, "t.weight", 10_000))
+    assert abs(float(np.mean(s1 * scheme.signs(a, "u.weight", 10_000)))) < 0.05
+
+
+# --------------------------------------------------------------------------------------
+# scheme on synthetic tensors, with our own quantizer
+# --------------------------------------------------------------------------------------
+def _roundtrip(values: np.ndarray, qtype: QType) -> np.ndarray:
+    from weightprint.quant import dequantize, quantize
+
+    return dequantize(quantize(values, qtype), qtype, values.shape).reshape(values.shape)
+
+
+@pytest.mark.parametrize("qtype", [QType.Q4_0, QType.Q5_0, QType.Q8_0, QType.Q4_K, QType.Q6_K, QType.Q3_K])
+def test_embed_flips_about_delta_of_roundings_and_is_detected(qtype):
+    """H0 for the wrong key: signs independent of the residual -> |z| small; right key -> z large."""
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((256, 1024)) * 0.02).astype(np.float32)
+    key, other = CopyKey.random(), CopyKey.random()
+    delta = scheme.DEFAULT_DELTA
+    marked = scheme.embed_tensor("blk.weight", x, qtype, key, delta=delta)
+    y = _roundtrip(marked, qtype)
+    plain = _roundtrip(x, qtype)
+    changed = float(np.mean(y != plain))
+    energy = float(np.mean((y - x) ** 2) / np.mean((plain - x) ** 2))
+    c = scheme.residual_scores(x, y)
+    s2, _ = scheme.power_sums(c)
+    z_right = scheme.correlate(c, key, "blk.weight") / math.sqrt(s2)
+    z_wrong = scheme.correlate(c, other, "blk.weight") / math.sqrt(s2)
+    if qtype in (QType.Q4_0, QType.Q5_0, QType.Q8_0):  # fixed block scale: only boundary weights move
+        assert 0.5 * delta < changed < 2 * delta, changed
+    # k-quants search their scales over the whole block, so more values move, but the marked
+    # copy stays closer to the unmarked one than the unmarked one is to the original
+    assert float(np.mean((y - plain) ** 2) / np.mean((plain - x) ** 2)) < 1.0
+    assert energy < 1 + 12 * delta**2 + 0.02, energy
+    assert z_right > 15, z_right
+    assert abs(z_wrong) < 5, z_wrong
+
+
+def test_embed_leaves_vectors_and_norms_alone():
+    key = CopyKey.random()
+    v = np.ones(4096, np.float32)
+    assert scheme.embed_tensor("model.norm.weight", v, QType.F32, key) is v
+    m = np.ones((64, 256), np.float32)
+    assert scheme.embed_tensor("model.layers.0.input_layernorm.weight", m, QType.Q4_K, key) is m
+
+
+def test_pvalue_bound_is_valid_and_nearly_uniform_under_h0():
+    """H0: fair random signs. The bound must dominate the empirical tail; p-values ~ uniform."""
+    rng = np.random.default_rng(7)
+    c = np.clip(rng.standard_t(3, size=100_000).astype(np.float32), -4, 4)
+    s2, s3 = scheme.power_sums(c)
+    zs = []
+    lps = []
+    for _ in range(2000):
+        s = rng.integers(0, 2, size=c.size).astype(np.float32) * 2 - 1
+        t = float(np.dot(c.astype(np.float64), s))
+        zs.append(t / math.sqrt(s2))
+        lps.append(scheme.log10_pvalue(t, s2, s3))
+    zs, ps = np.array(zs), 10 ** np.array(lps)
+    for z in (1.0, 2.0, 3.0):
+        emp = float(np.mean(zs >= z))
+        bound = 10 ** scheme.log10_pvalue(z * math.sqrt(s2), s2, s3)
+        assert emp <= bound + 3 * math.sqrt(bound / 2000) + 1e-3, (z, emp, bound)
+    assert stats.kstest(ps, "uniform").pvalue > 0.01
+    assert ps.min() > 1e-6
+    # the far tail uses Hoeffding: exp(-z^2/2)
+    assert scheme.log10_pvalue(40 * math.sqrt(s2), s2, s3) == pytest.approx(-800 / math.log(10), rel=1e-9)
+
+
+def test_residual_scores_degenerate_inputs():
+    x = np.zeros((8, 1024), np.float32)
+    assert scheme.residual_scores(x, x) is None
+    x = np.random.default_rng(0).standard_normal((8, 1024)).astype(np.float32)
+    y = x.copy()
+    y[0, 0] = np.nan
+    y[1] += 0.01
+    c = scheme.residual_scores(x, y)
+    assert np.isfinite(c).all() and np.abs(c).max() <= scheme.CLIP
+
+
+# --------------------------------------------------------------------------------------
+# tiny llama end to end: registry, issue, trace, attacks, errors
+# --------------------------------------------------------------------------------------
+RECIPIENTS = ["alice", "bob", "carol"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A registry with three Q4_K_M copies of a tiny llama GGUF."""
+    d = tmp_path_factory.mktemp("mark")
+    source = write_tiny_llama(d / "tiny-f16.gguf")
+    url = f"sqlite:///{d / 'reg.db'}"
+    key_file = d / "master.key"
+    info = init_registry(url, key_file)
+    copies = {}
+    for r in RECIPIENTS:
+        res = issue_copy(source, r, "Q4_K_M", d / f"{r}.gguf", registry_url=url, key_file=key_file)
+        copies[r] = res
+    return {"dir": d, "source": source, "url": url, "key_file": key_file, "info": info, "copies": copies}
+
+
+def _trace(tiny, leaked, **kw):
+    return trace_leak(leaked, source=tiny["source"], registry_url=tiny["url"], key_file=tiny["key_file"], **kw)
+
+
+def _assert_accuses(verdict, who: str, *, innocent_level: float = 1e-3):
+    assert verdict.accused_recipient == who, verdict.summary()
+    for t in verdict.tests:
+        if t.recipient != who:
+            assert t.result.pvalue > innocent_level, (t.recipient, t.result.pvalue)
+    assert verdict.false_accusation_bound < 1e-9
+
+
+def test_issue_result_and_registry(tiny):
+    res = tiny["copies"]["alice"]
+    assert res.n_marked_tensors == 15  # embed + 7 matrices x 2 layers
+    assert Path(res.output).is_file()
+    d = res.to_dict()
+    json.dumps(d)
+    assert tiny["info"].created_registry and tiny["info"].created_key
+    again = init_registry(tiny["url"], tiny["key_file"])
+    assert not again.created_registry and again.registry_id == tiny["info"].registry_id
+
+
+@pytest.mark.parametrize("who", RECIPIENTS)
+def test_trace_accuses_the_right_copy(tiny, who):
+    v = _trace(tiny, tiny["copies"][who].output)
+    _assert_accuses(v, who)
+    assert v.n_copies == 3
+    json.dumps(v.to_dict())
+
+
+def test_trace_unmarked_copy_accuses_nobody(tiny):
+    from weightprint.convert import convert
+
+    plain = tiny["dir"] / "plain-q4km.gguf"
+    if not plain.exists():
+        convert(tiny["source"], plain, file_type="Q4_K_M")
+    v = _trace(tiny, plain)
+    assert v.accused == [] and "no registered recipient" in v.summary()
+    assert all(t.result.pvalue > 1e-3 for t in v.tests)
+
+
+@pytest.mark.parametrize("fmt", ["Q8_0", "Q5_K_M", "Q3_K_M", "hf-f16", "hf-bf16"])
+def test_trace_survives_requantization_and_dequantization(tiny, fmt):
+    from weightprint.convert import convert
+
+    src = tiny["copies"]["bob"].output
+    out = tiny["dir"] / f"bob-{fmt}"
+    if fmt.startswith("hf"):
+        convert(src, out, to="hf", dtype="float16" if fmt == "hf-f16" else "bfloat16")
+    else:
+        out = out.with_suffix(".gguf")
+        convert(src, out, file_type=fmt)
+    _assert_accuses(_trace(tiny, out), "bob")
+
+
+def _permute_transform(seed: int):
+    """A function-preserving permutation of MLP units and of attention heads (GQA groups kept)."""
+    rng = np.random.default_rng(seed)
+    hd = 256 // TINY_HEADS
+    group = TINY_HEADS // TINY_KV
+    mlp = {i: rng.permutation(TINY_FFN) for i in range(2)}
+    kv = {i: rng.permutation(TINY_KV) for i in range(2)}
+    q = {}
+    for i in range(2):  # q head h' = group of kv[i][h//group], member permuted within the group
+        within = [rng.permutation(group) for _ in range(TINY_KV)]
+        q[i] = np.array([kv[i][h // group] * group + within[h // group][h % group] for h in range(TINY_HEADS)])
+
+    def rows(perm, block):
+        return (perm[:, None] * block + np.arange(block)[None, :]).reshape(-1)
+
+    def transform(name, values, qtype):
+        if ".layers." not in name:
+            return values
+        i = int(name.split(".layers.")[1].split(".")[0])
+        if name.endswith(("gate_proj.weight", "up_proj.weight")):
+            return values[mlp[i]]
+        if name.endswith("down_proj.weight"):
+            return values[:, mlp[i]]
+        if name.endswith("q_proj.weight"):
+            return values[rows(q[i], hd)]
+        if name.endswith("o_proj.weight"):
+            return values[:, rows(q[i], hd)]
+        if name.endswith(("k_proj.weight", "v_proj.weight")):
+            return values[rows(kv[i], hd)]
+        return values
+
+    return transform
+
+
+def test_trace_undoes_permutations(tiny):
+    from weightprint.convert import convert
+
+    out = tiny["dir"] / "carol-permuted-q8.gguf"
+    convert(tiny["copies"]["carol"].output, out, file_type="Q8_0", tensor_transform=_permute_transform(3))
+    v = _trace(tiny, out)
+    _assert_accuses(v, "carol")
+    assert v.alignment["mlp_permuted_layers"] == [0, 1]
+    assert v.alignment["head_permuted_layers"] == [0, 1]
+    # without alignment the mark of the permuted tensors is lost (H0 holds for them)
+    v2 = _trace(tiny, out, undo_permutations=False)
+    assert v2.tests[2].result.statistic < v.tests[2].result.statistic / 2
+
+
+def test_trace_collusion_average(tiny):
+    from weightprint.convert import convert
+    from weightprint.io import open_model
+
+    with open_model(tiny["copies"]["bob"].output) as b:
+        def average(name, values, qtype):
+            return (values + b.tensor(name)) / 2
+
+        out = tiny["dir"] / "alice-bob-avg.gguf"
+        convert(tiny["copies"]["alice"].output, out, file_type="F16", tensor_transform=average)
+    v = _trace(tiny, out)
+    assert set(v.to_dict()["accused"]) <= {"alice", "bob"} and v.accused
+    carol = next(t for t in v.tests if t.recipient == "carol")
+    assert carol.result.pvalue > 1e-3
+
+
+def test_trace_against_another_registry_accuses_nobody(tiny, tmp_path):
+    """A copy issued by another registry (unknown recipient) must not be attributed here."""
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    kf = tmp_path / "other.key"
+    init_registry(url, kf)
+    other = issue_copy(tiny["source"], "mallory", "Q4_K_M", tmp_path / "m.gguf", registry_url=url, key_file=kf)
+    v = _trace(tiny, other.output)
+    assert v.accused == []
+    # and the copy's own registry finds it
+    v2 = trace_leak(other.output, source=tiny["source"], registry_url=url, key_file=kf)
+    assert v2.accused_recipient == "mallory"
+
+
+def test_secrets_never_leave_the_key_file(tiny):
+    secret_hex = Path(tiny["key_file"]).read_text().split()[1]
+    master = keys.load_key_file(tiny["key_file"])
+    from weightprint.mark.registry import open_registry
+
+    with open_registry(tiny["url"]) as reg:
+        recs = reg.copies()
+    derived = [master.derive(bytes.fromhex(r.key_salt), r.issue_id)._key.hex() for r in recs]
+    v = _trace(tiny, tiny["copies"]["alice"].output)
+    blobs = [json.dumps(v.to_dict()), json.dumps(tiny["info"].to_dict()), repr(v), repr(recs),
+             json.dumps(tiny["copies"]["alice"].to_dict())]
+    db_bytes = b"".join(p.read_bytes() for p in Path(tiny["dir"]).glob("reg.db*"))
+    for s in [secret_hex, *derived]:
+        for b in blobs:
+            assert s not in b
+        assert s.encode() not in db_bytes and bytes.fromhex(s) not in db_bytes
+
+
+def test_errors_are_one_line_and_clear(tiny, tmp_path):
+    with pytest.raises(RegistryError, match="no key file given"):
+        trace_leak(tiny["copies"]["alice"].output, source=tiny["source"], registry_url=tiny["url"], key_file=None)
+    other_key = tmp_path / "x.key"
+    keys.create_key_file(other_key)
+    with pytest.raises(RegistryError, match=r"key file does not belong to registry .* \(fingerprint mismatch\)$"):
+        _trace(tiny, tiny["copies"]["alice"].output, key_file=other_key) if False else trace_leak(
+            tiny["copies"]["alice"].output, source=tiny["source"], registry_url=tiny["url"], key_file=other_key)
+    other_src = write_tiny_llama(tmp_path / "other-src.gguf", seed=5)
+    with pytest.raises(RegistryError, match=r"has no copy issued from source .*other-src.gguf \(sha256 [0-9a-f]{12}; 3 copies of other sources\)"):
+        trace_leak(tiny["copies"]["alice"].output, source=other_src, registry_url=tiny["url"], key_file=tiny["key_file"])
+    with pytest.raises(RegistryError, match=r"recipient `alice` already holds a Q4_K_M copy of source [0-9a-f]{12}"):
+        issue_copy(tiny["source"], "alice", "Q4_K_M", tmp_path / "dup.gguf", registry_url=tiny["url"], key_file=tiny["key_file"])
+    assert not (tmp_path / "dup.gguf").exists()
+    with pytest.raises(WeightprintError, match="already exists"):
+        issue_copy(tiny["source"], "zed", "Q4_K_M", tiny["copies"]["alice"].output, registry_url=tiny["url"], key_file=tiny["key_file"])
+    with pytest.raises(WeightprintError, match="recipient name is empty"):
+        issue_copy(tiny["source"], "  ", "Q4_K_M", tmp_path / "e.gguf", registry_url=tiny["url"], key_file=tiny["key_file"])
+    with pytest.raises(RegistryError, match="is not initialised"):
+        trace_leak(tiny["copies"]["alice"].output, source=tiny["source"], registry_url=f"sqlite:///{tmp_path / 'none.db'}",
+                   key_file=tiny["key_file"])
+    for e in [RegistryError("x")]:
+        assert "\n" not in str(e)
+
+
+def test_leak_of_another_architecture_is_not_comparable(tiny, tmp_path):
+    import gguf
+
+    path = tmp_path / "other-arch.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_uint32("llama.block_count", 1)
+    w.add_uint32("llama.embedding_length", 64)
+    w.add_uint32("llama.attention.head_count", 2)
+    w.add_uint32("llama.context_length", 64)
+    w.add_uint32("llama.feed_forward_length", 128)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"t{i}" for i in range(100)])
+    w.add_tensor("token_embd.weight", np.ones((100, 64), np.float32))
+    w.add_tensor("blk.0.ffn_up.weight", np.ones((128, 64), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(NotComparableError, match=r"shares no weight matrix with source .* \(2 of the same name with another shape\)$"):
+        _trace(tiny, path)
+
+
+def test_verify_exact_then_watermark(tiny):
+    from weightprint.convert import convert
+
+    r = verify_file(tiny["copies"]["carol"].output, registry_url=tiny["url"], key_file=tiny["key_file"])
+    assert r.match == "exact" and r.record.recipient == "carol"
+    out = tiny["dir"] / "carol-q8-verify.gguf"
+    if not out.exists():
+        convert(tiny["copies"]["carol"].output, out, file_type="Q8_0")
+    r = verify_file(out, registry_url=tiny["url"], key_file=tiny["key_file"])
+    assert r.match == "watermark" and r.verdict.accused_recipient == "carol"
+    json.dumps(r.to_dict())
+
+
+def test_calibration_random_keys_on_unmarked_copy(tiny):
+    """H0 holds for 1,000 never-issued keys: p-values uniform (KS p > 0.01), none below 1e-6."""
+    from weightprint.convert import convert
+    from weightprint.io import open_model
+    from weightprint.mark.trace import CopyTest, correlate_leak
+
+    plain = tiny["dir"] / "plain-q4km.gguf"
+    if not plain.exists():
+        convert(tiny["source"], plain, file_type="Q4_K_M")
+    copies = [CopyTest(f"k{i}", f"k{i}", "Q4_K_M", CopyKey.random()) for i in range(1000)]
+    with open_model(tiny["source"]) as o, open_model(plain) as leak:
+        st = correlate_leak(o, leak, copies)
+    ps = np.array([t.pvalue for t in st.tests])
+    assert stats.kstest(ps, "uniform").pvalue > 0.01
+    assert ps.min() > 1e-6
+    # also against marked copies of others: the keys of the registry are independent of each other
+    with open_model(tiny["source"]) as o, open_model(tiny["copies"]["alice"].output) as leak:
+        st = correlate_leak(o, leak, copies[:300])
+    ps = np.array([t.pvalue for t in st.tests])
+    assert stats.kstest(ps, "uniform").pvalue > 0.01 and ps.min() > 1e-6
