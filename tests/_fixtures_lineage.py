@@ -178,3 +178,78 @@ def permute_residual(t: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarra
 
 
 TransformFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+# ------------------------------------------------------------------ real derived models (cached)
+def _cached_file(recipe: dict, build: Callable[[Path], None], suffix: str = ".gguf") -> Path:
+    """Build a file once per machine under ``cache_dir()/lineage/<sha of recipe>``; atomic rename."""
+    import hashlib
+    import json
+    import os
+
+    from weightprint.testing.models import cache_dir
+
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
+    root = cache_dir() / "lineage"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{recipe['name']}-{key}{suffix}"
+    if final.exists():
+        return final
+    tmp = root / f".{final.name}.{os.getpid()}.tmp{suffix}"
+    try:
+        build(tmp)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return final
+
+
+def smollm2_f16() -> Path:
+    """SmolLM2 dequantized to an F16 GGUF (our converter)."""
+    from weightprint.convert import convert
+    from weightprint.testing.models import file_sha256, smollm2_path
+
+    src = smollm2_path()
+    return _cached_file({"name": "smollm2-f16", "v": 1, "src": src.stat().st_size},
+                        lambda out: convert(src, out, to="gguf", file_type="F16"))
+
+
+def llama_cpp_quant(source: Path, file_type: str) -> Path:
+    """``source`` (GGUF) quantized by llama.cpp's own quantizer to ``file_type``."""
+    from weightprint.constants import parse_file_type
+    from weightprint.testing.llama_ref import llama_quantize
+
+    ft = parse_file_type(file_type)
+    return _cached_file({"name": f"{source.stem}-llama-{ft.name.lower()}", "v": 1, "src": str(source)},
+                        lambda out: llama_quantize(source, out, ft))
+
+
+def our_quant(source: Path, file_type: str, name: str) -> Path:
+    """``source`` (any format) converted by weightprint to a GGUF of ``file_type``."""
+    from weightprint.convert import convert
+
+    return _cached_file({"name": name, "v": 1, "src": str(source), "ft": file_type},
+                        lambda out: convert(source, out, to="gguf", file_type=file_type))
+
+
+def smollm2_derivatives() -> dict[str, Path]:
+    """Every derivative of SmolLM2 named in the acceptance list (built once per machine)."""
+    from weightprint.testing.derive import derived
+    from weightprint.testing.models import smollm2_path
+
+    src = smollm2_path()
+    f16 = smollm2_f16()
+    permuted = derived("permute", src, seed=1)
+    tuned = derived("finetune", src, steps=200, seed=0)
+    perm_tuned = derived("finetune", permuted, steps=200, seed=0)
+    return {
+        "f16": f16,
+        "q8_0": llama_cpp_quant(f16, "Q8_0"),
+        "q4_k_m": llama_cpp_quant(f16, "Q4_K_M"),
+        "finetune": tuned,
+        "permuted": permuted,
+        "vocab+100": derived("extend_vocab", src, n_new=100, seed=0),
+        "drop_layer": derived("drop_layer", src, layer=15),
+        "permuted+finetune+q4_k_m": our_quant(perm_tuned, "Q4_K_M", "smollm2-perm-ft-q4km"),
+    }

@@ -51,6 +51,33 @@ def descriptor_distance(desc_a: dict[str, np.ndarray], desc_b: dict[str, np.ndar
     return float(np.mean([np.mean(np.abs(desc_a[r] - desc_b[r])) for r in common]))
 
 
+def _stack(descriptors: list[dict[str, np.ndarray]], roles: list[str], width: int) -> np.ndarray:
+    out = np.full((len(descriptors), len(roles), width), np.nan)
+    pos = {r: k for k, r in enumerate(roles)}
+    for i, desc in enumerate(descriptors):
+        for r, v in desc.items():
+            out[i, pos[r]] = v
+    return out
+
+
+def distance_matrix(
+    descriptors_a: list[dict[str, np.ndarray]], descriptors_b: list[dict[str, np.ndarray]]
+) -> np.ndarray:
+    """``(n_a, n_b)`` matrix of :func:`descriptor_distance` values, vectorised."""
+    roles = sorted({r for d in descriptors_a for r in d} | {r for d in descriptors_b for r in d})
+    widths = {v.shape[-1] for d in (*descriptors_a, *descriptors_b) for v in d.values()}
+    if not roles or len(widths) != 1:
+        return np.array([[descriptor_distance(x, y) for y in descriptors_b] for x in descriptors_a])
+    w = widths.pop()
+    sa = _stack(descriptors_a, roles, w)
+    sb = _stack(descriptors_b, roles, w)
+    diff = np.abs(sa[:, None] - sb[None, :]).mean(axis=-1)  # (na, nb, roles), NaN where a role is missing
+    with np.errstate(invalid="ignore"):
+        counts = np.isfinite(diff).sum(axis=-1)
+        dist = np.where(counts > 0, np.nansum(diff, axis=-1) / np.maximum(counts, 1), np.inf)
+    return dist
+
+
 def align_layers(
     descriptors_a: list[dict[str, np.ndarray]],
     descriptors_b: list[dict[str, np.ndarray]],
@@ -64,7 +91,7 @@ def align_layers(
     na, nb = len(descriptors_a), len(descriptors_b)
     if na == 0 or nb == 0:
         return LayerAlignment([], [], list(range(na)), list(range(nb)))
-    dist = np.array([[descriptor_distance(x, y) for y in descriptors_b] for x in descriptors_a])
+    dist = distance_matrix(descriptors_a, descriptors_b)
     finite = dist[np.isfinite(dist)]
     if finite.size == 0:
         return LayerAlignment([], [], list(range(na)), list(range(nb)))

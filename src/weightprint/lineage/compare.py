@@ -19,10 +19,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from weightprint.errors import NotComparableError, WeightprintError
+from weightprint.errors import WeightprintError
 from weightprint.io.model import Model
 from weightprint.lineage.align import LayerAlignment, align_layers
 from weightprint.lineage.evidence import config_diff, jaccard, minhash_jaccard
+from weightprint.lineage.features import hidden_size_of
 from weightprint.lineage.fingerprint import Fingerprint, build_fingerprint, sample_tokens
 from weightprint.lineage.stats import (
     NULL_RESIDUAL_EXCHANGEABLE,
@@ -386,8 +387,14 @@ def compare_models(
             set_a, set_b = set(vocab_a), set(vocab_b)
             shared = set_a & set_b
             tokens = sample_tokens(vocab_a, limit=max_tokens, among=shared) if shared else []
-            fa = build_fingerprint(ma, tokens=tokens)
-            fb = build_fingerprint(mb, tokens=tokens)
+            da, db = hidden_size_of(ma), hidden_size_of(mb)
+            if da is not None and db is not None and da != db:
+                # Nothing to compare in the weights: skip reading them, keep the metadata evidence.
+                fa = build_fingerprint(ma, tokens=[], weights=False)
+                fb = build_fingerprint(mb, tokens=[], weights=False)
+            else:
+                fa = build_fingerprint(ma, tokens=tokens)
+                fb = build_fingerprint(mb, tokens=tokens)
             merges_a = set(ma.tokenizer.merges or []) if ma.tokenizer is not None else set()
             merges_b = set(mb.tokenizer.merges or []) if mb.tokenizer is not None else set()
             tok = {

@@ -27,7 +27,13 @@ from weightprint.chat_templates import chat_template_family, template_sha256
 from weightprint.errors import WeightprintError
 from weightprint.io.model import Model
 from weightprint.lineage.evidence import config_summary, minhash
-from weightprint.lineage.features import embedding_rows, extract_features, token_hashes
+from weightprint.lineage.features import (
+    ModelFeatures,
+    embedding_rows,
+    extract_features,
+    hidden_size_of,
+    token_hashes,
+)
 from weightprint.lineage.stats import rank_transform
 
 __all__ = [
@@ -295,6 +301,7 @@ def build_fingerprint(
     tokens: list[str] | None = None,
     max_tokens: int = 2048,
     label: str | None = None,
+    weights: bool = True,
 ) -> Fingerprint:
     """Compute the full-precision fingerprint of ``model``, streaming its tensors.
 
@@ -309,8 +316,18 @@ def build_fingerprint(
         Size of the default token sample.
     label : str, *optional*
         Name stored in the fingerprint; defaults to the file name.
+    weights : bool, *optional*, defaults to True
+        False skips every tensor (metadata, config and tokenizer evidence only).
     """
-    feats = extract_features(model)
+    if weights:
+        feats = extract_features(model)
+    else:
+        from weightprint.errors import NotComparableError
+
+        d0 = hidden_size_of(model)
+        if d0 is None:
+            raise NotComparableError(f"{model.path}: cannot tell the hidden size (no config and no embedding)")
+        feats = ModelFeatures(hidden_size=d0, n_parameters=model.n_parameters())
     d = feats.hidden_size
     tok = model.tokenizer
     vocab = list(tok.tokens) if tok is not None else []
@@ -330,7 +347,7 @@ def build_fingerprint(
         fp.merges_minhash = minhash(list(tok.merges)) if tok.merges else None
     fp.chat_template_family = chat_template_family(model.chat_template)
     fp.chat_template_sha256 = template_sha256(model.chat_template)
-    if vocab and feats.embed_name is not None:
+    if vocab and feats.embed_name is not None and weights:
         if tokens is None:
             chosen = sample_tokens(vocab, limit=max_tokens)
         else:
