@@ -48,7 +48,12 @@ from weightprint.io import (
     unpermute_qk,
     write_gguf,
 )
-from weightprint.io.names import BLOCK_MAPS, NORM_SHIFT_ARCHITECTURES, QK_PERMUTED_ARCHITECTURES
+from weightprint.io.names import (
+    BLOCK_MAPS,
+    NORM_SHIFT_ARCHITECTURES,
+    QK_PERMUTED_ARCHITECTURES,
+    needs_layout_change,
+)
 
 
 def converter_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -164,9 +169,11 @@ def test_every_tensor_equals_gguf_dequantize(real_models, which):
         n_head = int(model.metadata[f"{arch}.attention.head_count"])
         n_head_kv = int(model.metadata[f"{arch}.attention.head_count_kv"])
         changed = 0
-        for info in model.tensor_infos():
+        for i, info in enumerate(model.tensor_infos()):
             stored = model.stored_tensor(info.name)
             assert hashlib.sha256(stored.tobytes()).hexdigest() == digests[info.stored_name], info.name
+            if i % 8 and not needs_layout_change(info.name, arch):
+                continue  # tensor() = stored_tensor() here; check a sample to save CI time
             hf = model.tensor(info.name)
             assert hf.dtype == np.float32 and hf.shape == info.shape
             if arch == "llama" and info.stored_name.startswith("blk.") and ".attn_q." in info.stored_name:
