@@ -38,7 +38,7 @@ QUANTIZED_FILE_TYPES = [
 ]
 
 
-def _assert_same_types(label: str, source: Path, reference_file: Path | None, ftype: FileType, label_key: str) -> None:
+def _assert_same_types(label: str, source: Path, ftype: FileType, label_key: str) -> None:
     metadata, tensors = fx.read_types(source)
     hyper = mix_hyperparameters(metadata)
     arch = hyper.pop("arch")
@@ -63,7 +63,7 @@ def smollm2_f16_path(smollm2) -> Path:
 @pytest.mark.parametrize("ftype", QUANTIZED_FILE_TYPES + [FileType.F16, FileType.BF16, FileType.F32], ids=lambda f: f.name)
 def test_smollm2_types_match_llama_cpp(smollm2_f16_path: Path, ftype: FileType) -> None:
     """SmolLM2 (llama, dim 576: k-quants fall back for all but ffn_down) from F16."""
-    _assert_same_types("SmolLM2 F16", smollm2_f16_path, None, ftype, "smollm2-f16")
+    _assert_same_types("SmolLM2 F16", smollm2_f16_path, ftype, "smollm2-f16")
 
 
 @needs_llama
@@ -73,7 +73,7 @@ def test_smollm2_types_match_llama_cpp(smollm2_f16_path: Path, ftype: FileType) 
 )
 def test_gemma3_requantize_types_match_llama_cpp(gemma3: Path, ftype: FileType) -> None:
     """Gemma 3 270M (gemma3, GQA 4) requantized from its Q4_K_M file."""
-    _assert_same_types("Gemma 3 Q4_K_M", gemma3, None, ftype, "gemma3")
+    _assert_same_types("Gemma 3 Q4_K_M", gemma3, ftype, "gemma3")
 
 
 @needs_llama
@@ -82,7 +82,7 @@ def test_gemma3_requantize_types_match_llama_cpp(gemma3: Path, ftype: FileType) 
 def test_synthetic_llama_types_match_llama_cpp(variant: str, ftype: FileType) -> None:
     """Rows that are multiples of 256: the k-quant branches themselves, not their fallbacks."""
     path, _ = fx.synthetic_llama(variant)
-    _assert_same_types(f"synthetic {variant}", path, None, ftype, f"synthetic-{variant}")
+    _assert_same_types(f"synthetic {variant}", path, ftype, f"synthetic-{variant}")
 
 
 @needs_llama

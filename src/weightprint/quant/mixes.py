@@ -348,7 +348,7 @@ def _type_for_category(state: _State, new_type: QType, name: str, shape: Sequenc
     if category is _Category.TOKEN_EMBD:
         return new_type  # only IQ/TQ file types change an untied token_embd
 
-    if category in _ATTN_V_LIKE:
+    if category in _ATTN_V_LIKE:  # attn_qkv too: llama.cpp's own attn_qkv branch comes after this one, dead
         i, n = state.i_attention_wv, state.n_attention_wv
         if ft == FileType.Q2_K:
             new_type = QType.Q4_K if _require_gqa(state, name) >= 4 else QType.Q3_K
@@ -412,9 +412,6 @@ def _type_for_category(state: _State, new_type: QType, name: str, shape: Sequenc
                 new_type = QType.Q5_K
         elif ft == FileType.Q3_K_L:
             new_type = QType.Q4_K
-        return new_type
-
-    if category is _Category.ATTENTION_QKV:  # unreachable: attn_qkv is attn_v-like above (as in llama.cpp)
         return new_type
 
     if category is _Category.FFN_GATE:
