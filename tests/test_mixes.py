@@ -183,3 +183,59 @@ def test_mix_hyperparameters() -> None:
     assert mix_hyperparameters(meta) == {"arch": "gemma3", "n_layers": 18, "n_expert": 0, "n_head": 4, "n_head_kv": 1}
     with pytest.raises(WeightprintError, match="^metadata has no `llama.block_count`$"):
         mix_hyperparameters({"general.architecture": "llama"})
+
+
+# --------------------------------------------------------------------------- llama_ref and requantizing
+
+
+@needs_llama
+def test_requantize_same_type_copies_bytes_and_keeps_rules(tmp_path: Path) -> None:
+    """Requantizing a Q4_K_M file to Q4_K_M copies every tensor byte for byte; to Q8_0 the types
+    still follow the rules on names and shapes, whatever the source types."""
+    from weightprint.io.gguf_file import GGUFModel
+    from weightprint.testing.llama_ref import llama_quantize
+
+    path, _ = fx.synthetic_llama("untied")
+    first = llama_quantize(path, tmp_path / "a.gguf", FileType.Q4_K_M)
+    again = llama_quantize(first, tmp_path / "b.gguf", FileType.Q4_K_M)
+    with GGUFModel(first) as a, GGUFModel(again) as b:
+        assert [(t.stored_name, t.qtype) for t in a.tensor_infos()] == [(t.stored_name, t.qtype) for t in b.tensor_infos()]
+        for t in a.tensor_infos():
+            assert bytes(a.raw(t.name)) == bytes(b.raw(t.name)), t.stored_name
+    q8 = llama_quantize(first, tmp_path / "c.gguf", FileType.Q8_0)
+    metadata, src = fx.read_types(first)
+    _, got = fx.read_types(q8)
+    hyper = mix_hyperparameters(metadata)
+    arch = hyper.pop("arch")
+    ours = choose_tensor_types(arch, src, FileType.Q8_0, **hyper)
+    assert {n: q for n, _, q in got} == ours
+
+
+@needs_llama
+def test_llama_quantize_errors(tmp_path: Path) -> None:
+    from weightprint.errors import BackendError
+    from weightprint.testing.llama_ref import llama_quantize
+
+    path, _ = fx.synthetic_llama("untied")
+    first = llama_quantize(path, tmp_path / "a.gguf", FileType.Q4_0)
+    # output.weight (Q6_K, first in llama.cpp order) is the first tensor that would change type
+    with pytest.raises(BackendError, match=r"to Q8_0 \(return code 1\): llama_model_quantize: failed to quantize: requantizing from type q6_K is disabled$"):
+        llama_quantize(first, tmp_path / "b.gguf", FileType.Q8_0, allow_requantize=False)
+    assert not (tmp_path / "b.gguf").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gguf"]  # no temp file left behind
+    with pytest.raises(BackendError, match=r"\(return code 1\): llama_model_quantize: failed to quantize: invalid output file type 99"):
+        llama_quantize(path, tmp_path / "c.gguf", 99)
+    with pytest.raises(FileNotFoundError):
+        llama_quantize(tmp_path / "missing.gguf", tmp_path / "d.gguf", FileType.Q4_0)
+
+
+def test_llama_quantize_without_llama_cpp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from weightprint.errors import BackendError
+    from weightprint.testing.llama_ref import llama_quantize
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as if not installed
+    assert not llama_available()
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"GGUF")
+    with pytest.raises(BackendError, match=r"^llama-cpp-python \(`llama_cpp`\) is not installed$"):
+        llama_quantize(src, tmp_path / "out.gguf", FileType.Q4_0)

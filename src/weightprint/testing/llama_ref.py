@@ -78,7 +78,9 @@ def _last_error_line() -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         if "error" in line.lower() or "failed" in line.lower():
-            return line
+            # progress lines have no newline: keep only the failing call's own message
+            start = line.rfind("llama_model_quantize:")
+            return line[start:] if start >= 0 else line
     return lines[-1] if lines else "no log from llama.cpp"
 
 
