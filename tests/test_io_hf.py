@@ -311,7 +311,7 @@ def test_config_metadata_round_trip(arch: str) -> None:
     assert config["rms_norm_eps"] == 1e-6 and config["rope_theta"] == 500000.0
     assert config["vocab_size"] == 100 and config["num_key_value_heads"] == 2 and config["num_hidden_layers"] == 6
     assert architecture_from_hf(config) == arch
-    back, types = gguf_metadata_from_hf(config, None)
+    back, types = gguf_metadata_from_hf(config, None, require_tokenizer=False)
     for key, value in metadata.items():
         if key.startswith("tokenizer."):
             continue
@@ -334,6 +334,12 @@ def test_config_errors() -> None:
         hf_config_from_gguf({"general.architecture": "bert"})
     with pytest.raises(WeightprintError, match=r"^cannot convert architecture \['BertModel'\]"):
         gguf_metadata_from_hf({"architectures": ["BertModel"], "model_type": "bert"}, None)
+    config = hf_config_from_gguf({"general.architecture": "llama", "llama.embedding_length": 8, "llama.feed_forward_length": 8,
+                                  "llama.block_count": 1, "llama.attention.head_count": 2, "llama.context_length": 64,
+                                  "llama.vocab_size": 16, "llama.attention.layer_norm_rms_epsilon": 1e-5})
+    config["_name_or_path"] = "/models/tiny"
+    with pytest.raises(MissingTokenizerError, match=r"^/models/tiny: no tokenizer \(tokenizer.json\), which a GGUF file needs$"):
+        gguf_metadata_from_hf(config, None)
     assert architecture_from_hf({"architectures": ["MistralForCausalLM"]}) == "mistral"
 
 

@@ -12,12 +12,13 @@ form (``rope_theta``, ``rope_local_base_freq``) so that older readers work too.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gguf import GGUFValueType
 
-from weightprint.errors import ModelFormatError, WeightprintError
+from weightprint.errors import MissingTokenizerError, ModelFormatError, WeightprintError
 from weightprint.io.model import TokenizerInfo
 
 __all__ = [
@@ -238,7 +239,8 @@ def gguf_metadata_from_hf(
     chat_template: str | None = None,
     *,
     name: str | None = None,
-) -> tuple[dict[str, Any], dict[str, GGUFValueType]]:
+    require_tokenizer: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """GGUF key/values (and their GGUF types) for a Hugging Face ``config.json``.
 
     Parameters
@@ -246,21 +248,28 @@ def gguf_metadata_from_hf(
     config : dict
         The ``config.json`` values.
     tokenizer : TokenizerInfo or None
-        Tokenizer facts (see :func:`weightprint.io.tokenizer.tokenizer_info_from_hf`); None
-        omits the ``tokenizer.ggml.*`` keys.
+        Tokenizer facts (see :func:`weightprint.io.tokenizer.tokenizer_info_from_hf`). llama.cpp
+        cannot load a model without one, so None raises unless ``require_tokenizer=False``
+        (then the ``tokenizer.ggml.*`` keys are left out).
     chat_template : str, optional
         Stored as ``tokenizer.chat_template``.
     name : str, optional
-        ``general.name``; defaults to the config's ``_name_or_path`` or the model type.
+        ``general.name``; defaults to the last part of the config's ``_name_or_path`` or the
+        model type.
+    require_tokenizer : bool, *optional*, defaults to True
+        Raise :class:`MissingTokenizerError` when ``tokenizer`` is None.
 
     Returns
     -------
     (dict, dict)
         ``metadata`` (key -> value; arrays as lists or numpy arrays) and ``types``
-        (key -> :class:`gguf.GGUFValueType`; for arrays, the element type).
+        (key -> :class:`gguf.GGUFValueType`; arrays as ``(ARRAY, element type)``), the form
+        :func:`weightprint.io.gguf_file.write_gguf` takes.
 
     Raises
     ------
+    MissingTokenizerError
+        ``tokenizer`` is None and ``require_tokenizer`` is True (names ``_name_or_path``).
     WeightprintError
         For an architecture other than llama, mistral, qwen2, gemma3.
     ModelFormatError
@@ -273,12 +282,19 @@ def gguf_metadata_from_hf(
             f"supported: {', '.join(sorted(HF_TO_GGUF_ARCH))}"
         )
     gguf_arch = "llama" if arch == "mistral" else arch
+    source = str(config.get("_name_or_path") or "model")
+    if tokenizer is None and require_tokenizer:
+        raise MissingTokenizerError(
+            f"{source}: no tokenizer (tokenizer.json), which a GGUF file needs",
+            hint="copy the tokenizer files of the base model into the directory",
+        )
 
     def need(key: str) -> Any:
         if key not in config or config[key] is None:
             raise ModelFormatError(f"config.json has no `{key}`, needed for GGUF metadata")
         return config[key]
 
+    ARR = GGUFValueType.ARRAY
     U32, F32, STR, BOOL, I32 = (
         GGUFValueType.UINT32,
         GGUFValueType.FLOAT32,
@@ -287,9 +303,9 @@ def gguf_metadata_from_hf(
         GGUFValueType.INT32,
     )
     meta: dict[str, Any] = {}
-    types: dict[str, GGUFValueType] = {}
+    types: dict[str, Any] = {}
 
-    def put(key: str, value: Any, kind: GGUFValueType) -> None:
+    def put(key: str, value: Any, kind: Any) -> None:
         meta[key] = value
         types[key] = kind
 
@@ -298,7 +314,8 @@ def gguf_metadata_from_hf(
     n_head_kv = int(config.get("num_key_value_heads") or n_head)
     head_dim = int(config.get("head_dim") or n_embd // n_head)
     put("general.architecture", gguf_arch, STR)
-    put("general.name", name or str(config.get("_name_or_path") or config.get("model_type") or gguf_arch), STR)
+    default_name = Path(str(config["_name_or_path"])).name if config.get("_name_or_path") else None
+    put("general.name", name or default_name or str(config.get("model_type") or gguf_arch), STR)
     a = gguf_arch
     ctx = config.get("max_position_embeddings") or 4096
     put(f"{a}.context_length", int(ctx), U32)
@@ -338,13 +355,13 @@ def gguf_metadata_from_hf(
         put("tokenizer.ggml.model", tokenizer.model, STR)
         if tokenizer.pre is not None:
             put("tokenizer.ggml.pre", tokenizer.pre, STR)
-        put("tokenizer.ggml.tokens", list(tokenizer.tokens), STR)
+        put("tokenizer.ggml.tokens", list(tokenizer.tokens), (ARR, STR))
         if tokenizer.scores is not None:
-            put("tokenizer.ggml.scores", np.asarray(tokenizer.scores, dtype=np.float32), F32)
+            put("tokenizer.ggml.scores", np.asarray(tokenizer.scores, dtype=np.float32), (ARR, F32))
         if tokenizer.token_types is not None:
-            put("tokenizer.ggml.token_type", np.asarray(tokenizer.token_types, dtype=np.int32), I32)
+            put("tokenizer.ggml.token_type", np.asarray(tokenizer.token_types, dtype=np.int32), (ARR, I32))
         if tokenizer.merges is not None:
-            put("tokenizer.ggml.merges", list(tokenizer.merges), STR)
+            put("tokenizer.ggml.merges", list(tokenizer.merges), (ARR, STR))
         for attr, key in (
             ("bos_id", "bos_token_id"),
             ("eos_id", "eos_token_id"),
