@@ -278,14 +278,12 @@ class _HeaderParser:
         buf, size = self.buf, self.size
         unpack = _U64.unpack_from
         starts = [0] * count
-        try:
+        try:  # a length past the end makes the next unpack raise; the last one is checked below
             for i in range(count):
                 n = unpack(buf, pos)[0]
                 pos += 8
                 starts[i] = pos
                 pos += n
-                if pos > size:
-                    break
         except struct.error:
             raise self.fail(
                 f"string array `{key}` of {count} items runs past end of file ({size} bytes)"
