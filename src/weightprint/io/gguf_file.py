@@ -284,7 +284,7 @@ class _HeaderParser:
                 pos += 8
                 starts[i] = pos
                 pos += n
-        except struct.error:
+        except (struct.error, OverflowError):
             raise self.fail(
                 f"string array `{key}` of {count} items runs past end of file ({size} bytes)"
             ) from None
