@@ -180,6 +180,6 @@ def write_fp16(out, i, off, f):
     return fp16_bits_to_fp32(h)
 
 
-def fp16_table() -> np.ndarray:
-    """float32 value of every half bit pattern (index = bits), as numpy computes it."""
-    return np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+#: float32 value of every half bit pattern (index = bits); numpy's conversion is exact, like ggml's
+FP16_TABLE: np.ndarray = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+FP16_TABLE.setflags(write=False)

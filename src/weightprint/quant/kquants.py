@@ -17,12 +17,11 @@ from weightprint.quant.base import (
     QuantKernel,
     c_to_int8,
     nearest_int,
-    read_fp16,
+    FP16_TABLE,
     write_fp16,
 )
 
 _njit = numba.njit(cache=True, nogil=True)
-_njit_par = numba.njit(cache=True, nogil=True, parallel=True)
 _helper = numba.njit(cache=True, nogil=True)
 
 GROUP_MAX_EPS = F32(1e-15)
@@ -271,13 +270,13 @@ def _quantize_q2_k(x):
     return out
 
 
-@_njit_par
-def _dequantize_q2_k(data):
+@_njit
+def _dequantize_q2_k(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 256), dtype=np.float32)
-    for i in numba.prange(nb):
-        d = read_fp16(data, i, 80)
-        dmin = read_fp16(data, i, 82)
+    for i in range(nb):
+        d = H[np.int64(data[i, 80]) | (np.int64(data[i, 81]) << 8)]
+        dmin = H[np.int64(data[i, 82]) | (np.int64(data[i, 83]) << 8)]
         k = 0
         isc = 0
         for n in range(0, 256, 128):
@@ -312,7 +311,7 @@ class Q2_K(QuantKernel, qtype=QType.Q2_K):
 
     @classmethod
     def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q2_k(data)
+        return _dequantize_q2_k(data, FP16_TABLE)
 
 
 # ------------------------------------------------------------------------------ Q3_K
@@ -380,12 +379,12 @@ def _quantize_q3_k(x):
     return out
 
 
-@_njit_par
-def _dequantize_q3_k(data):
+@_njit
+def _dequantize_q3_k(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 256), dtype=np.float32)
-    for i in numba.prange(nb):
-        dall = read_fp16(data, i, 108)
+    for i in range(nb):
+        dall = H[np.int64(data[i, 108]) | (np.int64(data[i, 109]) << 8)]
         k = 0
         isc = 0
         m = 1
@@ -428,7 +427,7 @@ class Q3_K(QuantKernel, qtype=QType.Q3_K):
 
     @classmethod
     def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q3_k(data)
+        return _dequantize_q3_k(data, FP16_TABLE)
 
 
 # ------------------------------------------------------------------------------ Q4_K / Q5_K
@@ -500,13 +499,13 @@ def _quantize_q4_k(x):
     return out
 
 
-@_njit_par
-def _dequantize_q4_k(data):
+@_njit
+def _dequantize_q4_k(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 256), dtype=np.float32)
-    for i in numba.prange(nb):
-        d = read_fp16(data, i, 0)
-        dmin = read_fp16(data, i, 2)
+    for i in range(nb):
+        d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
+        dmin = H[np.int64(data[i, 2]) | (np.int64(data[i, 3]) << 8)]
         row = data[i]
         for j in range(4):
             sc1, m1 = _get_scale_min_k4(2 * j, row, 4)
@@ -541,7 +540,7 @@ class Q4_K(QuantKernel, qtype=QType.Q4_K):
 
     @classmethod
     def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q4_k(data)
+        return _dequantize_q4_k(data, FP16_TABLE)
 
 
 @_njit
@@ -575,13 +574,13 @@ def _quantize_q5_k(x):
     return out
 
 
-@_njit_par
-def _dequantize_q5_k(data):
+@_njit
+def _dequantize_q5_k(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 256), dtype=np.float32)
-    for i in numba.prange(nb):
-        d = read_fp16(data, i, 0)
-        dmin = read_fp16(data, i, 2)
+    for i in range(nb):
+        d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
+        dmin = H[np.int64(data[i, 2]) | (np.int64(data[i, 3]) << 8)]
         row = data[i]
         u1 = 1
         u2 = 2
@@ -622,7 +621,7 @@ class Q5_K(QuantKernel, qtype=QType.Q5_K):
 
     @classmethod
     def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q5_k(data)
+        return _dequantize_q5_k(data, FP16_TABLE)
 
 
 # ------------------------------------------------------------------------------ Q6_K
@@ -681,33 +680,33 @@ def _quantize_q6_k(x):
     return out
 
 
-@_njit_par
-def _dequantize_q6_k(data):
+@_njit
+def _dequantize_q6_k(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 256), dtype=np.float32)
-    for i in numba.prange(nb):
-        d = read_fp16(data, i, 208)
+    ds = np.empty(16, dtype=np.float32)
+    for i in range(nb):
+        d = H[np.int64(data[i, 208]) | (np.int64(data[i, 209]) << 8)]
         row = data[i]
+        for j in range(16):
+            ds[j] = F32(d * F32(c_to_int8(np.int64(row[192 + j]))))
         for n in range(2):
             qlo = 64 * n
             qho = 128 + 32 * n
-            so = 192 + 8 * n
+            base = 128 * n
             for l in range(32):
-                isc = l // 16
+                isc = 8 * n + l // 16
                 h = np.int64(row[qho + l])
-                q1 = np.int64((np.int64(row[qlo + l]) & 0xF) | (((h >> 0) & 3) << 4)) - 32
-                q2 = np.int64((np.int64(row[qlo + l + 32]) & 0xF) | (((h >> 2) & 3) << 4)) - 32
-                q3 = np.int64((np.int64(row[qlo + l]) >> 4) | (((h >> 4) & 3) << 4)) - 32
-                q4 = np.int64((np.int64(row[qlo + l + 32]) >> 4) | (((h >> 6) & 3) << 4)) - 32
-                s1 = c_to_int8(np.int64((row[so + isc + 0])))
-                s2 = c_to_int8(np.int64((row[so + isc + 2])))
-                s3 = c_to_int8(np.int64((row[so + isc + 4])))
-                s4 = c_to_int8(np.int64((row[so + isc + 6])))
-                base = 128 * n
-                y[i, base + l] = F32(F32(d * F32(s1)) * F32(q1))
-                y[i, base + l + 32] = F32(F32(d * F32(s2)) * F32(q2))
-                y[i, base + l + 64] = F32(F32(d * F32(s3)) * F32(q3))
-                y[i, base + l + 96] = F32(F32(d * F32(s4)) * F32(q4))
+                a = np.int64(row[qlo + l])
+                b = np.int64(row[qlo + l + 32])
+                q1 = ((a & 0xF) | ((h & 3) << 4)) - 32
+                q2 = ((b & 0xF) | (((h >> 2) & 3) << 4)) - 32
+                q3 = ((a >> 4) | (((h >> 4) & 3) << 4)) - 32
+                q4 = ((b >> 4) | (((h >> 6) & 3) << 4)) - 32
+                y[i, base + l] = F32(ds[isc] * F32(q1))
+                y[i, base + l + 32] = F32(ds[isc + 2] * F32(q2))
+                y[i, base + l + 64] = F32(ds[isc + 4] * F32(q3))
+                y[i, base + l + 96] = F32(ds[isc + 6] * F32(q4))
     return y
 
 
@@ -729,4 +728,4 @@ class Q6_K(QuantKernel, qtype=QType.Q6_K):
 
     @classmethod
     def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q6_k(data)
+        return _dequantize_q6_k(data, FP16_TABLE)

@@ -17,12 +17,11 @@ from weightprint.quant.base import (
     c_float_to_int32,
     c_roundf,
     c_to_int8,
-    read_fp16,
+    FP16_TABLE,
     write_fp16,
 )
 
 _njit = numba.njit(cache=True, nogil=True)
-_njit_par = numba.njit(cache=True, nogil=True, parallel=True)
 
 
 # ------------------------------------------------------------------------------ plain floats
@@ -108,12 +107,12 @@ def _quantize_q4_0(x):
     return out
 
 
-@_njit_par
-def _dequantize_q4_0(data):
+@_njit
+def _dequantize_q4_0(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 32), dtype=np.float32)
-    for i in numba.prange(nb):
-        d = read_fp16(data, i, 0)
+    for i in range(nb):
+        d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
         for j in range(16):
             q = np.int64(data[i, 2 + j])
             y[i, j] = F32(F32((q & 0xF) - 8) * d)
@@ -136,7 +135,7 @@ class Q4_0(QuantKernel, qtype=QType.Q4_0):
 
     @classmethod
     def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q4_0(data)
+        return _dequantize_q4_0(data, FP16_TABLE)
 
 
 # ------------------------------------------------------------------------------ Q4_1
@@ -168,13 +167,13 @@ def _quantize_q4_1(x):
     return out
 
 
-@_njit_par
-def _dequantize_q4_1(data):
+@_njit
+def _dequantize_q4_1(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 32), dtype=np.float32)
-    for i in numba.prange(nb):
-        d = read_fp16(data, i, 0)
-        m = read_fp16(data, i, 2)
+    for i in range(nb):
+        d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
+        m = H[np.int64(data[i, 2]) | (np.int64(data[i, 3]) << 8)]
         for j in range(16):
             q = np.int64(data[i, 4 + j])
             y[i, j] = F32(F32(F32(q & 0xF) * d) + m)
@@ -197,7 +196,7 @@ class Q4_1(QuantKernel, qtype=QType.Q4_1):
 
     @classmethod
     def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q4_1(data)
+        return _dequantize_q4_1(data, FP16_TABLE)
 
 
 # ------------------------------------------------------------------------------ Q5_0
@@ -232,12 +231,12 @@ def _quantize_q5_0(x):
     return out
 
 
-@_njit_par
-def _dequantize_q5_0(data):
+@_njit
+def _dequantize_q5_0(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 32), dtype=np.float32)
-    for i in numba.prange(nb):
-        d = read_fp16(data, i, 0)
+    for i in range(nb):
+        d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
         qh = (
             np.int64((data[i, 2]))
             | (np.int64((data[i, 3])) << 8)
@@ -268,7 +267,7 @@ class Q5_0(QuantKernel, qtype=QType.Q5_0):
 
     @classmethod
     def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q5_0(data)
+        return _dequantize_q5_0(data, FP16_TABLE)
 
 
 # ------------------------------------------------------------------------------ Q5_1
@@ -305,13 +304,13 @@ def _quantize_q5_1(x):
     return out
 
 
-@_njit_par
-def _dequantize_q5_1(data):
+@_njit
+def _dequantize_q5_1(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 32), dtype=np.float32)
-    for i in numba.prange(nb):
-        d = read_fp16(data, i, 0)
-        m = read_fp16(data, i, 2)
+    for i in range(nb):
+        d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
+        m = H[np.int64(data[i, 2]) | (np.int64(data[i, 3]) << 8)]
         qh = (
             np.int64((data[i, 4]))
             | (np.int64((data[i, 5])) << 8)
@@ -342,7 +341,7 @@ class Q5_1(QuantKernel, qtype=QType.Q5_1):
 
     @classmethod
     def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q5_1(data)
+        return _dequantize_q5_1(data, FP16_TABLE)
 
 
 # ------------------------------------------------------------------------------ Q8_0
@@ -365,12 +364,12 @@ def _quantize_q8_0(x):
     return out
 
 
-@_njit_par
-def _dequantize_q8_0(data):
+@_njit
+def _dequantize_q8_0(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 32), dtype=np.float32)
-    for i in numba.prange(nb):
-        d = read_fp16(data, i, 0)
+    for i in range(nb):
+        d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
         for j in range(32):
             q = np.int32(np.int64(data[i, 2 + j]))
             if q >= 128:
@@ -393,4 +392,4 @@ class Q8_0(QuantKernel, qtype=QType.Q8_0):
 
     @classmethod
     def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q8_0(data)
+        return _dequantize_q8_0(data, FP16_TABLE)

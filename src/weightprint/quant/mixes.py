@@ -1,6 +1,7 @@
 """llama.cpp's per-tensor type rules ("mixes"): which GGML type each tensor gets for a file type.
 
 A port of ``src/llama-quant.cpp`` of the llama.cpp vendored by llama-cpp-python 0.3.36
+(ggml-org/llama.cpp@0c1e57098, read from the 0.3.36 sdist's ``vendor/llama.cpp``)
 (``tensor_allows_quantization``, ``llama_tensor_get_type`` / ``llama_tensor_get_type_impl``,
 ``tensor_type_fallback``, ``init_quantize_state_counters``), with llama.cpp's default
 quantization parameters: no imatrix, no ``--pure``, no ``--tensor-type`` / ``--output-tensor-type``
@@ -268,7 +269,9 @@ def tensor_allows_quantization(
     """
     if _n_dims(shape) < 2:
         return False
-    if not name.endswith("weight"):
+    # llama.cpp: name.rfind("weight") == name.size() - 6, which is also true (npos == size_t(-1))
+    # for every 5-character name
+    if not (name.endswith("weight") or len(name.encode("utf-8")) == 5):
         return False
     if not quantize_output_tensor and name == "output.weight":
         return False
