@@ -88,6 +88,22 @@ def _n_layers(model: Model) -> int:
     return int(n or 0)
 
 
+def _head_counts(model: Model) -> tuple[int | None, int | None, int]:
+    cfg, md, arch = model.config or {}, model.metadata or {}, model.architecture
+
+    def scalar(v: object) -> int | None:
+        if v is None:
+            return None
+        if isinstance(v, (list, tuple, np.ndarray)):  # per-layer arrays: llama.cpp uses layer 0
+            return int(v[0]) if len(v) else None
+        return int(v)
+
+    n_head = scalar(cfg.get("num_attention_heads", md.get(f"{arch}.attention.head_count")))
+    n_head_kv = scalar(cfg.get("num_key_value_heads", md.get(f"{arch}.attention.head_count_kv")))
+    n_expert = scalar(cfg.get("num_local_experts", md.get(f"{arch}.expert_count"))) or 0
+    return n_head, n_head_kv if n_head_kv is not None else n_head, n_expert
+
+
 def plan_tensor_types(model: Model, file_type: FileType) -> dict[str, QType]:
     """The type llama.cpp would give each tensor of ``model`` for ``file_type`` (canonical names)."""
     from weightprint.io.names import hf_to_gguf_name
@@ -96,11 +112,21 @@ def plan_tensor_types(model: Model, file_type: FileType) -> dict[str, QType]:
     infos = model.tensor_infos()
     arch = model.architecture
     gguf_names = {t.name: hf_to_gguf_name(t.name, arch) for t in infos}
+    n_head, n_head_kv, n_expert = _head_counts(model)
+    # A GGUF source's un-quantized tensors keep their stored type, as in llama.cpp; other
+    # sources write 1-D tensors as F32, as llama.cpp's converter does.
+    tensors = [
+        (gguf_names[t.name], tuple(t.shape), t.qtype) if model.format == "gguf" else (gguf_names[t.name], tuple(t.shape))
+        for t in infos
+    ]
     chosen = choose_tensor_types(
         arch,
-        [(gguf_names[t.name], tuple(t.shape)) for t in infos],
+        tensors,
         file_type,
         n_layers=_n_layers(model),
+        n_expert=n_expert,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
     )
     return {t.name: QType(chosen[gguf_names[t.name]]) for t in infos}
 
