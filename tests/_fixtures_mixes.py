@@ -22,7 +22,7 @@ import numpy as np
 from weightprint.constants import FileType, QType
 from weightprint.testing.models import cache_dir
 
-RECIPE_VERSION = "mixes-v1"
+RECIPE_VERSION = "mixes-v2"
 
 
 def _key(recipe: dict[str, Any]) -> str:
@@ -106,7 +106,9 @@ def synthetic_recipes() -> dict[str, dict[str, Any]]:
 
     Both carry extra tensors that llama.cpp must handle by the rules, not by shape checks:
     a 2-D F16 ``position_embd.weight`` (kept), a 2-D ``ffn_gate_inp.weight`` (kept) and a
-    2-D tensor with rows of 40 (``blk.0.extra_proj.weight``: no 32-block type fits -> F16).
+    2-D tensor with rows of 40 (``blk.0.extra_proj.weight``: no 32-block type fits -> F16), a 2-D
+    ``blk.0.extra_scale`` (no ``weight`` suffix: kept) and ``xtra5`` (a 5-character name, which
+    llama.cpp's ``rfind("weight") == size() - 6`` test lets through: quantized).
     """
     return {
         "tied": {"n_layers": 16, "n_head_kv": 2, "tied": True, "seed": 1},
@@ -171,6 +173,8 @@ def write_synthetic_llama(path: Path, *, n_layers: int, n_head_kv: int, tied: bo
         writer.add_tensor(p + "ffn_down.weight", mat(SYNTH_DIM, SYNTH_FFN))
     writer.add_tensor("blk.0.ffn_gate_inp.weight", mat(4, SYNTH_DIM))
     writer.add_tensor("blk.0.extra_proj.weight", mat(8, 40))
+    writer.add_tensor("blk.0.extra_scale", mat(8, SYNTH_DIM))  # 2-D, not "*weight": kept
+    writer.add_tensor("xtra5", mat(8, SYNTH_DIM))  # 5 characters: llama.cpp's suffix test passes
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -94,6 +94,7 @@ def test_synthetic_reference_exercises_kquant_branches() -> None:
     assert q4km["blk.0.attn_v.weight"] == QType.Q6_K and q4km["blk.2.attn_v.weight"] == QType.Q4_K
     assert q4km["blk.0.extra_proj.weight"] == QType.F16  # rows of 40: no 32-block type fits
     assert q4km["position_embd.weight"] == QType.F16  # kept as stored
+    assert q4km["blk.0.extra_scale"] == QType.F16 and q4km["xtra5"] == QType.Q4_K
     path, _ = fx.synthetic_llama("untied")
     q2k = fx.reference_types(path, FileType.Q2_K, "synthetic-untied")
     assert q2k["blk.3.attn_v.weight"] == QType.Q4_K  # GQA 4
