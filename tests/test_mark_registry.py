@@ -1,0 +1,180 @@
+"""Registry reliability: concurrent issuers, SIGKILL mid-write, PostgreSQL.
+
+Each check runs real issuing processes on a tiny llama GGUF (seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _fixtures_mark import write_tiny_llama  # noqa: E402
+
+from weightprint.mark import init_registry, issue_copy, trace_leak  # noqa: E402
+from weightprint.mark.api import STAGING_DIR  # noqa: E402
+from weightprint.mark.registry import open_registry  # noqa: E402
+from weightprint.testing.models import file_sha256  # noqa: E402
+
+_ISSUER = textwrap.dedent(
+    """
+    import sys, time
+    from weightprint.mark import issue_copy
+    from weightprint.errors import WeightprintError
+    source, url, key, outdir, delay = sys.argv[1:6]
+    names = sys.argv[6:]
+    def slow(done, total, name):
+        time.sleep(float(delay))
+    for name in names:
+        try:
+            issue_copy(source, name, "Q4_K_M", f"{outdir}/{name}-{__import__('os').getpid()}.gguf",
+                       registry_url=url, key_file=key, progress=slow if float(delay) else None)
+            print("ok", name, flush=True)
+        except WeightprintError as e:
+            print("refused", name, e, flush=True)
+    """
+)
+
+
+def _issuer(tmp_path: Path, source: Path, url: str, key: Path, outdir: Path, names: list[str], delay: float = 0.0):
+    script = tmp_path / "issuer.py"
+    if not script.exists():
+        script.write_text(_ISSUER)
+    return subprocess.Popen([sys.executable, str(script), str(source), url, str(key), str(outdir), str(delay), *names],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _check_consistent(url: str, outdir: Path) -> list:
+    """Every row has its complete file; no partial file sits at an output path."""
+    with open_registry(url) as reg:
+        rows = reg.copies()
+    for r in rows:
+        assert Path(r.output_path).is_file(), f"row without file: {r.output_path}"
+        assert file_sha256(r.output_path) == r.output_sha256
+    recorded = {Path(r.output_path).name for r in rows}
+    for f in outdir.glob("*.gguf"):
+        assert f.name in recorded, f"output file without row: {f}"
+    return rows
+
+
+def _setup(tmp_path: Path, url: str | None = None):
+    source = write_tiny_llama(tmp_path / "src.gguf")
+    url = url or f"sqlite:///{tmp_path / 'reg.db'}"
+    key = tmp_path / "m.key"
+    init_registry(url, key)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    return source, url, key, outdir
+
+
+def test_four_concurrent_issuers_lose_nothing_and_duplicate_nothing(tmp_path):
+    source, url, key, outdir = _setup(tmp_path)
+    procs = [_issuer(tmp_path, source, url, key, outdir, [f"r{i}", "shared"]) for i in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    text = "".join(o[0] for o in outs)
+    assert text.count("ok shared") == 1 and text.count("refused shared") == 3, text
+    rows = _check_consistent(url, outdir)
+    assert sorted(r.recipient for r in rows) == ["r0", "r1", "r2", "r3", "shared"]
+    assert len({r.issue_id for r in rows}) == 5 and len({r.key_salt for r in rows}) == 5
+
+
+def test_sigkill_mid_write_leaves_no_orphan_row_and_no_partial_file(tmp_path):
+    source, url, key, outdir = _setup(tmp_path)
+    killed = 0
+    for i, wait in enumerate([0.3, 0.8, 1.5]):
+        p = _issuer(tmp_path, source, url, key, outdir, [f"victim{i}"], delay=0.05)
+        deadline = time.time() + 60
+        staging = outdir / STAGING_DIR
+        while time.time() < deadline and not (staging.is_dir() and any(staging.rglob("*"))):
+            time.sleep(0.01)
+        time.sleep(wait * 0.2)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            killed += 1
+        p.communicate(timeout=60)
+        _check_consistent(url, outdir)
+    assert killed >= 2
+    with open_registry(url) as reg:
+        assert all(r.recipient != "victim0" for r in reg.copies())
+    # the next issue removes the dead issuers' staging folders
+    res = issue_copy(source, "after", "Q4_K_M", outdir / "after.gguf", registry_url=url, key_file=key)
+    assert Path(res.output).is_file()
+    assert not (outdir / STAGING_DIR).exists()
+    _check_consistent(url, outdir)
+
+
+# --------------------------------------------------------------------------------------
+# PostgreSQL: a throwaway server from Debian's postgresql package when one is installed
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory):
+    url = os.environ.get("WEIGHTPRINT_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    pg_ctl = shutil.which("pg_ctl") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))), None)
+    if pg_ctl is None:
+        pytest.skip("PostgreSQL tests skipped: no server (set WEIGHTPRINT_TEST_POSTGRES_URL or install postgresql)")
+    bindir = Path(pg_ctl).resolve().parent
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="weightprint-pg-"))  # pytest's tmp is 0700 root: not for `postgres`
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            pytest.skip("PostgreSQL tests skipped: running as root without `runuser`")
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("PostgreSQL tests skipped: running as root and no `postgres` user")
+        os.chmod(base, 0o755)
+        for d in (base, sock):
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    run = lambda *a: subprocess.run([*prefix, *a], capture_output=True, text=True, timeout=120)  # noqa: E731
+    r = run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    if r.returncode != 0:
+        pytest.skip(f"PostgreSQL tests skipped: initdb failed: {r.stderr.strip()[-200:]}")
+    r = run(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o",
+            f"-k {sock} -c listen_addresses='' -c fsync=off", "start")
+    if r.returncode != 0:
+        pytest.skip(f"PostgreSQL tests skipped: server did not start: {r.stderr.strip()[-200:]}")
+    try:
+        yield f"postgresql+psycopg://postgres@/postgres?host={sock}"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_postgresql_registry_issue_trace_and_concurrency(tmp_path, postgres_url):
+    pytest.importorskip("psycopg")
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(postgres_url)
+    with engine.begin() as conn:  # a clean schema per run
+        conn.execute(text("DROP TABLE IF EXISTS wp_copies, wp_registry"))
+    engine.dispose()
+    source, url, key, outdir = _setup(tmp_path, postgres_url)
+    procs = [_issuer(tmp_path, source, url, key, outdir, [f"p{i}", "shared"]) for i in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    text_out = "".join(o[0] for o in outs)
+    assert text_out.count("ok shared") == 1, text_out
+    rows = _check_consistent(url, outdir)
+    assert sorted(r.recipient for r in rows) == ["p0", "p1", "p2", "p3", "shared"]
+    p2 = next(r for r in rows if r.recipient == "p2")
+    v = trace_leak(p2.output_path, source=source, registry_url=url, key_file=key)
+    assert v.accused_recipient == "p2" and v.n_copies == 5
