@@ -16,6 +16,10 @@ never found out by catching exceptions.
 The helpers below reproduce llama.cpp's scalar semantics exactly: ``nearest_int`` (the
 ``+12582912.f`` trick), ``GGML_FP32_TO_FP16`` / ``GGML_FP16_TO_FP32`` (round to nearest even,
 subnormals kept, ``-0.0`` keeps its sign) and C's float -> small-int casts on x86.
+
+Numba caches compiled kernels on disk (``cache=True``) keyed on each kernel's own source file:
+after editing a helper here, delete ``quant/__pycache__/*.nbi`` / ``*.nbc`` so the kernels in
+``legacy.py`` / ``kquants.py`` that call it are recompiled.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ class QuantKernel:
 # scalar helpers for the numba kernels (no fastmath anywhere: llama.cpp's float32 order matters)
 # --------------------------------------------------------------------------------------------
 
-_jit = numba.njit(cache=True, nogil=True, inline="always")
+_jit = numba.njit(cache=True, nogil=True)
 
 F32 = np.float32
 
