@@ -73,11 +73,8 @@ class InspectResult:
 
 def vocabulary_sha256(tokens: list[str]) -> str:
     """SHA-256 of a vocabulary in id order (tokens joined by NUL bytes)."""
-    h = hashlib.sha256()
-    for t in tokens:
-        h.update(t.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()
+    joined = "\0".join(tokens) + "\0" if len(tokens) else ""
+    return hashlib.sha256(joined.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _first(d: dict[str, Any], *keys: str) -> Any:
