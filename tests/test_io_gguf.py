@@ -492,6 +492,10 @@ def test_string_array_is_lazy_and_compares_like_a_list(small_gguf):
         assert tokens == [f"tok{i}" for i in range(37)] + ["é", "<0x0A>", "日本"]
         assert tokens != ["tok0"]
         assert "StringArray(['tok0', 'tok1', 'tok2', ...], n=40)" == repr(tokens)
+        merges = m.metadata["tokenizer.ggml.merges"]
+    assert merges == ["t o", "to k"]  # still readable after close()
+    with pytest.raises(WeightprintError, match=r"small\.gguf: model is closed"):
+        m.raw("model.norm.weight")
 
 
 # --------------------------------------------------------------------------- crafted files

@@ -115,8 +115,9 @@ class StringArray(Sequence[str]):
     """
 
     def __init__(self, buffer: Any, starts: np.ndarray, ends: np.ndarray, region: tuple[int, int],
-                 label: str) -> None:
+                 label: str, keepalive: Any = None) -> None:
         self._buffer = buffer
+        self._keepalive = keepalive  # a memoryview of the map: close() cannot unmap it under us
         self._starts = starts
         self._ends = ends
         self._region = region  # byte range of the encoded array (length prefixes included)
@@ -195,6 +196,7 @@ class _HeaderParser:
         self.size = size
         self.label = label
         self.pos = 0
+        self.view: memoryview | None = None
 
     def fail(self, message: str) -> GGUFFormatError:
         return GGUFFormatError(f"{self.label}: {message}")
@@ -296,7 +298,10 @@ class _HeaderParser:
             end_arr[:-1] = start_arr[1:] - 8
             end_arr[-1] = pos
         self.pos = pos
-        return StringArray(buf, start_arr, end_arr, (region_start, pos), f"{self.label}: `{key}`")
+        if self.view is None:
+            # A memoryview keeps the map alive (close() cannot unmap it) while string arrays live.
+            self.view = memoryview(buf)
+        return StringArray(buf, start_arr, end_arr, (region_start, pos), f"{self.label}: `{key}`", self.view)
 
 
 # --------------------------------------------------------------------------- reader
@@ -514,7 +519,7 @@ class GGUFModel(Model):
 
     def _buffer(self) -> Any:
         if self._mmap is None:
-            raise GGUFFormatError(f"{self._label}: model is closed")
+            raise WeightprintError(f"{self._label}: model is closed")
         return self._mmap
 
     def close(self) -> None:
