@@ -109,3 +109,17 @@ def test_output_shapes_and_api() -> None:
     assert row_bytes("Q5_K", 512) == 352
     assert QType.Q4_K in QUANTIZABLE and QType.IQ4_NL not in QUANTIZABLE
     assert dequantize(quantize(x, QType.Q4_K), QType.Q4_K).shape == (3, 2, 512)
+
+
+def test_read_only_and_strided_inputs(tmp_path) -> None:
+    """Memory-mapped (read-only) bytes and non-contiguous float views are accepted."""
+    x = np.random.default_rng(5).standard_normal((4, 512)).astype(np.float32)
+    q = quantize(x, QType.Q6_K)
+    path = tmp_path / "q6k.bin"
+    q.tofile(path)
+    mm = np.memmap(path, dtype=np.uint8, mode="r", shape=q.shape)
+    assert np.array_equal(dequantize(mm, QType.Q6_K), dequantize(q, QType.Q6_K))
+    wide = np.zeros((4, 1024), np.float32)
+    wide[:, ::2] = x
+    assert np.array_equal(quantize(wide[:, ::2], QType.Q4_K), quantize(x, QType.Q4_K))
+    assert np.array_equal(quantize(x.astype(np.float64), QType.Q4_K), quantize(x, QType.Q4_K))

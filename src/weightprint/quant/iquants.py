@@ -25,15 +25,13 @@ def _make(qtype: QType) -> type[QuantKernel]:
         return np.asarray(flat, dtype=np.float32).reshape(-1, cls.block_size)
 
     namespace = {
-        "__doc__": f"{qtype.name}: dequantize only, through gguf-py ({QUANT_DOC})",
+        "__doc__": f"{qtype.name}: dequantize only, through gguf-py (block layout as llama.cpp's ggml-common.h)",
         "supports_quantize": False,
         "dequantize_blocks": classmethod(dequantize_blocks),
         "__module__": __name__,
     }
     return type(qtype.name, (QuantKernel,), namespace, qtype=qtype)
 
-
-QUANT_DOC = "block layout as llama.cpp ggml-common.h"
 
 KERNELS: dict[QType, type[QuantKernel]] = {}
 for _name in _DEQUANTIZE_ONLY:
