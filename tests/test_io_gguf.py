@@ -673,3 +673,19 @@ def test_open_model_unreadable(tmp_path):
     path.chmod(0)
     with pytest.raises(ModelFormatError, match=r"model\.gguf: cannot read \(Permission denied\)"):
         open_model(path)
+
+
+def test_open_model_hf_directory(tmp_path):
+    pytest.importorskip("weightprint.io.hf")
+    import json
+
+    from safetensors.numpy import save_file
+
+    directory = tmp_path / "hf"
+    directory.mkdir()
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4,
+              "num_attention_heads": 1, "num_key_value_heads": 1, "num_hidden_layers": 0, "vocab_size": 3}
+    (directory / "config.json").write_text(json.dumps(config))
+    save_file({"model.norm.weight": np.ones(4, np.float32)}, str(directory / "model.safetensors"))
+    with open_model(directory) as m:
+        assert m.format == "hf" and m.tensor_names() == ["model.norm.weight"]
