@@ -1,7 +1,7 @@
 """Property test: a GGUF with mutated header bytes never crashes the reader.
 
 H0 (what must hold): for any mutation of the header of a valid small GGUF, ``open_model`` and
-reading every tensor, the tokenizer and the chat template either succeed or raise a
+reading every tensor, the tokenizer, the chat template and the config either succeed or raise a
 ``WeightprintError``; any other exception (IndexError, struct.error, MemoryError...) fails.
 """
 
@@ -34,6 +34,7 @@ def _exercise(path: Path) -> None:
                 model.raw(info.name)
             _ = model.tokenizer
             _ = model.chat_template
+            _ = model.config
     except WeightprintError:
         pass
 
