@@ -170,12 +170,6 @@ def c_roundf(v):
 
 
 @_jit
-def read_fp16(data, i, off):
-    """The fp16 stored little-endian at ``data[i, off:off+2]``, as float32."""
-    return fp16_bits_to_fp32(np.int64(data[i, off]) | (np.int64(data[i, off + 1]) << 8))
-
-
-@_jit
 def write_fp16(out, i, off, f):
     """Store ``GGML_FP32_TO_FP16(f)`` little-endian at ``out[i, off:off+2]``; return its float32 value."""
     h = fp32_to_fp16_bits(f)
