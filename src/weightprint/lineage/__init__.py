@@ -9,12 +9,28 @@
 """
 
 from weightprint.lineage.compare import LineageResult, compare_fingerprints, compare_models
+from weightprint.lineage.db import (
+    FingerprintResult,
+    fingerprint_model,
+    list_fingerprints,
+    search_fingerprints,
+    store_fingerprint,
+)
+from weightprint.lineage.exact import ExactResult, TensorDifference, exact_derivation
 from weightprint.lineage.fingerprint import Fingerprint, build_fingerprint
 
 __all__ = [
+    "ExactResult",
     "Fingerprint",
+    "FingerprintResult",
     "LineageResult",
+    "TensorDifference",
     "build_fingerprint",
     "compare_fingerprints",
     "compare_models",
+    "exact_derivation",
+    "fingerprint_model",
+    "list_fingerprints",
+    "search_fingerprints",
+    "store_fingerprint",
 ]

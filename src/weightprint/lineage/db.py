@@ -35,6 +35,7 @@ __all__ = [
     "fingerprint_model",
     "list_fingerprints",
     "search_fingerprints",
+    "store_fingerprint",
 ]
 
 TABLE = "weightprint_fingerprints"
@@ -170,7 +171,7 @@ def fingerprint_model(
     WeightprintError
         Unreadable model, bad URL, or ``label`` already used by a different model.
     """
-    from sqlalchemy import insert, select
+    from sqlalchemy import select
     from sqlalchemy.exc import SQLAlchemyError
 
     t0 = time.perf_counter()
@@ -192,6 +193,8 @@ def fingerprint_model(
                 row = conn.execute(select(table.c.label, table.c.source_sha256, table.c.blob).where(table.c.label == name)).first()
         except SQLAlchemyError as e:
             raise _db_error(url, e) from e
+        finally:
+            engine.dispose()
         if row is not None:
             if sha is not None and row.source_sha256 == sha:
                 fp = Fingerprint.from_bytes(row.blob, source=f"{_redact(url)}:{name}")
@@ -206,27 +209,61 @@ def fingerprint_model(
     finally:
         if owned:
             m.close()
-    compact = full.compact(max_bytes=max_bytes)
-    blob = compact.to_bytes()
     budget = fingerprint_budget_bytes(full.n_parameters) if max_bytes is None else int(max_bytes)
+    n_bytes, n_tokens = store_fingerprint(full, url, source_sha256=sha, max_bytes=budget)
+    return FingerprintResult(name, _redact(url), n_bytes, budget, full.n_parameters, full.hidden_size,
+                             full.n_layers, n_tokens, sha, False, time.perf_counter() - t0)
+
+
+def store_fingerprint(
+    fingerprint: Fingerprint,
+    db_url: str | Path,
+    *,
+    source_sha256: str | None = None,
+    max_bytes: int | None = None,
+) -> tuple[int, int]:
+    """Store a (full or compact) fingerprint under its label; returns ``(n_bytes, n_tokens)``.
+
+    A full fingerprint is compacted to ``max_bytes`` (default: 1 MB per 1e9 parameters) first.
+    Raises :class:`WeightprintError` when the label is already taken.
+    """
+    from sqlalchemy import insert, select
+    from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+    url = _normalize_url(db_url)
+    budget = fingerprint_budget_bytes(fingerprint.n_parameters) if max_bytes is None else int(max_bytes)
+    compact = fingerprint if fingerprint.levels else fingerprint.compact(max_bytes=budget)
+    blob = compact.to_bytes()
     while len(blob) > budget and len(compact.tokens) > 8:
-        compact.tokens = compact.tokens[: int(len(compact.tokens) * 0.8)]
-        n = len(compact.tokens)
+        n = int(len(compact.tokens) * 0.8)
+        compact.tokens = compact.tokens[:n]
         compact.embedding = None if compact.embedding is None else compact.embedding[:n]
         compact.head = None if compact.head is None else compact.head[:n]
         blob = compact.to_bytes()
+    engine = _engine(url)
+    md, table = _table()
     try:
+        md.create_all(engine)
         with engine.begin() as conn:
+            if conn.execute(select(table.c.id).where(table.c.label == fingerprint.label)).first() is not None:
+                raise WeightprintError(
+                    f"fingerprint database {_redact(url)} already holds a reference labelled `{fingerprint.label}`",
+                    hint="choose another label",
+                )
             conn.execute(insert(table).values(
-                label=name, source_sha256=sha, n_parameters=int(full.n_parameters), hidden_size=int(full.hidden_size),
-                format_version=FORMAT_VERSION, created_at=datetime.now(timezone.utc), blob=blob,
+                label=fingerprint.label, source_sha256=source_sha256, n_parameters=int(fingerprint.n_parameters),
+                hidden_size=int(fingerprint.hidden_size), format_version=FORMAT_VERSION,
+                created_at=datetime.now(timezone.utc), blob=blob,
             ))
+    except IntegrityError as e:
+        raise WeightprintError(
+            f"fingerprint database {_redact(url)} already holds a reference labelled `{fingerprint.label}`"
+        ) from e
     except SQLAlchemyError as e:
         raise _db_error(url, e) from e
     finally:
         engine.dispose()
-    return FingerprintResult(name, _redact(url), len(blob), budget, full.n_parameters, full.hidden_size,
-                             full.n_layers, len(compact.tokens), sha, False, time.perf_counter() - t0)
+    return len(blob), len(compact.tokens)
 
 
 def _load_all(url: str) -> list[Fingerprint]:

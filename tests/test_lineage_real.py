@@ -1,0 +1,152 @@
+"""White-box lineage on the real models (slow): SmolLM2 derivatives, Gemma, tiny trained pairs.
+
+H0 of every p-value: B was trained independently of A (B's residual coordinates are
+exchangeable with respect to A). Each derivative of SmolLM2 must be called ``derived`` at
+p < 1e-8, directly and through a stored (4-bit, size-capped) fingerprint. Expensive inputs
+(derived models, fingerprints) are built once per machine and once per session.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from weightprint.io import open_model
+from weightprint.lineage import Fingerprint, build_fingerprint, compare_fingerprints, compare_models
+from weightprint.lineage.db import fingerprint_model, search_fingerprints
+from weightprint.lineage.exact import exact_derivation
+from weightprint.lineage.fingerprint import fingerprint_budget_bytes
+
+pytestmark = pytest.mark.slow
+
+DERIVATIVES = ["f16", "q8_0", "q4_k_m", "finetune", "permuted", "vocab+100", "drop_layer", "permuted+finetune+q4_k_m"]
+N_CALIBRATION_PAIRS = 20
+
+
+@pytest.fixture(scope="session")
+def derivatives(smollm2):
+    from _fixtures_lineage import smollm2_derivatives
+
+    return smollm2_derivatives()
+
+
+@pytest.fixture(scope="session")
+def reference(smollm2):
+    """SmolLM2's full fingerprint and its stored (compact, serialized) form."""
+    with open_model(smollm2) as m:
+        full = build_fingerprint(m, max_tokens=4096)
+    stored = Fingerprint.from_bytes(full.compact().to_bytes())
+    return full, stored
+
+
+@pytest.fixture(scope="session")
+def derivative_fingerprints(derivatives, reference):
+    full, _ = reference
+    out = {}
+    for name, path in derivatives.items():
+        with open_model(path) as m:
+            out[name] = build_fingerprint(m, tokens=full.tokens)
+    return out
+
+
+@pytest.mark.parametrize("name", DERIVATIVES)
+def test_smollm2_derivative_is_derived(name, reference, derivative_fingerprints):
+    full, stored = reference
+    fb = derivative_fingerprints[name]
+    direct = compare_fingerprints(full, fb)
+    assert direct.verdict == "derived", direct.reason
+    assert direct.log10_pvalue < -8
+    via_db = compare_fingerprints(stored, fb)
+    assert via_db.verdict == "derived", via_db.reason
+    assert via_db.log10_pvalue < -8
+    if name == "drop_layer":
+        assert direct.alignment["unmatched_a"] == [15]
+
+
+def test_stored_fingerprint_fits_budget(reference):
+    full, _ = reference
+    blob = full.compact().to_bytes()
+    assert len(blob) <= fingerprint_budget_bytes(full.n_parameters)  # 1 MB per 1e9 parameters
+
+
+def test_finetune_drift_is_reported(derivatives):
+    from weightprint.testing.derive import read_derive_info
+
+    info = read_derive_info(derivatives["finetune"])
+    drift = info.get("relative_drift") or info.get("result", {}).get("relative_drift")
+    assert drift is not None and drift > 0
+
+
+def test_compare_models_end_to_end(smollm2, derivatives):
+    r = compare_models(smollm2, derivatives["permuted+finetune+q4_k_m"])
+    assert r.verdict == "derived", r.reason
+    assert r.log10_pvalue < -8
+    assert r.tokenizer["vocab_jaccard"] == 1.0
+    assert r.chat_template["family_a"] == "ChatML"
+    assert len(r.layers) == 30
+    json.dumps(r.to_dict())
+
+
+def test_smollm2_vs_gemma_is_not_comparable(smollm2, gemma3):
+    r = compare_models(smollm2, gemma3)
+    assert r.verdict == "not comparable"
+    assert "hidden sizes differ (576 vs 640)" in r.reason
+    assert r.tokenizer["vocab_jaccard"] < 0.5
+
+
+def test_fingerprint_database_search(tmp_path, smollm2, gemma3, derivatives):
+    db = f"sqlite:///{tmp_path / 'refs.db'}"
+    stored = fingerprint_model(smollm2, db, label="SmolLM2-135M")
+    assert stored.n_bytes <= stored.budget_bytes
+    fingerprint_model(gemma3, db, label="Gemma-3-270M")
+    again = fingerprint_model(smollm2, db, label="SmolLM2-135M")
+    assert again.already_stored
+    hits = search_fingerprints(derivatives["permuted+finetune+q4_k_m"], db)
+    assert [h.a for h in hits] == ["SmolLM2-135M", "Gemma-3-270M"]
+    assert hits[0].verdict == "derived" and hits[0].log10_pvalue < -8
+    assert hits[1].verdict == "not comparable"
+
+
+def test_tiny_independent_pairs_are_calibrated():
+    """H0 true: pairs initialised with different seeds and trained briefly; p ~ U(0,1)."""
+    from weightprint.testing.derive import tiny_llama_pair
+
+    ps = []
+    for seed in range(N_CALIBRATION_PAIRS):
+        a, b = tiny_llama_pair(seed)
+        r = compare_models(a, b, n_resamples=999, rng=seed)
+        ps.append(r.combined.pvalue)
+    ps = np.array(ps)
+    assert stats.kstest(ps, "uniform").pvalue > 0.01, np.round(np.sort(ps), 3)
+    assert np.count_nonzero(ps <= 0.05) <= 4  # Binomial(20, 0.05): P(>= 5) < 0.003
+
+
+def test_tiny_derived_is_detected():
+    """Power on the same tiny models: a noisy copy of a trained tiny model is derived."""
+    from weightprint.testing.derive import derived, tiny_llama_pair
+
+    a, _ = tiny_llama_pair(0)
+    b = derived("noise", a, sigma_rel=0.2, seed=0)
+    r = compare_models(a, b)
+    assert r.verdict == "derived", r.reason
+
+
+def test_exact_derivation(derivatives, tmp_path):
+    f16, q4 = derivatives["f16"], derivatives["q4_k_m"]
+    r = exact_derivation(f16, q4)
+    assert r.exact, r.reason
+    assert r.n_identical == r.n_tensors == 272
+    assert r.file_type == "Q4_K_M"
+    # A copy with one tensor changed in a few blocks: exactly that tensor is named.
+    from _fixtures_lineage import modified_copy
+
+    target = "model.layers.7.mlp.down_proj.weight"
+    changed = modified_copy(q4, tmp_path / "modified.gguf", target)
+    r2 = exact_derivation(f16, changed)
+    assert not r2.exact
+    assert [d.name for d in r2.differing] == [target]
+    assert r2.n_identical == 271
+    assert target in r2.reason
