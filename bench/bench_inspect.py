@@ -73,7 +73,13 @@ def main() -> None:
 
     from weightprint.testing.models import gemma3_path, smollm2_path
 
-    results = {"machine": f"{platform.machine()}, {platform.python_version()}", "models": {}}
+    import os
+
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
+        "load_average_1min": os.getloadavg()[0],  # other work on the machine slows both readers
+        "models": {},
+    }
     for label, path in (("smollm2", smollm2_path()), ("gemma3", gemma3_path())):
         path.read_bytes()  # warm the page cache for both readers alike
         row = {
