@@ -80,6 +80,34 @@ class BF16Kernel(QuantKernel, qtype=QType.BF16):
         return h.view(np.float32).reshape(-1, 1)
 
 
+# ------------------------------------------------------------------------------ shared
+
+
+@_njit
+def _scales(data, H, off):
+    """The fp16 at byte ``off`` of every block, as float32 (a separate pass vectorizes the rest)."""
+    nb = data.shape[0]
+    ds = np.empty(nb, dtype=np.float32)
+    for i in range(nb):
+        ds[i] = H[np.int64(data[i, off]) | (np.int64(data[i, off + 1]) << 8)]
+    return ds
+
+
+@_njit
+def _high_bits(data, off):
+    """The little-endian uint32 at byte ``off`` of every block (Q5_0/Q5_1 ``qh``)."""
+    nb = data.shape[0]
+    qh = np.empty(nb, dtype=np.int64)
+    for i in range(nb):
+        qh[i] = (
+            np.int64(data[i, off])
+            | (np.int64(data[i, off + 1]) << 8)
+            | (np.int64(data[i, off + 2]) << 16)
+            | (np.int64(data[i, off + 3]) << 24)
+        )
+    return qh
+
+
 # ------------------------------------------------------------------------------ Q4_0
 
 
@@ -111,10 +139,12 @@ def _quantize_q4_0(x):
 def _dequantize_q4_0(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 32), dtype=np.float32)
+    ds = _scales(data, H, 0)
+    qs = data[:, 2:18]
     for i in range(nb):
-        d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
+        d = ds[i]
         for j in range(16):
-            q = np.int64(data[i, 2 + j])
+            q = np.int32(qs[i, j])
             y[i, j] = F32(F32((q & 0xF) - 8) * d)
             y[i, j + 16] = F32(F32((q >> 4) - 8) * d)
     return y
@@ -171,11 +201,14 @@ def _quantize_q4_1(x):
 def _dequantize_q4_1(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 32), dtype=np.float32)
+    ds = _scales(data, H, 0)
+    ms = _scales(data, H, 2)
+    qs = data[:, 4:20]
     for i in range(nb):
-        d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
-        m = H[np.int64(data[i, 2]) | (np.int64(data[i, 3]) << 8)]
+        d = ds[i]
+        m = ms[i]
         for j in range(16):
-            q = np.int64(data[i, 4 + j])
+            q = np.int32(qs[i, j])
             y[i, j] = F32(F32(F32(q & 0xF) * d) + m)
             y[i, j + 16] = F32(F32(F32(q >> 4) * d) + m)
     return y
@@ -235,16 +268,14 @@ def _quantize_q5_0(x):
 def _dequantize_q5_0(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 32), dtype=np.float32)
+    ds = _scales(data, H, 0)
+    qhs = _high_bits(data, 2)
+    qs = data[:, 6:22]
     for i in range(nb):
-        d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
-        qh = (
-            np.int64((data[i, 2]))
-            | (np.int64((data[i, 3])) << 8)
-            | (np.int64((data[i, 4])) << 16)
-            | (np.int64((data[i, 5])) << 24)
-        )
+        d = ds[i]
+        qh = qhs[i]
         for j in range(16):
-            q = np.int64(data[i, 6 + j])
+            q = np.int32(qs[i, j])
             h0 = ((qh >> j) << 4) & 0x10
             h1 = (qh >> (j + 12)) & 0x10
             y[i, j] = F32(F32(((q & 0xF) | h0) - 16) * d)
@@ -308,17 +339,16 @@ def _quantize_q5_1(x):
 def _dequantize_q5_1(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 32), dtype=np.float32)
+    ds = _scales(data, H, 0)
+    ms = _scales(data, H, 2)
+    qhs = _high_bits(data, 4)
+    qs = data[:, 8:24]
     for i in range(nb):
-        d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
-        m = H[np.int64(data[i, 2]) | (np.int64(data[i, 3]) << 8)]
-        qh = (
-            np.int64((data[i, 4]))
-            | (np.int64((data[i, 5])) << 8)
-            | (np.int64((data[i, 6])) << 16)
-            | (np.int64((data[i, 7])) << 24)
-        )
+        d = ds[i]
+        m = ms[i]
+        qh = qhs[i]
         for j in range(16):
-            q = np.int64(data[i, 8 + j])
+            q = np.int32(qs[i, j])
             h0 = ((qh >> j) << 4) & 0x10
             h1 = (qh >> (j + 12)) & 0x10
             y[i, j] = F32(F32(F32((q & 0xF) | h0) * d) + m)
@@ -368,12 +398,13 @@ def _quantize_q8_0(x):
 def _dequantize_q8_0(data, H):
     nb = data.shape[0]
     y = np.empty((nb, 32), dtype=np.float32)
+    ds = _scales(data, H, 0)
+    qs = data[:, 2:34]
     for i in range(nb):
-        d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
+        d = ds[i]
         for j in range(32):
-            q = np.int32(np.int64(data[i, 2 + j]))
-            if q >= 128:
-                q -= 256
+            q = np.int32(qs[i, j])
+            q = q - ((q & 0x80) << 1)  # int8 value of the byte
             y[i, j] = F32(F32(q) * d)
     return y
 
