@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,80 @@ def write_result(name: str, payload: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, target)
     return target
+
+
+# --------------------------------------------------------------------------------------
+# Real model: 8 recipients' Q4_K_M copies of SmolLM2 (dequantized to F16), cached
+# --------------------------------------------------------------------------------------
+SMOL_RECIPIENTS = [f"recipient-{i}" for i in range(8)]
+
+
+def _locked(path: Path):
+    import contextlib
+    import fcntl
+
+    @contextlib.contextmanager
+    def lock():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    return lock()
+
+
+def smol_issued() -> dict[str, Any]:
+    """Build once per machine: SmolLM2 F16 source, a registry, 8 marked Q4_K_M copies, and an
+    unmarked Q4_K_M copy. Returns paths and the issue results (as dicts)."""
+    from weightprint.convert import convert
+    from weightprint.mark import DEFAULT_DELTA, SCHEME_VERSION, init_registry, issue_copy
+    from weightprint.testing.models import smollm2_path
+
+    smol = smollm2_path()
+    recipe = {"what": "smol-issued", "smol_size": smol.stat().st_size, "recipients": SMOL_RECIPIENTS,
+              "type": "Q4_K_M", "delta": DEFAULT_DELTA, "scheme": SCHEME_VERSION, "v": 1}
+    d = recipe_dir(recipe)
+    done = d / "done.json"
+    with _locked(d / ".lock"):
+        if not done.exists():
+            for p in d.iterdir():
+                if p.name != ".lock":
+                    (p.unlink() if p.is_file() else __import__("shutil").rmtree(p))
+            t0 = time.perf_counter()
+            source = d / "smollm2-f16.gguf"
+            convert(smol, source, file_type="F16")
+            plain = d / "plain-q4km.gguf"
+            tp = time.perf_counter()
+            convert(source, plain, file_type="Q4_K_M")
+            plain_seconds = time.perf_counter() - tp
+            url = f"sqlite:///{d / 'registry.db'}"
+            key = d / "master.key"
+            init_registry(url, key)
+            copies = {}
+            for r in SMOL_RECIPIENTS:
+                res = issue_copy(source, r, "Q4_K_M", d / f"{r}.gguf", registry_url=url, key_file=key)
+                copies[r] = res.to_dict()
+            info = {"source": str(source), "plain": str(plain), "url": url, "key_file": str(key),
+                    "copies": copies, "plain_quantize_seconds": plain_seconds,
+                    "build_seconds": time.perf_counter() - t0}
+            tmp = done.with_suffix(".tmp")
+            tmp.write_text(json.dumps(info, indent=2))
+            os.replace(tmp, done)
+    info = json.loads(done.read_text())
+    info["dir"] = str(d)
+    return info
+
+
+def smol_attack(name: str, build) -> Path:
+    """A cached attacked model ``<issued dir>/attacks/<name>`` built by ``build(out_path)``."""
+    info = smol_issued()
+    root = Path(info["dir"]) / "attacks"
+    root.mkdir(exist_ok=True)
+    out = root / name
+    with _locked(root / f".{name}.lock"):
+        if not out.exists():
+            build(out)
+    return out

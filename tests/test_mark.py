@@ -107,6 +107,35 @@ def test_embed_flips_about_delta_of_roundings_and_is_detected(qtype):
     assert abs(z_wrong) < 5, z_wrong
 
 
+def _embed_reference(name, x, qtype, key, delta):
+    """Plain numpy statement of the embedding (the kernel must match it bit for bit)."""
+    rows, cols = x.shape
+    block, kind, levels = scheme.step_rule(qtype)
+    block = block if cols % block == 0 else cols
+    v = x.reshape(-1, block)
+    if kind == "sym":
+        step = np.abs(v).max(axis=1) / np.float32(levels)
+    else:
+        step = (np.maximum(v.max(axis=1), 0) - np.minimum(v.min(axis=1), 0)) / np.float32(levels)
+    shift = (np.float32(delta) * step)[:, None] * scheme.signs(key, name, x.size).reshape(-1, block)
+    idx = np.arange(v.shape[0])
+    shift[idx, v.argmax(axis=1)] = 0
+    shift[idx, v.argmin(axis=1)] = 0
+    return (v + shift).reshape(rows, cols)
+
+
+@pytest.mark.parametrize("qtype,shape", [(QType.Q4_K, (64, 512)), (QType.Q6_K, (32, 256)), (QType.Q8_0, (48, 96)),
+                                         (QType.F16, (50, 100)), (QType.Q4_1, (16, 1024))])
+def test_embed_kernel_matches_reference(qtype, shape):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, :32] = 0.0  # a constant block
+    key = CopyKey.random()
+    got = scheme.embed_tensor("model.layers.0.mlp.up_proj.weight", x, qtype, key, delta=0.03)
+    want = _embed_reference("model.layers.0.mlp.up_proj.weight", x, qtype, key, 0.03)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_embed_leaves_vectors_and_norms_alone():
     key = CopyKey.random()
     v = np.ones(4096, np.float32)

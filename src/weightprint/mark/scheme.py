@@ -148,29 +148,44 @@ def embed_tensor(name: str, values: np.ndarray, qtype: QType | None, key: CopyKe
     x = np.asarray(values, dtype=np.float32)
     rows, cols = x.shape
     rule = step_rule(qtype)
-    step = _expand(block_steps(x, rule), cols)
-    s = signs(key, name, x.size).reshape(rows, cols)
-    shift = np.float32(delta) * step * s
-    _freeze_block_extremes(x, shift, rule[0])
-    out = x + shift
-    return out.astype(np.float32, copy=False)
-
-
-def _freeze_block_extremes(x: np.ndarray, shift: np.ndarray, block: int) -> None:
-    """Zero the shift of each block's largest and smallest weight (in place).
-
-    Those weights set the block's scale (and minimum); leaving them alone keeps the block's
-    grid, so that only weights near a rounding boundary change level.
-    """
-    rows, cols = x.shape
+    block, kind, levels = rule
     if cols % block:
         block = cols
-    nb = cols // block
-    v = x.reshape(rows * nb, block)
-    sh = shift.reshape(rows * nb, block)
-    idx = np.arange(rows * nb)
-    sh[idx, v.argmax(axis=1)] = 0.0
-    sh[idx, v.argmin(axis=1)] = 0.0
+    flat = np.ascontiguousarray(x).reshape(-1)
+    bits = sign_bits(key, name, flat.size)
+    out = _embed_blocks(flat, bits, block, np.float32(delta), np.float32(levels), kind == "sym")
+    return out.reshape(rows, cols)
+
+
+@numba.njit(cache=True, nogil=True)
+def _embed_blocks(x: np.ndarray, bits: np.ndarray, block: int, delta: np.float32, levels: np.float32,
+                  sym: bool) -> np.ndarray:  # pragma: no cover - numba
+    """One pass per block: step from the block's range, shift all but its max and min weight."""
+    out = np.empty_like(x)
+    for b0 in range(0, x.shape[0], block):
+        hi = x[b0]
+        lo = x[b0]
+        ihi = b0
+        ilo = b0
+        for i in range(b0, b0 + block):
+            v = x[i]
+            if v > hi:
+                hi = v
+                ihi = i
+            if v < lo:
+                lo = v
+                ilo = i
+        if sym:
+            step = max(abs(hi), abs(lo)) / levels
+        else:
+            step = (max(hi, np.float32(0.0)) - min(lo, np.float32(0.0))) / levels
+        amp = delta * step
+        for i in range(b0, b0 + block):
+            sign = np.float32(((bits[i >> 3] >> (7 - (i & 7))) & 1) * 2 - 1)
+            out[i] = x[i] + amp * sign
+        out[ihi] = x[ihi]
+        out[ilo] = x[ilo]
+    return out
 
 
 def residual_scores(original: np.ndarray, leaked: np.ndarray) -> np.ndarray | None:
