@@ -33,7 +33,7 @@ from weightprint.io.safetensors_file import (
 )
 from weightprint.io.tokenizer import tokenizer_info_from_hf, tokenizer_json_from_info
 
-from _fixtures_hf import TOKENIZER_TEXTS, hf_dir_from_gguf, llama_token_ids
+from _fixtures_hf import TOKENIZER_TEXTS, auto_tokenizer, causal_lm, hf_dir_from_gguf, llama_token_ids
 
 
 # --------------------------------------------------------------------------- helpers
@@ -382,10 +382,10 @@ def test_smollm2_hf_dir_matches_gguf_and_loads_in_transformers(smollm2: Path, dt
             else:
                 want = bfloat16_to_float32(float32_to_bfloat16(want))
             np.testing.assert_array_equal(h.tensor(name), want, err_msg=name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    model = causal_lm(d)
     assert type(model).__name__ == "LlamaForCausalLM"
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied
-    tok = transformers.AutoTokenizer.from_pretrained(d)
+    tok = auto_tokenizer(d)
     assert tok.convert_ids_to_tokens([1, 2]) == ["<|im_start|>", "<|im_end|>"]
     chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     assert chat.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
@@ -394,7 +394,7 @@ def test_smollm2_hf_dir_matches_gguf_and_loads_in_transformers(smollm2: Path, dt
 @pytest.mark.slow
 def test_smollm2_tokenizer_ids_match_llama_cpp(smollm2: Path, smollm2_hf_f16: Path, llama_cpp_module) -> None:
     transformers = pytest.importorskip("transformers")
-    tok = transformers.AutoTokenizer.from_pretrained(smollm2_hf_f16)
+    tok = auto_tokenizer(smollm2_hf_f16)
     llm = llama_cpp_module.Llama(str(smollm2), vocab_only=True, verbose=False)
     chat = tok.apply_chat_template([{"role": "user", "content": "Ünïcödé 🤖?"}], tokenize=False, add_generation_prompt=True)
     mismatches = []
@@ -426,7 +426,7 @@ def test_gemma3_hf_dir_loads_and_tokenizes_like_llama_cpp(gemma3: Path, llama_cp
     d = hf_dir_from_gguf(gemma3, "bfloat16")
     config = json.loads((d / "config.json").read_text())
     assert config["architectures"] == ["Gemma3ForCausalLM"] and config["sliding_window"] == 512
-    model = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    model = causal_lm(d)
     assert type(model).__name__ == "Gemma3ForCausalLM"
     # Gemma's RMSNorm multiplies by (1 + w): the stored +1 of llama.cpp must be undone
     from weightprint.io.gguf_file import GGUFModel
@@ -435,7 +435,7 @@ def test_gemma3_hf_dir_loads_and_tokenizes_like_llama_cpp(gemma3: Path, llama_cp
         for name in ("model.norm.weight", "model.layers.0.pre_feedforward_layernorm.weight"):
             stored = g.stored_tensor(name)
             np.testing.assert_array_equal(h.tensor(name), bfloat16_to_float32(float32_to_bfloat16(stored - 1.0)))
-    tok = transformers.AutoTokenizer.from_pretrained(d)
+    tok = auto_tokenizer(d)
     llm = llama_cpp_module.Llama(str(gemma3), vocab_only=True, verbose=False)
     mismatches = []
     for text in TOKENIZER_TEXTS:
