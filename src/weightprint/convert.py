@@ -230,7 +230,8 @@ def _convert_to_gguf(
         info = infos[name]
         if transform is None and model.format == "gguf" and info.qtype == spec.qtype:
             result.copied_tensors += 1
-            out_bytes = np.ascontiguousarray(model.raw(name)).view(np.uint8)
+            out_bytes = np.array(model.raw(name)).view(np.uint8)
+            model.release(name)
         else:
             values = model.tensor(name, np.float32)
             if transform is not None:

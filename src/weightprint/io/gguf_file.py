@@ -491,13 +491,32 @@ class GGUFModel(Model):
     def tensor(self, name: str, dtype: np.dtype | type = np.float32) -> np.ndarray:
         info = self.info(name)
         values = dequantize_raw(self.raw(name), info.qtype, info.shape)
+        self.release(name)
         values = from_stored_layout(info.name, values, self.architecture, self._layout_config)
         return values.astype(dtype, copy=False)
 
     def stored_tensor(self, name: str, dtype: np.dtype | type = np.float32) -> np.ndarray:
         """The tensor dequantized but in stored (GGUF) layout: q/k still permuted, Gemma norms + 1."""
         info = self.info(name)
-        return dequantize_raw(self.raw(name), info.qtype, info.shape).astype(dtype, copy=False)
+        values = dequantize_raw(self.raw(name), info.qtype, info.shape).astype(dtype, copy=False)
+        self.release(name)
+        return values
+
+    def release(self, name: str) -> None:
+        """Drop the tensor's mapped pages from this process's resident set (page cache keeps them).
+
+        Streaming over a whole file would otherwise leave every touched page resident, so peak
+        RSS would grow with model size. Views of the tensor stay valid: pages fault back in.
+        """
+        info = self.info(name)
+        mm = self._mmap
+        if mm is None or not hasattr(mm, "madvise"):
+            return
+        start = info.offset - info.offset % mmap.PAGESIZE
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, start, info.offset + info.nbytes - start)
+        except (OSError, ValueError):
+            pass
 
     @cached_property
     def tokenizer(self) -> TokenizerInfo | None:  # type: ignore[override]

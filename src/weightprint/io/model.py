@@ -155,6 +155,13 @@ class Model(ABC):
     def tensor(self, name: str, dtype: np.dtype | type = np.float32) -> np.ndarray:
         """The tensor dequantized to ``dtype`` in Hugging Face layout (a new array)."""
 
+    def release(self, name: str) -> None:
+        """Let the OS drop the memory-mapped pages of ``name`` from the resident set.
+
+        Readers call it after copying a tensor out; callers of :meth:`raw` call it when they
+        are done with the view. A no-op where the format has nothing to release.
+        """
+
     def iter_tensors(self, dtype: np.dtype | type = np.float32) -> Iterator[tuple[str, np.ndarray]]:
         """Yield ``(name, array)`` one tensor at a time; peak memory is one tensor."""
         for info in self.tensor_infos():
