@@ -31,11 +31,11 @@ TOKENIZER_TEXTS = [
 ]
 
 
-def _recipe_hash(source: Path, dtype: str) -> str:
+def _recipe_hash(source: Path, dtype: str, max_shard_bytes: int) -> str:
     import weightprint.io as io_pkg
 
     h = hashlib.sha256()
-    h.update(f"{source.name}:{source.stat().st_size}:{dtype}".encode())
+    h.update(f"{source.name}:{source.stat().st_size}:{dtype}:{max_shard_bytes}".encode())
     io_dir = Path(io_pkg.__file__).parent
     for name in _WRITER_MODULES:
         p = io_dir / name
@@ -44,19 +44,19 @@ def _recipe_hash(source: Path, dtype: str) -> str:
     return h.hexdigest()[:16]
 
 
-def hf_dir_from_gguf(source: Path, dtype: str) -> Path:
+def hf_dir_from_gguf(source: Path, dtype: str, *, max_shard_bytes: int = 5 * 10**9) -> Path:
     """A HF directory written by ``write_hf_dir`` from ``source`` (cached by recipe hash)."""
     from weightprint.io.gguf_file import GGUFModel
     from weightprint.io.hf import write_hf_dir
 
     root = cache_dir() / "hf"
-    out = root / f"{source.stem}-{dtype}-{_recipe_hash(source, dtype)}"
+    out = root / f"{source.stem}-{dtype}-{_recipe_hash(source, dtype, max_shard_bytes)}"
     if (out / "config.json").is_file():
         return out
     for stale in root.glob(f"{source.stem}-{dtype}-*"):  # built by an older writer
         shutil.rmtree(stale, ignore_errors=True)
     with GGUFModel(source) as model:
-        write_hf_dir(model, out, dtype=dtype, overwrite=True)
+        write_hf_dir(model, out, dtype=dtype, overwrite=True, max_shard_bytes=max_shard_bytes)
     return out
 
 

@@ -66,9 +66,13 @@ def _write_all(out: Path, tensors: dict[str, np.ndarray], **kw) -> list[Path]:
 # --------------------------------------------------------------------------- safetensors writer / reader
 
 
-def test_writer_is_byte_identical_to_safetensors_library(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [5, 1 << 22])
+def test_writer_is_byte_identical_to_safetensors_library(tmp_path: Path, monkeypatch, chunk: int) -> None:
     from safetensors.numpy import save
 
+    import weightprint.io.safetensors_file as sf
+
+    monkeypatch.setattr(sf, "_CHUNK_ELEMENTS", chunk)  # conversions in pieces must not show
     tensors = _sample_tensors(np.random.default_rng(0))
     files = _write_all(tmp_path, tensors)
     assert [p.name for p in files] == ["model.safetensors"]
@@ -113,7 +117,13 @@ def test_bfloat16_rounds_to_nearest_even_like_torch(tmp_path: Path) -> None:
     assert np.isnan(bfloat16_to_float32(ours[~finite])).all()
     # and through the writer, readable by torch and by us (exact widening)
     x = rng.standard_normal((5, 7)).astype(np.float32)
-    (path,) = write_safetensors_shards(tmp_path, [("x", x.shape, "bfloat16")], lambda name: x)
+    import weightprint.io.safetensors_file as sf
+
+    sf._CHUNK_ELEMENTS, saved = 6, sf._CHUNK_ELEMENTS
+    try:
+        (path,) = write_safetensors_shards(tmp_path, [("x", x.shape, "bfloat16")], lambda name: x)
+    finally:
+        sf._CHUNK_ELEMENTS = saved
     from safetensors.torch import load_file
 
     loaded = load_file(path)["x"]
@@ -358,7 +368,8 @@ def smollm2_hf_f16(smollm2: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_hf_bf16(smollm2: Path) -> Path:
-    return hf_dir_from_gguf(smollm2, "bfloat16")
+    """Sharded (100 MB shards), so that transformers' sharded loading is covered too."""
+    return hf_dir_from_gguf(smollm2, "bfloat16", max_shard_bytes=100 * 10**6)
 
 
 @pytest.mark.slow
@@ -372,6 +383,12 @@ def test_smollm2_hf_dir_matches_gguf_and_loads_in_transformers(smollm2: Path, dt
     config = json.loads((d / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["tie_word_embeddings"] is True
     assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (576, 30, 49152)
+    shards = sorted(p.name for p in d.glob("*.safetensors"))
+    if dtype == "bfloat16":
+        assert shards == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+        assert (d / "model.safetensors.index.json").is_file()
+    else:
+        assert shards == ["model.safetensors"]
     with GGUFModel(smollm2) as g, HFModel(d) as h:
         assert sorted(h.tensor_names()) == sorted(g.tensor_names())
         assert "lm_head.weight" not in h.tensor_names()

@@ -381,17 +381,26 @@ def _layout(tensors: Iterable[tuple[str, Sequence[int], _DType]]) -> list[_Entry
     return out
 
 
-def _encode(name: str, arr: np.ndarray, entry: _Entry) -> np.ndarray:
+_CHUNK_ELEMENTS = 1 << 22  # conversions run on 4M-element pieces: transient memory stays small
+
+
+def _write_tensor(f: Any, name: str, arr: np.ndarray, entry: _Entry) -> None:
+    """Convert ``arr`` to the stored dtype piece by piece and append it to ``f``."""
     arr = np.asarray(arr)
     if tuple(arr.shape) != entry.shape:
         raise ShapeMismatchError(
             f"tensor `{name}`: data has shape {list(arr.shape)} but was declared as {list(entry.shape)}"
         )
-    if entry.dtype.name == "BF16":
-        if arr.dtype == np.uint16:  # already bfloat16 bits
-            return np.ascontiguousarray(arr)
-        return float32_to_bfloat16(arr.astype(np.float32, copy=False))
-    return np.ascontiguousarray(arr, dtype=entry.dtype.numpy)
+    flat = arr.reshape(-1)  # a view when contiguous
+    target = entry.dtype.numpy
+    bf16 = entry.dtype.name == "BF16" and arr.dtype != np.uint16  # uint16 input = raw bfloat16 bits
+    for start in range(0, flat.size, _CHUNK_ELEMENTS):
+        piece = flat[start : start + _CHUNK_ELEMENTS]
+        if bf16:
+            out = float32_to_bfloat16(piece.astype(np.float32, copy=False))
+        else:
+            out = np.ascontiguousarray(piece, dtype=target)
+        f.write(out.view(np.uint8).data)
 
 
 def _shard_groups(
@@ -486,8 +495,7 @@ def write_safetensors_shards(
             with os.fdopen(fd, "wb") as f:
                 f.write(_header_bytes(metadata, entries))
                 for e in entries:
-                    arr = _encode(e.name, data(e.name), e)
-                    f.write(arr.reshape(-1).view(np.uint8).data)
+                    _write_tensor(f, e.name, data(e.name), e)
                     weight_map[e.name] = fname
                     total += e.end - e.begin
         if n > 1:
