@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from weightprint.errors import (
     MissingTokenizerError,
@@ -471,3 +473,46 @@ def test_gemma3_hf_dir_loads_and_tokenizes_like_llama_cpp(gemma3: Path, llama_cp
     rebuilt = Tokenizer.from_str(json.dumps(tokenizer_json_from_info(info, add_space_prefix=False)))
     for text in TOKENIZER_TEXTS[:5]:
         assert rebuilt.encode(text).ids == tok(text)["input_ids"], text
+
+
+# --------------------------------------------------------------------------- property: corrupted files
+
+_VALID = None
+
+
+def _valid_file_bytes() -> bytes:
+    global _VALID
+    if _VALID is None:
+        from safetensors.numpy import save
+
+        _VALID = save(
+            {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.float16), "c": np.arange(3, dtype=np.int64)},
+            metadata={"format": "pt"},
+        )
+    return _VALID
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cut=st.integers(min_value=0, max_value=400),
+    flips=st.lists(st.tuples(st.integers(min_value=0, max_value=399), st.integers(min_value=0, max_value=255)), max_size=4),
+)
+def test_corrupted_files_fail_cleanly(tmp_path: Path, cut: int, flips: list[tuple[int, int]]) -> None:
+    """H0: any truncation or byte change either still parses into readable tensors or raises
+    SafetensorsFormatError; nothing else (no IndexError, no UnicodeError, no crash in numpy)."""
+    data = bytearray(_valid_file_bytes())
+    for pos, value in flips:
+        if pos < len(data):
+            data[pos] = value
+    data = data[: min(cut, len(data))] if cut < len(data) else data
+    path = tmp_path / "f.safetensors"
+    path.write_bytes(bytes(data))
+    try:
+        m = SafetensorsModel(path)
+    except SafetensorsFormatError as e:
+        assert str(e).startswith("f.safetensors: ") and "\n" not in str(e) and not str(e).endswith(".")
+        return
+    with m:
+        for info in m.tensor_infos():
+            assert m.raw(info.name).nbytes == info.nbytes
+            m.tensor(info.name, None)
