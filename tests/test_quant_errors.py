@@ -123,3 +123,16 @@ def test_read_only_and_strided_inputs(tmp_path) -> None:
     wide[:, ::2] = x
     assert np.array_equal(quantize(wide[:, ::2], QType.Q4_K), quantize(x, QType.Q4_K))
     assert np.array_equal(quantize(x.astype(np.float64), QType.Q4_K), quantize(x, QType.Q4_K))
+
+
+def test_dequantize_into_out_buffer() -> None:
+    x = np.random.default_rng(6).standard_normal((3, 512)).astype(np.float32)
+    for qt in (QType.Q4_K, QType.Q8_0, QType.BF16, QType.F16, QType.F32, QType.IQ4_NL):
+        data = quantize(x, qt) if qt in QUANTIZABLE else np.zeros((3, 512 // 32 * 18), np.uint8)
+        buf = np.full(x.size, np.nan, dtype=np.float32)
+        got = dequantize(data, qt, out=buf)
+        assert got is buf
+        assert np.array_equal(buf.reshape(x.shape), dequantize(data, qt))
+    with pytest.raises(ShapeMismatchError) as e:
+        dequantize(quantize(x, QType.Q8_0), QType.Q8_0, out=np.empty(10, np.float32))
+    assert _msg(e) == "`out` must be a writeable C-contiguous float32 array of 1536 elements, got float32 of 10 elements"

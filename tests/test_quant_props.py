@@ -34,6 +34,9 @@ def _bound(qt: QType, x: np.ndarray, slack: float) -> np.ndarray:
     if qt in K_BOUNDS:
         sb = x.reshape(-1, 256)
         amax = np.abs(sb).max(axis=1, keepdims=True)
+        # fp16 super-block scales below 2**-14 are subnormal: absolute error up to 2**-25 each,
+        # multiplied by a sub-block scale (< 128) and a quant (<= 32)
+        slack = slack + 128 * 32 * 2.0**-25
         return np.broadcast_to(K_BOUNDS[qt] * amax + slack, sb.shape).reshape(x.shape)
     b = x.reshape(-1, 32).astype(np.float64)
     amax = np.abs(b).max(axis=1, keepdims=True)

@@ -29,6 +29,8 @@ from typing import ClassVar
 
 import numba
 import numpy as np
+from llvmlite import ir as llvm_ir
+from numba.extending import intrinsic
 
 from weightprint.constants import QUANT_SIZES, QType
 from weightprint.errors import UnsupportedQuantType
@@ -80,9 +82,20 @@ class QuantKernel:
         raise UnsupportedQuantType(f"quantization to {cls.qtype.name} is not supported (dequantize only)")
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        """Dequantize ``uint8[n, type_size]`` (C-contiguous) to ``float32[n, block_size]``."""
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Dequantize ``uint8[n, type_size]`` (C-contiguous) to ``float32[n, block_size]``.
+
+        ``out``, when given, is a C-contiguous ``float32[n, block_size]`` array that receives the
+        values (reusing a buffer avoids the page faults of a fresh allocation) and is returned.
+        """
         raise NotImplementedError  # every registered kernel overrides this
+
+
+def _out(out: np.ndarray | None, n_blocks: int, block_size: int) -> np.ndarray:
+    """The output buffer of a dequantizer: ``out`` (checked by the caller) or a new array."""
+    if out is None:
+        return np.empty((n_blocks, block_size), dtype=np.float32)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,24 +107,27 @@ _jit = numba.njit(cache=True, nogil=True)
 F32 = np.float32
 
 
+@intrinsic
+def _f32_bits(typingctx, x):
+    """Bit pattern of a float32 as int32 (C's ``memcpy(&i, &f, 4)``)."""
+    if x != numba.types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(32))
+
+    return numba.types.int32(numba.types.float32), codegen
+
+
 @_jit
 def nearest_int(fval):
     """llama.cpp ``nearest_int``: float32 ``fval + 12582912.f``, then the low 23 mantissa bits - 2**22.
 
-    Equals round-half-even for ``|fval| <= 4194303``; outside that range it reproduces the
-    same garbage as the C code (which only asserts in debug builds).
+    Equals round-half-even for ``|fval| <= 4194303``; outside that range (and for inf/NaN) it
+    gives the same values as the C code, which only asserts the range in debug builds.
     """
     v = F32(F32(fval) + F32(12582912.0))
-    if v >= 8388608.0 and v < 16777216.0:
-        return int(v) - 12582912
-    a = abs(float(v))
-    if a != a:  # x86's default NaN (0xFFC00000, from inf*0 etc.): mantissa 0x400000
-        return 0
-    if a == 0.0 or a == np.inf:
-        return -4194304
-    m, e = math.frexp(a)  # a = m * 2**e, m in [0.5, 1)
-    mant = int((m * 2.0 - 1.0) * 8388608.0)
-    return mant - 4194304
+    return (np.int64(_f32_bits(v)) & 0x007FFFFF) - 0x00400000
 
 
 @_jit

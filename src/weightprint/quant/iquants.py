@@ -20,9 +20,13 @@ _DEQUANTIZE_ONLY = (
 
 
 def _make(qtype: QType) -> type[QuantKernel]:
-    def dequantize_blocks(cls: type[QuantKernel], data: np.ndarray) -> np.ndarray:
+    def dequantize_blocks(cls: type[QuantKernel], data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         flat = _gguf_quants.dequantize(np.ascontiguousarray(data, dtype=np.uint8), cls.qtype)
-        return np.asarray(flat, dtype=np.float32).reshape(-1, cls.block_size)
+        values = np.asarray(flat, dtype=np.float32).reshape(-1, cls.block_size)
+        if out is None:
+            return values
+        out[...] = values
+        return out
 
     namespace = {
         "__doc__": f"{qtype.name}: dequantize only, through gguf-py (block layout as llama.cpp's ggml-common.h)",

@@ -18,6 +18,7 @@ from weightprint.quant.base import (
     c_to_int8,
     nearest_int,
     FP16_TABLE,
+    _out,
     write_fp16,
 )
 
@@ -271,9 +272,8 @@ def _quantize_q2_k(x):
 
 
 @_njit
-def _dequantize_q2_k(data, H):
+def _dequantize_q2_k(data, H, y):
     nb = data.shape[0]
-    y = np.empty((nb, 256), dtype=np.float32)
     for i in range(nb):
         d = H[np.int64(data[i, 80]) | (np.int64(data[i, 81]) << 8)]
         dmin = H[np.int64(data[i, 82]) | (np.int64(data[i, 83]) << 8)]
@@ -310,8 +310,10 @@ class Q2_K(QuantKernel, qtype=QType.Q2_K):
         return _quantize_q2_k(blocks)
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q2_k(data, FP16_TABLE)
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], cls.block_size)
+        _dequantize_q2_k(data, FP16_TABLE, y)
+        return y
 
 
 # ------------------------------------------------------------------------------ Q3_K
@@ -380,9 +382,8 @@ def _quantize_q3_k(x):
 
 
 @_njit
-def _dequantize_q3_k(data, H):
+def _dequantize_q3_k(data, H, y):
     nb = data.shape[0]
-    y = np.empty((nb, 256), dtype=np.float32)
     for i in range(nb):
         dall = H[np.int64(data[i, 108]) | (np.int64(data[i, 109]) << 8)]
         k = 0
@@ -426,8 +427,10 @@ class Q3_K(QuantKernel, qtype=QType.Q3_K):
         return _quantize_q3_k(blocks)
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q3_k(data, FP16_TABLE)
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], cls.block_size)
+        _dequantize_q3_k(data, FP16_TABLE, y)
+        return y
 
 
 # ------------------------------------------------------------------------------ Q4_K / Q5_K
@@ -500,9 +503,8 @@ def _quantize_q4_k(x):
 
 
 @_njit
-def _dequantize_q4_k(data, H):
+def _dequantize_q4_k(data, H, y):
     nb = data.shape[0]
-    y = np.empty((nb, 256), dtype=np.float32)
     for i in range(nb):
         d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
         dmin = H[np.int64(data[i, 2]) | (np.int64(data[i, 3]) << 8)]
@@ -539,8 +541,10 @@ class Q4_K(QuantKernel, qtype=QType.Q4_K):
         return _quantize_q4_k(blocks)
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q4_k(data, FP16_TABLE)
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], cls.block_size)
+        _dequantize_q4_k(data, FP16_TABLE, y)
+        return y
 
 
 @_njit
@@ -575,9 +579,8 @@ def _quantize_q5_k(x):
 
 
 @_njit
-def _dequantize_q5_k(data, H):
+def _dequantize_q5_k(data, H, y):
     nb = data.shape[0]
-    y = np.empty((nb, 256), dtype=np.float32)
     for i in range(nb):
         d = H[np.int64(data[i, 0]) | (np.int64(data[i, 1]) << 8)]
         dmin = H[np.int64(data[i, 2]) | (np.int64(data[i, 3]) << 8)]
@@ -620,8 +623,10 @@ class Q5_K(QuantKernel, qtype=QType.Q5_K):
         return _quantize_q5_k(blocks)
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q5_k(data, FP16_TABLE)
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], cls.block_size)
+        _dequantize_q5_k(data, FP16_TABLE, y)
+        return y
 
 
 # ------------------------------------------------------------------------------ Q6_K
@@ -681,9 +686,8 @@ def _quantize_q6_k(x):
 
 
 @_njit
-def _dequantize_q6_k(data, H):
+def _dequantize_q6_k(data, H, y):
     nb = data.shape[0]
-    y = np.empty((nb, 256), dtype=np.float32)
     ds = np.empty(16, dtype=np.float32)
     for i in range(nb):
         d = H[np.int64(data[i, 208]) | (np.int64(data[i, 209]) << 8)]
@@ -727,5 +731,7 @@ class Q6_K(QuantKernel, qtype=QType.Q6_K):
         return _quantize_q6_k(blocks)
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q6_k(data, FP16_TABLE)
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], cls.block_size)
+        _dequantize_q6_k(data, FP16_TABLE, y)
+        return y

@@ -18,6 +18,7 @@ from weightprint.quant.base import (
     c_roundf,
     c_to_int8,
     FP16_TABLE,
+    _out,
     write_fp16,
 )
 
@@ -37,8 +38,10 @@ class F32Kernel(QuantKernel, qtype=QType.F32):
         return np.ascontiguousarray(blocks, dtype="<f4").view(np.uint8).reshape(-1, 4)
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(data).view("<f4").astype(np.float32, copy=True).reshape(-1, 1)
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], 1)
+        y[:] = np.ascontiguousarray(data).view("<f4").reshape(-1, 1)
+        return y
 
 
 class F16Kernel(QuantKernel, qtype=QType.F16):
@@ -53,8 +56,10 @@ class F16Kernel(QuantKernel, qtype=QType.F16):
         return half.view(np.uint8).reshape(-1, 2)
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(data).view("<f2").astype(np.float32).reshape(-1, 1)
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], 1)
+        y[:] = np.ascontiguousarray(data).view("<f2").reshape(-1, 1)
+        return y
 
 
 class BF16Kernel(QuantKernel, qtype=QType.BF16):
@@ -75,9 +80,11 @@ class BF16Kernel(QuantKernel, qtype=QType.BF16):
         return rounded.view(np.uint8).reshape(-1, 2)
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        h = np.ascontiguousarray(data).view("<u2").astype(np.uint32) << np.uint32(16)
-        return h.view(np.float32).reshape(-1, 1)
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], 1)
+        y.view(np.uint32)[:] = np.ascontiguousarray(data).view("<u2").reshape(-1, 1)
+        y.view(np.uint32)[:] <<= np.uint32(16)
+        return y
 
 
 # ------------------------------------------------------------------------------ shared
@@ -136,9 +143,8 @@ def _quantize_q4_0(x):
 
 
 @_njit
-def _dequantize_q4_0(data, H):
+def _dequantize_q4_0(data, H, y):
     nb = data.shape[0]
-    y = np.empty((nb, 32), dtype=np.float32)
     ds = _scales(data, H, 0)
     qs = data[:, 2:18]
     for i in range(nb):
@@ -164,8 +170,10 @@ class Q4_0(QuantKernel, qtype=QType.Q4_0):
         return _quantize_q4_0(blocks)
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q4_0(data, FP16_TABLE)
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], cls.block_size)
+        _dequantize_q4_0(data, FP16_TABLE, y)
+        return y
 
 
 # ------------------------------------------------------------------------------ Q4_1
@@ -198,9 +206,8 @@ def _quantize_q4_1(x):
 
 
 @_njit
-def _dequantize_q4_1(data, H):
+def _dequantize_q4_1(data, H, y):
     nb = data.shape[0]
-    y = np.empty((nb, 32), dtype=np.float32)
     ds = _scales(data, H, 0)
     ms = _scales(data, H, 2)
     qs = data[:, 4:20]
@@ -228,8 +235,10 @@ class Q4_1(QuantKernel, qtype=QType.Q4_1):
         return _quantize_q4_1(blocks)
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q4_1(data, FP16_TABLE)
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], cls.block_size)
+        _dequantize_q4_1(data, FP16_TABLE, y)
+        return y
 
 
 # ------------------------------------------------------------------------------ Q5_0
@@ -265,9 +274,8 @@ def _quantize_q5_0(x):
 
 
 @_njit
-def _dequantize_q5_0(data, H):
+def _dequantize_q5_0(data, H, y):
     nb = data.shape[0]
-    y = np.empty((nb, 32), dtype=np.float32)
     ds = _scales(data, H, 0)
     qhs = _high_bits(data, 2)
     qs = data[:, 6:22]
@@ -297,8 +305,10 @@ class Q5_0(QuantKernel, qtype=QType.Q5_0):
         return _quantize_q5_0(blocks)
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q5_0(data, FP16_TABLE)
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], cls.block_size)
+        _dequantize_q5_0(data, FP16_TABLE, y)
+        return y
 
 
 # ------------------------------------------------------------------------------ Q5_1
@@ -336,9 +346,8 @@ def _quantize_q5_1(x):
 
 
 @_njit
-def _dequantize_q5_1(data, H):
+def _dequantize_q5_1(data, H, y):
     nb = data.shape[0]
-    y = np.empty((nb, 32), dtype=np.float32)
     ds = _scales(data, H, 0)
     ms = _scales(data, H, 2)
     qhs = _high_bits(data, 4)
@@ -370,8 +379,10 @@ class Q5_1(QuantKernel, qtype=QType.Q5_1):
         return _quantize_q5_1(blocks)
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q5_1(data, FP16_TABLE)
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], cls.block_size)
+        _dequantize_q5_1(data, FP16_TABLE, y)
+        return y
 
 
 # ------------------------------------------------------------------------------ Q8_0
@@ -395,9 +406,8 @@ def _quantize_q8_0(x):
 
 
 @_njit
-def _dequantize_q8_0(data, H):
+def _dequantize_q8_0(data, H, y):
     nb = data.shape[0]
-    y = np.empty((nb, 32), dtype=np.float32)
     ds = _scales(data, H, 0)
     qs = data[:, 2:34]
     for i in range(nb):
@@ -422,5 +432,7 @@ class Q8_0(QuantKernel, qtype=QType.Q8_0):
         return _quantize_q8_0(blocks)
 
     @classmethod
-    def dequantize_blocks(cls, data: np.ndarray) -> np.ndarray:
-        return _dequantize_q8_0(data, FP16_TABLE)
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], cls.block_size)
+        _dequantize_q8_0(data, FP16_TABLE, y)
+        return y
