@@ -516,3 +516,46 @@ def test_corrupted_files_fail_cleanly(tmp_path: Path, cut: int, flips: list[tupl
         for info in m.tensor_infos():
             assert m.raw(info.name).nbytes == info.nbytes
             m.tensor(info.name, None)
+
+
+# --------------------------------------------------------------------------- other tokenizer flavours (slow)
+
+_FLAVOUR_TEXTS = [*TOKENIZER_TEXTS, "hello world  123456789 x", "I'M SHOUTING, don't you'LL see", "a\r\nb\n\n\nc"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("source", "overrides"),
+    [
+        ("smollm2", {"tokenizer.ggml.pre": "llama-bpe"}),
+        ("smollm2", {"tokenizer.ggml.pre": "qwen2"}),
+        ("smollm2", {"tokenizer.ggml.pre": "gpt-2"}),
+        ("gemma3", {"tokenizer.ggml.add_space_prefix": True, "general.architecture": "llama"}),  # Llama-2-style SPM
+    ],
+    ids=["llama-bpe", "qwen2", "gpt-2", "spm-space-prefix"],
+)
+def test_tokenizer_flavours_match_llama_cpp(source: str, overrides: dict, tmp_path: Path, request, llama_cpp_module) -> None:
+    """A real vocabulary relabelled with another pre-tokenizer (or SentencePiece with a space
+    prefix): our tokenizer.json must split and merge exactly as llama.cpp does for that label."""
+    from gguf import GGUFValueType
+    from tokenizers import Tokenizer
+
+    from weightprint.io.gguf_file import GGUFModel, copy_metadata_for_write, write_gguf
+    from weightprint.io.tokenizer import tokenizer_info_from_gguf
+
+    with GGUFModel(request.getfixturevalue(source)) as m:
+        meta, types = copy_metadata_for_write(m)
+    for key, value in overrides.items():
+        meta[key] = value
+        types[key] = GGUFValueType.BOOL if isinstance(value, bool) else GGUFValueType.STRING
+    vocab_only = write_gguf(tmp_path / "vocab.gguf", metadata=meta, metadata_types=types, tensors=[], data=lambda spec: None)
+    llm = llama_cpp_module.Llama(str(vocab_only), vocab_only=True, verbose=False)
+    info = tokenizer_info_from_gguf(meta)
+    tok = Tokenizer.from_str(json.dumps(tokenizer_json_from_info(info, add_space_prefix=meta.get("tokenizer.ggml.add_space_prefix"))))
+    mismatches = []
+    for text in _FLAVOUR_TEXTS:
+        ours = tok.encode(text).ids
+        ref = llama_token_ids(llm, text, add_bos=bool(info.add_bos))
+        if ours != ref:
+            mismatches.append((text, ours[:15], ref[:15]))
+    assert mismatches == []
