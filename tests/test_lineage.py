@@ -206,3 +206,20 @@ def test_fingerprint_database_errors(tmp_path):
         fingerprint_model(array_model(random_llama(2)), db, label="x")
     with pytest.raises(WeightprintError, match="bad fingerprint database URL"):
         fingerprint_model(array_model(random_llama(1)), "nosuchdriver://x/y", label="y")
+
+
+def test_unreadable_model_is_a_one_line_error(tmp_path, base):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"garbage, not a model")
+    with pytest.raises(WeightprintError, match="bad.gguf") as e:
+        compare_models(array_model(base), bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(WeightprintError, match="nonexistent.gguf"):
+        compare_models(tmp_path / "nonexistent.gguf", array_model(base))
+
+
+def test_exact_derivation_needs_a_gguf_quant(base):
+    from weightprint.lineage import exact_derivation
+
+    with pytest.raises(WeightprintError, match="exact derivation needs a GGUF file as QUANT, got memory"):
+        exact_derivation(array_model(base), array_model(base))

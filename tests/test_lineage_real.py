@@ -116,7 +116,7 @@ def test_tiny_independent_pairs_are_calibrated():
 
     ps = []
     for seed in range(N_CALIBRATION_PAIRS):
-        a, b = tiny_llama_pair(seed)
+        a, b = tiny_llama_pair(seed, threads=1)
         r = compare_models(a, b, n_resamples=999, rng=seed)
         ps.append(r.combined.pvalue)
     ps = np.array(ps)
@@ -128,7 +128,7 @@ def test_tiny_derived_is_detected():
     """Power on the same tiny models: a noisy copy of a trained tiny model is derived."""
     from weightprint.testing.derive import derived, tiny_llama_pair
 
-    a, _ = tiny_llama_pair(0)
+    a, _ = tiny_llama_pair(0, threads=1)
     b = derived("noise", a, sigma_rel=0.2, seed=0)
     r = compare_models(a, b)
     assert r.verdict == "derived", r.reason

@@ -234,12 +234,10 @@ def store_fingerprint(
     budget = fingerprint_budget_bytes(fingerprint.n_parameters) if max_bytes is None else int(max_bytes)
     compact = fingerprint if fingerprint.levels else fingerprint.compact(max_bytes=budget)
     blob = compact.to_bytes()
-    while len(blob) > budget and len(compact.tokens) > 8:
-        n = int(len(compact.tokens) * 0.8)
-        compact.tokens = compact.tokens[:n]
-        compact.embedding = None if compact.embedding is None else compact.embedding[:n]
-        compact.head = None if compact.head is None else compact.head[:n]
-        blob = compact.to_bytes()
+    if len(blob) > budget:
+        raise WeightprintError(
+            f"fingerprint of `{fingerprint.label}` takes {len(blob)} bytes, over the budget of {budget} bytes"
+        )
     engine = _engine(url)
     md, table = _table()
     try:

@@ -137,7 +137,7 @@ class Fingerprint:
         if m < MIN_STORED_TOKENS:
             m = min(len(self.tokens), MIN_STORED_TOKENS)
         q = _quantize_profile
-        return Fingerprint(
+        out = Fingerprint(
             label=self.label,
             hidden_size=d,
             n_parameters=self.n_parameters,
@@ -158,6 +158,12 @@ class Fingerprint:
             chat_template_sha256=self.chat_template_sha256,
             levels=STORED_LEVELS,
         )
+        while len(out.tokens) > 8 and len(out.to_bytes()) > budget:
+            n = int(len(out.tokens) * 0.85)
+            out.tokens = out.tokens[:n]
+            out.embedding = None if out.embedding is None else out.embedding[:n]
+            out.head = None if out.head is None else out.head[:n]
+        return out
 
     def to_bytes(self) -> bytes:
         """Serialize (stored fingerprints: 4-bit profiles packed two per byte)."""
