@@ -559,3 +559,35 @@ def test_tokenizer_flavours_match_llama_cpp(source: str, overrides: dict, tmp_pa
         if ours != ref:
             mismatches.append((text, ours[:15], ref[:15]))
     assert mismatches == []
+
+
+# --------------------------------------------------------------------------- directories written by transformers
+
+
+def test_reads_and_rewrites_a_save_pretrained_directory(tmp_path: Path) -> None:
+    """A tiny random Llama saved by transformers (bf16, 2 shards) -> HFModel -> write_hf_dir
+    (float32) -> transformers: same tensors, same logits."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**{k: v for k, v in _tiny_llama_config().items() if k not in ("architectures", "model_type")})
+    config.tie_word_embeddings = False
+    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    src = tmp_path / "src"
+    model.save_pretrained(src, max_shard_size=1000)
+    (src / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    state = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    with HFModel(src) as m:
+        assert m.architecture == "llama" and m.chat_template == "{{ messages[0]['content'] }}"
+        assert len(list(src.glob("*.safetensors"))) >= 2
+        assert sorted(m.tensor_names()) == sorted(state)
+        for name, value in state.items():
+            assert m.dtype_name(name) == "BF16"
+            np.testing.assert_array_equal(m.tensor(name), value, err_msg=name)
+        out = write_hf_dir(m, tmp_path / "out", dtype="float32")
+    assert (out / "chat_template.jinja").read_text() == "{{ messages[0]['content'] }}"
+    again = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert again.config.tie_word_embeddings is False
+    ids = torch.tensor([[1, 5, 7, 3, 2]])
+    with torch.no_grad():
+        np.testing.assert_allclose(again(ids).logits.numpy(), model.float()(ids).logits.numpy(), rtol=1e-5, atol=1e-5)
