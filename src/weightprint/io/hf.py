@@ -179,6 +179,10 @@ class HFModel(Model):
         """The stored safetensors dtype (``F16``, ``BF16``...) of a tensor."""
         return self._file(name).dtype_name(name)
 
+    def release(self, name: str) -> None:
+        """Drop the tensor's mapped pages from the resident set (see ``SafetensorsModel.release``)."""
+        self._file(name).release(name)
+
     @cached_property
     def tokenizer(self) -> TokenizerInfo | None:  # type: ignore[override]
         if not (self.path / "tokenizer.json").is_file():

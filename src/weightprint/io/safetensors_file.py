@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 import tempfile
@@ -307,10 +308,29 @@ class SafetensorsModel(Model):
         stored = self.raw(name)
         if e.dtype.name == "BF16":
             values = bfloat16_to_float32(stored)
-            return values if dtype is None or np.dtype(dtype) == np.float32 else values.astype(dtype)
-        if dtype is None:
-            return np.array(stored)
-        return np.array(stored, dtype=dtype)
+            if dtype is not None and np.dtype(dtype) != np.float32:
+                values = values.astype(dtype)
+        else:
+            values = np.array(stored, dtype=dtype)
+        del stored
+        self.release(name)
+        return values
+
+    def release(self, name: str) -> None:
+        """Drop the tensor's mapped pages from this process's resident set (the page cache keeps
+        them), so that streaming over a large file keeps RSS flat; views stay valid."""
+        e = self._entry(name)
+        mm = getattr(self._map, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise"):
+            return
+        offset = self._data_start + e.begin
+        start = offset - offset % mmap.PAGESIZE
+        length = self._data_start + e.end - start
+        if length > 0:
+            try:
+                mm.madvise(mmap.MADV_DONTNEED, start, length)
+            except (OSError, ValueError):
+                pass
 
     def close(self) -> None:
         if self._map is not None:
