@@ -298,6 +298,28 @@ def test_write_hf_dir_refuses_existing_dir_and_cleans_up(tmp_path: Path) -> None
         assert m3.config["tie_word_embeddings"] is True and m3.config["dtype"] == "bfloat16"
 
 
+def test_hf_dir_errors_and_chat_templates(tmp_path: Path) -> None:
+    from weightprint.io.tokenizer import read_chat_template
+
+    d = tmp_path / "m"
+    x = np.ones((16, 8), np.float32)
+    write_safetensors_shards(d, [("model.embed_tokens.weight", x.shape, "F32")], lambda name: x)
+    with SafetensorsModel(d / "model.safetensors") as st:  # a bare file has no config to write
+        with pytest.raises(WeightprintError, match=r"model.safetensors: no model config to write a config.json from$"):
+            write_hf_dir(st, tmp_path / "out")
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(ModelFormatError, match=r"config.json: not valid JSON \(Expecting property name enclosed in double quotes at line 1\)$"):
+        HFModel(d)
+    (d / "config.json").write_text(json.dumps({**_tiny_llama_config(), "vocab_size": 12}))
+    (d / "tokenizer_config.json").write_text(json.dumps({"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}))
+    with HFModel(d) as m:
+        assert m.chat_template == "D"
+        write_hf_dir(m, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 16  # the weights decide
+    (d / "chat_template.jinja").write_text("J")
+    assert read_chat_template(d) == "J"
+
+
 # --------------------------------------------------------------------------- config <-> GGUF metadata
 
 

@@ -283,6 +283,10 @@ def write_hf_dir(
     names = [t.name for t in infos]
     config.pop("_name_or_path", None)
     config["tie_word_embeddings"] = "lm_head.weight" not in names
+    shapes = {t.name: tuple(t.shape) for t in infos}
+    embed = shapes.get("model.embed_tokens.weight")
+    if embed is not None and len(embed) == 2:
+        config["vocab_size"] = int(embed[0])  # the weights decide (vocabularies can be padded)
     config["dtype"] = dtype
     config["torch_dtype"] = dtype
     config.setdefault("transformers_version", _transformers_version())
@@ -297,7 +301,6 @@ def write_hf_dir(
         specs.append((t.name, tuple(t.shape), target))
     total = len(specs)
     done = {"n": 0}
-    shapes = {t.name: tuple(t.shape) for t in infos}
 
     def data(name: str) -> np.ndarray:
         if isinstance(model, HFModel) and model.dtype_name(name) not in floating:
