@@ -613,3 +613,30 @@ def test_reads_and_rewrites_a_save_pretrained_directory(tmp_path: Path) -> None:
     ids = torch.tensor([[1, 5, 7, 3, 2]])
     with torch.no_grad():
         np.testing.assert_allclose(again(ids).logits.numpy(), model.float()(ids).logits.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("source", "dtype"), [("smollm2", "float16"), ("gemma3", "bfloat16")])
+def test_hf_tokenizer_back_to_gguf_tokenizes_like_the_original(source: str, dtype: str, tmp_path: Path, request, llama_cpp_module) -> None:
+    """HF dir -> gguf_metadata_from_hf (tokenizer.json -> TokenizerInfo) -> vocab-only GGUF:
+    llama.cpp must tokenize as it does with the original GGUF (SentencePiece: scores rebuilt
+    from merge ranks)."""
+    from weightprint.io.gguf_file import write_gguf
+
+    gguf = request.getfixturevalue(source)
+    d = hf_dir_from_gguf(gguf, dtype)
+    with HFModel(d) as h:
+        meta, types = gguf_metadata_from_hf(h.config, h.tokenizer, h.chat_template)
+    assert meta["general.architecture"] == ("llama" if source == "smollm2" else "gemma3")
+    if source == "smollm2":
+        assert meta["tokenizer.chat_template"].startswith("{% for message in messages %}")
+    rebuilt = write_gguf(tmp_path / "vocab.gguf", metadata=meta, metadata_types=types, tensors=[], data=lambda spec: None)
+    ours = llama_cpp_module.Llama(str(rebuilt), vocab_only=True, verbose=False)
+    ref = llama_cpp_module.Llama(str(gguf), vocab_only=True, verbose=False)
+    add_bos = source == "gemma3"
+    assert meta["tokenizer.ggml.add_bos_token"] is add_bos
+    assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == ((2, 1) if add_bos else (1, 2))
+    mismatches = [
+        text for text in _FLAVOUR_TEXTS if llama_token_ids(ours, text, add_bos=add_bos) != llama_token_ids(ref, text, add_bos=add_bos)
+    ]
+    assert mismatches == []

@@ -367,8 +367,9 @@ def tokenizer_info_from_hf(directory: str | os.PathLike[str]) -> TokenizerInfo:
 
     Byte-level BPE becomes GGUF ``gpt2`` (merges kept, ``pre`` named after the
     pre-tokenizer); a BPE with byte fallback and ``▁`` becomes GGUF ``llama`` with scores
-    ``-rank`` of the first merge that makes each token (0 for single characters), so that
-    llama.cpp's score-driven merging replays the merge order.
+    ``-(rank + 1)`` of the first merge that makes each token (0 for single characters, below
+    every merge for pieces that no merge makes), so that llama.cpp's score-driven merging
+    replays the merge order.
 
     Raises
     ------
@@ -417,7 +418,7 @@ def tokenizer_info_from_hf(directory: str | os.PathLike[str]) -> TokenizerInfo:
             value = value.get("content")
         return vocab.get(value) if isinstance(value, str) else None
 
-    spm = bool(model.get("byte_fallback")) or "▁" in json.dumps(tj.get("normalizer"))
+    spm = bool(model.get("byte_fallback")) or "▁" in json.dumps(tj.get("normalizer"), ensure_ascii=False)
     bos_id = special_id("bos_token")
     post = tj.get("post_processor") or {}
     add_bos = cfg.get("add_bos_token")
@@ -442,9 +443,12 @@ def tokenizer_info_from_hf(directory: str | os.PathLike[str]) -> TokenizerInfo:
         for rank, m in enumerate(merges_raw):
             left, right = (m.split(" ", 1) if isinstance(m, str) else m)
             made.setdefault(left + right, rank)
+        unmade = -float(len(merges_raw) + 1)  # multi-character pieces no merge produces: merge last
         for tok, i in vocab.items():
             if tok in made:
                 scores[i] = -float(made[tok] + 1)
+            elif len(tok) > 1:
+                scores[i] = unmade
             if len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):
                 types[i] = TOKEN_BYTE
         for i in added:
