@@ -1,6 +1,7 @@
 """Reading and writing model files: GGUF, safetensors, Hugging Face directories."""
 
 from weightprint.io.gguf_file import GGUFModel, StringArray, TensorSpec, copy_metadata_for_write, write_gguf
+from weightprint.io.hf import HFModel, write_hf_dir
 from weightprint.io.model import Model, TensorInfo, TokenizerInfo
 from weightprint.io.names import (
     from_stored_layout,
@@ -11,9 +12,12 @@ from weightprint.io.names import (
     unpermute_qk,
 )
 from weightprint.io.open import open_model
+from weightprint.io.safetensors_file import SafetensorsModel, write_safetensors_shards
 
 __all__ = [
     "GGUFModel",
+    "HFModel",
+    "SafetensorsModel",
     "Model",
     "StringArray",
     "TensorInfo",
@@ -28,4 +32,6 @@ __all__ = [
     "to_stored_layout",
     "unpermute_qk",
     "write_gguf",
+    "write_hf_dir",
+    "write_safetensors_shards",
 ]
