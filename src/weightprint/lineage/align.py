@@ -98,22 +98,32 @@ def align_layers(
     gap = float(np.median(finite)) / 2.0 + 1e-12
     big = float(finite.max()) * 10 + 1.0
     cost_m = np.where(np.isfinite(dist), dist, big)
-    score = np.zeros((na + 1, nb + 1))
-    score[:, 0] = np.arange(na + 1) * gap
-    score[0, :] = np.arange(nb + 1) * gap
-    move = np.zeros((na + 1, nb + 1), dtype=np.int8)  # 0 match, 1 skip a, 2 skip b
-    move[1:, 0] = 1
-    move[0, 1:] = 2
+    cost = cost_m.tolist()
+    score = [[0.0] * (nb + 1) for _ in range(na + 1)]
+    move = [[0] * (nb + 1) for _ in range(na + 1)]  # 0 match, 1 skip a, 2 skip b
     for i in range(1, na + 1):
+        score[i][0] = i * gap
+        move[i][0] = 1
+    for j in range(1, nb + 1):
+        score[0][j] = j * gap
+        move[0][j] = 2
+    for i in range(1, na + 1):
+        prev, cur, ci = score[i - 1], score[i], cost[i - 1]
+        mi = move[i]
         for j in range(1, nb + 1):
-            options = (score[i - 1, j - 1] + cost_m[i - 1, j - 1], score[i - 1, j] + gap, score[i, j - 1] + gap)
-            k = int(np.argmin(options))
-            score[i, j] = options[k]
-            move[i, j] = k
+            m = prev[j - 1] + ci[j - 1]
+            sa = prev[j] + gap
+            sb = cur[j - 1] + gap
+            if m <= sa and m <= sb:
+                cur[j], mi[j] = m, 0
+            elif sa <= sb:
+                cur[j], mi[j] = sa, 1
+            else:
+                cur[j], mi[j] = sb, 2
     pairs: list[tuple[int, int]] = []
     i, j = na, nb
     while i > 0 or j > 0:
-        k = move[i, j]
+        k = move[i][j]
         if k == 0:
             pairs.append((i - 1, j - 1))
             i, j = i - 1, j - 1

@@ -185,7 +185,7 @@ def _token_profiles(fa: Fingerprint, fb: Fingerprint, which: str) -> tuple[np.nd
     return pa, pb, len(pairs)
 
 
-def _component(name: str, s: np.ndarray, *, n_resamples: int, rng: np.random.Generator, extra: dict) -> TestResult:
+def _component(name: str, s: np.ndarray, *, n_resamples: int, rng: int, extra: dict) -> TestResult:
     a, tau = similarity_to_unit(s)
     diag = np.diag(s)
     ev = {"threshold": tau, "mean_diagonal_similarity": float(diag.mean()), "median_diagonal_similarity": float(np.median(diag))}
@@ -194,25 +194,28 @@ def _component(name: str, s: np.ndarray, *, n_resamples: int, rng: np.random.Gen
 
 
 def _weight_tests(
-    fa: Fingerprint, fb: Fingerprint, *, n_resamples: int, rng: np.random.Generator
+    fa: Fingerprint, fb: Fingerprint, *, n_resamples: int, rng: int, components: bool = True
 ) -> tuple[TestResult | None, list[TestResult], list[dict], LayerAlignment, str]:
     alignment = align_layers(fa.descriptor_dicts(), fb.descriptor_dicts())
     comps: list[TestResult] = []
     sims: list[np.ndarray] = []
     notes: list[str] = []
     pa, pb, per_layer = _layer_profiles(fa, fb, alignment)
+    names: list[str] = []
     if pa.shape[0] >= 2:
         s = correlation_matrix(pa, pb)
         sims.append(s)
-        comps.append(
-            _component(
-                "layer-features",
-                s,
-                n_resamples=n_resamples,
-                rng=rng,
-                extra={"n_features": int(pa.shape[0]), "matched_layers": len(alignment.pairs)},
+        names.append("layer-features")
+        if components:
+            comps.append(
+                _component(
+                    "layer-features",
+                    s,
+                    n_resamples=n_resamples,
+                    rng=rng,
+                    extra={"n_features": int(pa.shape[0]), "matched_layers": len(alignment.pairs)},
+                )
             )
-        )
     else:
         notes.append("no common per-layer features")
     for which, name in (("embedding", "embedding"), ("head", "lm-head")):
@@ -224,7 +227,9 @@ def _weight_tests(
             continue
         s = correlation_matrix(ta, tb)
         sims.append(s)
-        comps.append(_component(name, s, n_resamples=n_resamples, rng=rng, extra={"n_tokens": n_shared}))
+        names.append(name)
+        if components:
+            comps.append(_component(name, s, n_resamples=n_resamples, rng=rng, extra={"n_tokens": n_shared}))
     if not sims:
         return None, comps, per_layer, alignment, "; ".join(notes)
     s_all = np.mean(sims, axis=0)
@@ -233,7 +238,7 @@ def _weight_tests(
         s_all,
         n_resamples=n_resamples,
         rng=rng,
-        extra={"components": [c.name for c in comps], "combination": "mean of component similarity matrices, one permutation test"},
+        extra={"components": names, "combination": "mean of component similarity matrices, one permutation test"},
     )
     return combined, comps, per_layer, alignment, "; ".join(notes)
 
@@ -258,10 +263,16 @@ def compare_fingerprints(
     rng: np.random.Generator | int | None = None,
     alpha: float = DEFAULT_ALPHA,
     tokenizer_evidence: dict[str, Any] | None = None,
+    components: bool = True,
 ) -> LineageResult:
-    """Lineage test between two fingerprints (full or stored). See :func:`compare_models`."""
+    """Lineage test between two fingerprints (full or stored). See :func:`compare_models`.
+
+    ``components=False`` runs the combined test only (no per-component p-values): what a
+    database search over many references needs.
+    """
     t0 = time.perf_counter()
-    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else int(rng))
+    # One seed for every component: they share the cached Monte Carlo permutations.
+    gen = int(rng.integers(2**62)) if isinstance(rng, np.random.Generator) else (0 if rng is None else int(rng))
     cfg = config_diff(a.config, b.config)
     tok = tokenizer_evidence if tokenizer_evidence is not None else _tokenizer_evidence_from_fingerprints(a, b)
     chat = {
@@ -279,7 +290,7 @@ def compare_fingerprints(
         )
         result.seconds = time.perf_counter() - t0
         return result
-    combined, comps, per_layer, alignment, notes = _weight_tests(a, b, n_resamples=n_resamples, rng=gen)
+    combined, comps, per_layer, alignment, notes = _weight_tests(a, b, n_resamples=n_resamples, rng=gen, components=components)
     result.components = comps
     result.layers = per_layer
     result.alignment = alignment.to_dict()
@@ -288,21 +299,25 @@ def compare_fingerprints(
     else:
         result.combined = combined
         ptxt = combined.pvalue_text()
-        best = min(comps, key=lambda c: c.log10_pvalue)
         layer_note = ""
         if alignment.unmatched_a or alignment.unmatched_b:
             layer_note = f"; layers unmatched: A {alignment.unmatched_a}, B {alignment.unmatched_b}"
+        if comps:
+            best = min(comps, key=lambda c: c.log10_pvalue)
+            strongest = f"strongest component {best.name}, {best.pvalue_text()}; "
+        else:
+            strongest = ""
         if combined.significant(alpha):
             result.verdict = "derived"
             result.reason = (
-                f"B shares A's residual basis: {ptxt} (strongest component {best.name}, {best.pvalue_text()}; "
+                f"B shares A's residual basis: {ptxt} ({strongest}"
                 f"{len(alignment.pairs)} layers matched{layer_note}); {context}"
             )
         else:
             result.verdict = "independent"
             result.reason = (
                 f"no evidence that B was derived from A at alpha={alpha:g}: {ptxt} "
-                f"({len(comps)} weight components{layer_note}); {context}"
+                f"({len(combined.evidence['components'])} weight components{layer_note}); {context}"
             )
     result.seconds = time.perf_counter() - t0
     return result

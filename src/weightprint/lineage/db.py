@@ -300,9 +300,10 @@ def search_fingerprints(
     suspect: str | Path | Model,
     db_url: str | Path,
     *,
-    n_resamples: int = 999,
+    n_resamples: int = 199,
     rng: np.random.Generator | int | None = None,
     alpha: float = DEFAULT_ALPHA,
+    components: bool = False,
 ) -> list[LineageResult]:
     """Rank every stored reference by the p-value of "the suspect was trained independently of it".
 
@@ -316,8 +317,13 @@ def search_fingerprints(
         The model under suspicion.
     db_url : str | Path
         SQLAlchemy URL or SQLite file path.
-    n_resamples, rng, alpha : *optional*
+    n_resamples : int, *optional*, defaults to 199
+        Monte Carlo permutations per test (fewer than :func:`compare_models`'s 999 to keep a
+        search over many references fast; the concentration bound covers the far tail).
+    rng, alpha : *optional*
         As in :func:`compare_models`; each reference gets the same seed.
+    components : bool, *optional*, defaults to False
+        Also run the per-component tests (slower; the combined test alone decides the rank).
 
     Returns
     -------
@@ -339,11 +345,10 @@ def search_fingerprints(
     finally:
         if owned:
             m.close()
-    seed = 0 if rng is None else rng
+    seed = int(rng.integers(2**62)) if isinstance(rng, np.random.Generator) else (0 if rng is None else int(rng))
     results: list[LineageResult] = []
     for ref in refs:
-        gen = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
-        r = compare_fingerprints(ref, fs, n_resamples=n_resamples, rng=gen, alpha=alpha)
+        r = compare_fingerprints(ref, fs, n_resamples=n_resamples, rng=seed, alpha=alpha, components=components)
         r.b = str(suspect.path if isinstance(suspect, Model) else suspect)
         results.append(r)
     results.sort(key=lambda r: (r.combined is None, r.log10_pvalue))

@@ -33,6 +33,7 @@ be ``<= alpha``, which has probability at most ``alpha``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -84,9 +85,9 @@ def correlation_matrix(profiles_a: np.ndarray, profiles_b: np.ndarray) -> np.nda
     Both inputs are ``(n_observations, d)``: one profile (a column) per residual coordinate,
     observed over the same rows (matched tokens or matched layer features).
     """
-    za = standardize_columns(profiles_a)
-    zb = standardize_columns(profiles_b)
-    return (za.T @ zb) / za.shape[0]
+    za = standardize_columns(profiles_a).astype(np.float32)
+    zb = standardize_columns(profiles_b).astype(np.float32)
+    return np.clip((za.T @ zb).astype(np.float64) / za.shape[0], -1.0, 1.0)
 
 
 def similarity_to_unit(s: np.ndarray, *, quantile: float | None = None) -> tuple[np.ndarray, float]:
@@ -99,7 +100,9 @@ def similarity_to_unit(s: np.ndarray, *, quantile: float | None = None) -> tuple
     """
     d = s.shape[0]
     q = 1.0 - 2.0 / d if quantile is None else quantile
-    tau = float(np.quantile(s, min(max(q, 0.0), 1.0)))
+    flat = np.asarray(s, dtype=np.float32).ravel()
+    k = int(round(min(max(q, 0.0), 1.0) * (flat.size - 1)))
+    tau = float(np.partition(flat, k)[k])  # an order statistic: invariant to permuting columns
     tau = min(tau, 0.99)
     a = np.clip((s - tau) / (1.0 - tau), 0.0, 1.0)
     return a, tau
@@ -110,6 +113,39 @@ def _chatterjee_log10(observed: float, expected: float) -> float:
     if t <= 0:
         return 0.0
     return min(0.0, math.log10(2.0) - (t * t) / (4.0 * expected + 2.0 * t) / LN10)
+
+
+def _draw_permutations(rng: np.random.Generator, d: int, n: int) -> np.ndarray:
+    """``n`` uniform random permutations of ``range(d)``, one per row (int32)."""
+    out = np.empty((n, d), dtype=np.int32)
+    batch = max(1, 2_000_000 // d)
+    for start in range(0, n, batch):
+        k = min(batch, n - start)
+        out[start : start + k] = np.argsort(rng.random((k, d)), axis=1)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_permutations(d: int, n: int, seed: int) -> np.ndarray:
+    perms = _draw_permutations(np.random.default_rng(seed), d, n)
+    perms.setflags(write=False)
+    return perms
+
+
+def permutation_sums(a: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """``sum_i a[i, perms[r, i]]`` for every row ``r`` of ``perms``.
+
+    Thresholded matrices are sparse (about ``2 d`` non-zero entries of ``d^2``), so the sum is
+    taken over the non-zero entries only: ``sum_{(i, j): a_ij > 0} a_ij [perms[r, i] == j]``.
+    """
+    d = a.shape[0]
+    rows, cols = np.nonzero(a)
+    if rows.size > d * d // 8:
+        return a[np.arange(d)[None, :], perms].sum(axis=1)
+    if rows.size == 0:
+        return np.zeros(perms.shape[0])
+    hits = perms[:, rows] == cols[None, :].astype(perms.dtype)
+    return np.where(hits, a[rows, cols][None, :], 0.0).sum(axis=1)
 
 
 def assignment_test(
@@ -154,25 +190,19 @@ def assignment_test(
         raise ValueError(f"assignment_test needs a square matrix of size >= 2, got shape {a.shape}")
     if n_resamples < 0:
         raise ValueError(f"`n_resamples` must be a non-negative integer, got {n_resamples}")
-    seed = None
-    if not isinstance(rng, np.random.Generator):
-        seed = 0 if rng is None else int(rng)
-        rng = np.random.default_rng(seed)
     d = a.shape[0]
+    seed = None
+    if isinstance(rng, np.random.Generator):
+        perms = _draw_permutations(rng, d, n_resamples) if n_resamples else None
+    else:
+        seed = 0 if rng is None else int(rng)
+        perms = _cached_permutations(d, n_resamples, seed) if n_resamples else None
     observed = float(np.trace(a))
     expected = float(a.sum() / d)
     null = None
     exceed = 0
-    if n_resamples > 0:
-        null = np.empty(n_resamples)
-        rows = np.arange(d)
-        batch = max(1, min(n_resamples, 2_000_000 // d))
-        done = 0
-        while done < n_resamples:
-            k = min(batch, n_resamples - done)
-            perms = np.argsort(rng.random((k, d)), axis=1)
-            null[done : done + k] = a[rows[None, :], perms].sum(axis=1)
-            done += k
+    if perms is not None:
+        null = permutation_sums(a, perms)
         exceed = int(np.count_nonzero(null >= observed - 1e-12 * max(1.0, abs(observed))))
         log10_mc = math.log10((1 + exceed) / (n_resamples + 1))
     else:
