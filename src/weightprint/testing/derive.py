@@ -157,9 +157,6 @@ class _HFDir:
         t = self._handles[self._where[name]].get_tensor(name)
         return t.float().numpy()
 
-    def tied(self) -> bool:
-        return "lm_head.weight" not in self._where and bool(self.config.get("tie_word_embeddings", True))
-
 
 def _tensor_sort_key(name: str) -> tuple:
     m = _LAYER_RE.match(name)
@@ -962,6 +959,11 @@ class FinetuneResult:
     seed : int
     seconds : float
         Wall time of the training loop.
+    cpu_seconds : float
+        CPU time of this process during the training loop (all threads); on a busy machine the
+        better measure of cost.
+    threads : int
+        torch threads used.
     """
 
     path: Path
@@ -976,6 +978,8 @@ class FinetuneResult:
     lr: float
     seed: int
     seconds: float
+    cpu_seconds: float = float("nan")
+    threads: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -1087,9 +1091,9 @@ def finetune(
         held = np.asarray(tok(heldout_text(), add_special_tokens=False)["input_ids"], dtype=np.int64)
         evals = _windows(held, seq_len, eval_windows, np.random.default_rng(12345))
         loss_before = _eval_loss(lm, evals)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses = _train(lm, train_ids, steps=steps, lr=lr, seq_len=seq_len, batch=batch, seed=seed)
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         loss_after = _eval_loss(lm, evals)
         lm.save_pretrained(str(tmp))
         _copy_tokenizer_files(src, tmp)
@@ -1100,6 +1104,7 @@ def finetune(
             path=out, relative_drift=drift, loss_before=loss_before, loss_after=loss_after,
             train_loss_first=float(np.mean(losses[:k])), train_loss_last=float(np.mean(losses[-k:])),
             steps=steps, batch=batch, seq_len=seq_len, lr=lr, seed=seed, seconds=seconds,
+            cpu_seconds=cpu_seconds, threads=torch.get_num_threads(),
         )
         _write_info(tmp, {"recipe": "finetune", "source": str(src),
                           "params": {"steps": steps, "lr": lr, "seq_len": seq_len, "batch": batch, "seed": seed},
