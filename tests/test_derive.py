@@ -226,6 +226,15 @@ def test_perplexity_hf_matches_manual(tiny):
     assert perplexity(tiny, text) == pytest.approx(float(np.exp(nll.mean())), rel=1e-4)
 
 
+def test_gguf_recipe_matches_transformers_perplexity(tiny):
+    # H0: the GGUF written from a derived directory computes a different function.
+    pytest.importorskip("llama_cpp")
+    gguf = derived("gguf", tiny, file_type="F32")
+    assert gguf.name == "model.gguf" and read_derive_info(gguf.parent)["params"] == {"file_type": "F32"}
+    text = derive.heldout_text(2000)
+    assert perplexity(gguf, text, max_tokens=200) == pytest.approx(perplexity(tiny, text, max_tokens=200), rel=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------
 # cache
 

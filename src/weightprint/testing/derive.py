@@ -1241,6 +1241,42 @@ def tiny_llama_pair(seed: int, steps: int = 60, **params: Any) -> tuple[Path, Pa
 
 
 # ----------------------------------------------------------------------------------------------
+# GGUF output
+# ----------------------------------------------------------------------------------------------
+
+GGUF_FILE = "model.gguf"
+
+
+def to_gguf(model: Any, out: str | Path, file_type: str = "F16") -> Path:
+    """Write ``model`` (typically a derived Hugging Face directory) as a GGUF with weightprint's converter.
+
+    Parameters
+    ----------
+    model : str, Path or Model
+    out : str or Path
+        Output GGUF file.
+    file_type : str, *optional*, defaults to "F16"
+        ``F32``, ``F16``, ``Q8_0``, ``Q4_K_M``... (see :func:`weightprint.constants.parse_file_type`).
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    from weightprint.convert import convert
+
+    convert(_source_path(model), out, to="gguf", file_type=file_type)
+    return Path(out)
+
+
+def _gguf_recipe(source: Path, out: Path, file_type: str = "F16") -> Path:
+    out.mkdir(parents=True)
+    to_gguf(source, out / GGUF_FILE, file_type=file_type)
+    _write_info(out, {"recipe": "gguf", "source": str(source), "params": {"file_type": file_type}})
+    return out / GGUF_FILE
+
+
+# ----------------------------------------------------------------------------------------------
 # Cache
 # ----------------------------------------------------------------------------------------------
 
@@ -1252,6 +1288,7 @@ _RECIPES: dict[str, Callable[..., Any]] = {
     "drop_layer": lambda source, out, **kw: drop_layer(source, out, **kw),
     "finetune": lambda source, out, **kw: finetune(source, out, **kw),
     "tiny_llama": lambda source, out, **kw: train_tiny_llama(out, **kw),
+    "gguf": _gguf_recipe,
 }
 RECIPES = tuple(_RECIPES)
 
@@ -1262,8 +1299,9 @@ _RECIPE_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "drop_layer": drop_layer,
     "finetune": finetune,
     "tiny_llama": train_tiny_llama,
+    "gguf": _gguf_recipe,
 }
-_NOT_IN_KEY = {"model", "out", "threads"}
+_NOT_IN_KEY = {"model", "out", "threads", "source"}
 
 
 def _resolved_params(recipe: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -1282,7 +1320,7 @@ def _resolved_params(recipe: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 # Bump a recipe's version when its output changes for the same parameters.
-_RECIPE_VERSIONS = {"hf": 1, "permute": 1, "noise": 1, "extend_vocab": 1, "drop_layer": 1, "finetune": 1, "tiny_llama": 1}
+_RECIPE_VERSIONS = {"gguf": 1, "hf": 1, "permute": 1, "noise": 1, "extend_vocab": 1, "drop_layer": 1, "finetune": 1, "tiny_llama": 1}
 
 _sha_memo: dict[tuple[str, int, int], str] = {}
 
@@ -1338,8 +1376,9 @@ def derived(recipe: str, source: str | Path | Any | None, **params: Any) -> Path
 
     Parameters
     ----------
-    recipe : {'hf', 'permute', 'noise', 'extend_vocab', 'drop_layer', 'finetune', 'tiny_llama'}
-        ``hf`` converts a GGUF into an F32 Hugging Face directory; the others call
+    recipe : {'hf', 'gguf', 'permute', 'noise', 'extend_vocab', 'drop_layer', 'finetune', 'tiny_llama'}
+        ``hf`` converts a GGUF into an F32 Hugging Face directory (transformers' GGUF reader);
+        ``gguf`` writes a GGUF with :func:`to_gguf` (``file_type=``); the others call
         :func:`permute_hidden_units`, :func:`add_noise`, :func:`extend_vocab`, :func:`drop_layer`,
         :func:`finetune`, :func:`train_tiny_llama` with ``**params``.
     source : str, Path, Model or None
@@ -1350,7 +1389,7 @@ def derived(recipe: str, source: str | Path | Any | None, **params: Any) -> Path
     Returns
     -------
     Path
-        The cached output directory. Concurrent callers (threads or processes) wait for one
+        The cached output directory (for ``gguf``: the ``model.gguf`` file inside it). Concurrent callers (threads or processes) wait for one
         build; a failed build leaves nothing behind.
     """
     if source is not None:
@@ -1359,13 +1398,14 @@ def derived(recipe: str, source: str | Path | Any | None, **params: Any) -> Path
     root = cache_dir() / "derived"
     root.mkdir(parents=True, exist_ok=True)
     final = root / key
-    if (final / INFO_FILE).is_file() or (recipe == "hf" and (final / "config.json").is_file()):
-        return final
+    result = final / GGUF_FILE if recipe == "gguf" else final
+    if (final / INFO_FILE).is_file():
+        return result
     with open(root / f".{key}.lock", "a+") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             if final.exists():
-                return final
+                return result
             staging = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".build", dir=root))
             try:
                 built = staging / "out"
@@ -1377,4 +1417,4 @@ def derived(recipe: str, source: str | Path | Any | None, **params: Any) -> Path
                 shutil.rmtree(staging, ignore_errors=True)
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-    return final
+    return result
