@@ -7,7 +7,6 @@ Unit tests run on tiny llama models (built in about a second, cached by ``derive
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -248,7 +247,8 @@ def test_derived_is_cached_and_keyed(tiny):
     assert read_derive_info(p1)["params"] == {"sigma_rel": 0.01, "seed": 5, "include_1d": False}
 
 
-def test_derived_concurrent_callers_build_once(tiny, monkeypatch):
+def test_derived_concurrent_callers_build_once(tiny, monkeypatch, tmp_path):
+    monkeypatch.setenv("WEIGHTPRINT_CACHE", str(tmp_path))  # an empty cache: the build must happen
     calls = []
     real = derive._RECIPES["noise"]
 
@@ -257,9 +257,8 @@ def test_derived_concurrent_callers_build_once(tiny, monkeypatch):
         return real(source, out, **kw)
 
     monkeypatch.setitem(derive._RECIPES, "noise", counting)
-    sigma = 0.001 + int.from_bytes(os.urandom(4), "little") * 1e-14  # a fresh key each run
     results = []
-    threads = [threading.Thread(target=lambda: results.append(derived("noise", tiny, sigma_rel=sigma, seed=0)))
+    threads = [threading.Thread(target=lambda: results.append(derived("noise", tiny, sigma_rel=0.001, seed=0)))
                for _ in range(3)]
     for t in threads:
         t.start()
@@ -267,6 +266,7 @@ def test_derived_concurrent_callers_build_once(tiny, monkeypatch):
         t.join()
     assert len(results) == 3 and len(set(results)) == 1
     assert len(calls) == 1
+    assert results[0].parent == tmp_path / "derived"
     leftovers = [p for p in results[0].parent.iterdir() if p.name.startswith(f".{results[0].name}.") and p.suffix == ".build"]
     assert not leftovers  # the lock file stays (removing it would race); no build directory does
 
