@@ -19,8 +19,10 @@ information about the residual order that the permutation test relies on.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -186,12 +188,13 @@ def token_hashes(tokens: list[str]) -> np.ndarray:
 def _to_float32(raw: np.ndarray, qtype: Any, cols: int) -> np.ndarray:
     from weightprint.constants import QType
 
+    raw = np.ascontiguousarray(raw)
     if qtype == QType.F32:
-        return np.asarray(raw, dtype=np.float32).reshape(-1, cols)
+        return raw.view(np.float32).reshape(-1, cols).astype(np.float32)
     if qtype == QType.F16:
-        return np.asarray(raw).view(np.float16).astype(np.float32).reshape(-1, cols)
+        return raw.view(np.float16).astype(np.float32).reshape(-1, cols)
     if qtype == QType.BF16:
-        u = np.asarray(raw).view(np.uint16).astype(np.uint32) << 16
+        u = raw.view(np.uint16).astype(np.uint32) << 16
         return u.view(np.float32).reshape(-1, cols)
     try:
         from weightprint.quant import dequantize  # type: ignore[attr-defined]
@@ -203,15 +206,44 @@ def _to_float32(raw: np.ndarray, qtype: Any, cols: int) -> np.ndarray:
         return np.asarray(gguf.quants.dequantize(np.ascontiguousarray(raw), qtype), dtype=np.float32).reshape(-1, cols)
 
 
+def _pread_rows(path: Path, offset: int, row_bytes: int, ids: np.ndarray) -> np.ndarray:
+    """Rows ``ids`` of a contiguous ``(rows, row_bytes)`` block read with ``pread`` (no mapping)."""
+    out = np.empty((len(ids), row_bytes), dtype=np.uint8)
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        for k, i in enumerate(ids.tolist()):
+            chunk = os.pread(fd, row_bytes, offset + i * row_bytes)
+            if len(chunk) != row_bytes:
+                raise OSError(f"{path}: short read at byte {offset + i * row_bytes}")
+            out[k] = np.frombuffer(chunk, dtype=np.uint8)
+    return out
+
+
 def embedding_rows(model: Model, name: str, ids: np.ndarray) -> np.ndarray:
-    """Rows ``ids`` of a ``(vocab, d)`` tensor as float32, dequantizing only those rows."""
+    """Rows ``ids`` of a ``(vocab, d)`` tensor as float32, reading and dequantizing only those rows.
+
+    Rows of a file-backed tensor are read with ``pread`` rather than through the memory map, so
+    a sample of a few thousand rows of a large embedding does not fault most of it into the
+    resident set.
+    """
     ids = np.asarray(ids, dtype=np.int64)
     info = model.info(name)
-    cols = int(info.shape[-1])
+    rows, cols = int(info.shape[0]), int(info.shape[-1])
+    path = Path(str(info.file)) if info.file is not None else None
+    if (
+        model.format in ("gguf", "safetensors", "hf")
+        and path is not None
+        and path.is_file()
+        and len(info.shape) == 2
+        and info.nbytes % rows == 0
+    ):
+        row_bytes = info.nbytes // rows
+        raw = _pread_rows(path, info.offset, row_bytes, ids)
+        return _to_float32(raw, info.qtype, cols)
     try:
         raw = model.raw(name)
-        if raw.shape[0] == info.shape[0]:
-            return _to_float32(raw[ids], info.qtype, cols)
+        if raw.shape[0] == rows:
+            return _to_float32(np.asarray(raw[ids]), info.qtype, cols)
     except (NotImplementedError, AttributeError):
         pass
     return np.asarray(model.tensor(name), dtype=np.float32)[ids]
