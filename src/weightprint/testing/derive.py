@@ -1108,7 +1108,8 @@ def finetune(
         )
         _write_info(tmp, {"recipe": "finetune", "source": str(src),
                           "params": {"steps": steps, "lr": lr, "seq_len": seq_len, "batch": batch, "seed": seed},
-                          "result": result.to_dict(), "train_losses": losses})
+                          "result": {k: v for k, v in result.to_dict().items() if k != "path"},
+                          "train_losses": losses})
     return result
 
 
