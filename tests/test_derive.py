@@ -85,11 +85,23 @@ def test_permutation_keeps_query_heads_with_their_kv_head(tiny):
     h = derive._HFDir(tiny)
     g = derive._geometry(h)
     group = g.n_heads // g.n_kv_heads
-    for p in hidden_unit_permutations(h, seed=3):
+    perms = hidden_unit_permutations(tiny, seed=3)
+    assert len(perms) == g.n_layers
+    for p in perms:
         assert sorted(p.mlp) == list(range(g.intermediate))
         assert sorted(p.heads) == list(range(g.n_heads))
         for new_head, old_head in enumerate(p.heads):
             assert old_head // group == p.kv_heads[new_head // group]
+
+
+def test_permutation_ground_truth_matches_output(tiny, tmp_path):
+    out = permute_hidden_units(tiny, tmp_path / "perm", seed=11)
+    config = json.loads((tiny / "config.json").read_text())
+    p = hidden_unit_permutations(config, seed=11)[1]
+    s, o = derive._HFDir(tiny), derive._HFDir(out)
+    up, down = "model.layers.1.mlp.up_proj.weight", "model.layers.1.mlp.down_proj.weight"
+    assert np.array_equal(o.tensor(up), s.tensor(up)[p.mlp])
+    assert np.array_equal(o.tensor(down), s.tensor(down)[:, p.mlp])
 
 
 def test_wrong_permutation_breaks_logits(tiny, tmp_path):

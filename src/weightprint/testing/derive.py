@@ -377,8 +377,12 @@ class _Geometry:
     intermediate: int
 
 
-def _geometry(src: _HFDir) -> _Geometry:
-    c = src.config.get("text_config", src.config)
+def _geometry(src: _HFDir | dict[str, Any], where: str = "config") -> _Geometry:
+    if isinstance(src, _HFDir):
+        config, where = src.config, f"{src.path}/config.json"
+    else:
+        config = src
+    c = config.get("text_config", config)
     try:
         n_heads = int(c["num_attention_heads"])
         n_kv = int(c.get("num_key_value_heads") or n_heads)
@@ -386,7 +390,7 @@ def _geometry(src: _HFDir) -> _Geometry:
         head_dim = int(c.get("head_dim") or hidden // n_heads)
         return _Geometry(int(c["num_hidden_layers"]), n_heads, n_kv, head_dim, int(c["intermediate_size"]))
     except (KeyError, TypeError, ValueError) as e:
-        raise ModelFormatError(f"{src.path}/config.json: missing or bad attention/MLP sizes ({e})") from e
+        raise ModelFormatError(f"{where}: missing or bad attention/MLP sizes ({e})") from e
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,13 +417,27 @@ class LayerPermutation:
     kv_heads: np.ndarray
 
 
-def hidden_unit_permutations(geometry_or_config: Any, seed: int) -> list[LayerPermutation]:
-    """The permutations that :func:`permute_hidden_units` applies, layer by layer.
+def hidden_unit_permutations(model_or_config: Any, seed: int) -> list[LayerPermutation]:
+    """The permutations that :func:`permute_hidden_units` applies with ``seed``, layer by layer.
 
-    Query heads are permuted within their key/value group and the groups are permuted as a
-    whole, so grouped-query attention keeps every query head with its key/value head.
+    The ground truth for tests of permutation-undoing alignment. Query heads are permuted
+    within their key/value group and the groups are permuted as a whole, so grouped-query
+    attention keeps every query head with its key/value head.
+
+    Parameters
+    ----------
+    model_or_config : str, Path, Model or dict
+        The source model (GGUF or Hugging Face directory), or its Hugging Face config dict.
+    seed : int
+
+    Returns
+    -------
+    list of LayerPermutation
     """
-    g = geometry_or_config if isinstance(geometry_or_config, _Geometry) else _geometry(geometry_or_config)
+    if isinstance(model_or_config, (_Geometry, _HFDir, dict)):
+        g = model_or_config if isinstance(model_or_config, _Geometry) else _geometry(model_or_config)
+    else:
+        g = _geometry(_HFDir(as_hf_dir(model_or_config)))
     if g.n_heads % g.n_kv_heads:
         raise ShapeMismatchError(f"{g.n_heads} attention heads are not a multiple of {g.n_kv_heads} key/value heads")
     group = g.n_heads // g.n_kv_heads
