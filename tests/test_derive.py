@@ -146,12 +146,14 @@ def test_add_noise_rejects_negative_sigma(tiny, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_calibrate_noise_hits_target(tiny):
+def test_calibrate_noise_hits_target(tiny, tmp_path):
     cal = calibrate_noise_for_perplexity(tiny, target_increase=0.05, seed=0, max_tokens=256)
     assert cal.sigma_rel > 0
     assert abs(cal.achieved_increase - 0.05) <= 0.2 * 0.05 + 1e-9, cal
-    # the calibrated sigma used by add_noise gives the same perplexity
-    assert cal.perplexity_noisy > cal.perplexity_base
+    # add_noise with the calibrated sigma and the same seed gives the same perplexity
+    noisy = add_noise(tiny, tmp_path / "noisy", sigma_rel=cal.sigma_rel, seed=0)
+    assert perplexity(noisy, max_tokens=256) == pytest.approx(cal.perplexity_noisy, rel=1e-3)
+    assert perplexity(tiny, max_tokens=256) == pytest.approx(cal.perplexity_base, rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

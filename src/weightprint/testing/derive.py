@@ -665,7 +665,7 @@ def calibrate_noise_for_perplexity(
         noises = {}
         for n, p in lm.named_parameters():
             if _noise_applies(n, tuple(p.shape), include_1d):
-                noises[n] = (float(p.detach().std()), torch.from_numpy(_standard_noise(n, tuple(p.shape), seed)))
+                noises[n] = (float(p.detach().std(correction=0)), torch.from_numpy(_standard_noise(n, tuple(p.shape), seed)))
 
         def ppl_at(sigma: float) -> float:
             with torch.no_grad():
