@@ -232,7 +232,7 @@ def test_perplexity_hf_matches_manual(tiny):
 
     text = "It was the best of times, it was the worst of times."
     tok = AutoTokenizer.from_pretrained(str(tiny))
-    ids = tok(text, add_special_tokens=False)["input_ids"]
+    ids = tok(text)["input_ids"]
     logits = _logits(tiny, ids).astype(np.float64)
     logz = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
     nll = logz[:-1] - logits[np.arange(len(ids) - 1), ids[1:]]

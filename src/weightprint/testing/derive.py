@@ -876,7 +876,7 @@ def _load_transformers(path: Path) -> tuple[Any, Any]:
 def _encode_text(tok: Any, text: str, max_tokens: int) -> Any:
     import torch
 
-    ids = tok(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    ids = tok(text)["input_ids"][:max_tokens]  # the tokenizer's own BOS convention
     if len(ids) < 2:
         raise WeightprintError(f"text has {len(ids)} tokens; perplexity needs at least 2")
     return torch.tensor([ids], dtype=torch.long)
@@ -907,7 +907,8 @@ def perplexity(
     text : str, *optional*
         Defaults to :func:`heldout_text`.
     max_tokens : int, *optional*, defaults to 512
-        The text is cut to this many tokens (one context window, no BOS added).
+        The text is cut to this many tokens (one context window, including a BOS token where
+        the tokenizer adds one, as Gemma's does).
     threads : int, *optional*
         Defaults to :func:`default_threads`.
 
@@ -938,7 +939,8 @@ def _perplexity_llama_cpp(path: Path, text: str, *, max_tokens: int, threads: in
     except (ValueError, RuntimeError) as e:
         raise ModelFormatError(f"{path}: llama.cpp cannot load this GGUF: {e}") from e
     try:
-        tokens = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)[:max_tokens]
+        # add_bos=True means "add what the vocabulary asks for" (tokenizer.ggml.add_bos_token)
+        tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)[:max_tokens]
         if len(tokens) < 2:
             raise WeightprintError(f"text has {len(tokens)} tokens; perplexity needs at least 2")
         llm.reset()
