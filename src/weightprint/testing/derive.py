@@ -39,7 +39,6 @@ import math
 import os
 import re
 import shutil
-import struct
 import tempfile
 import time
 import zlib
@@ -189,37 +188,10 @@ def as_hf_dir(model: Any) -> Path:
 
 
 def _gguf_to_hf(source: Path, out: Path) -> Path:
-    """Convert a GGUF to an F32 Hugging Face directory with transformers' GGUF reader."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    """Convert a GGUF to an F32 Hugging Face directory with weightprint's own streaming converter."""
+    from weightprint.convert import convert
 
-    try:
-        cfg_dict = load_gguf_checkpoint(str(source))["config"]
-        model_type = cfg_dict.pop("model_type")
-        cfg_dict.pop("_model_name_or_path", None)
-        config = AutoConfig.for_model(model_type, **cfg_dict)
-        from transformers import AutoModelForCausalLM
-
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
-        tensors = load_gguf_checkpoint(str(source), return_tensors=True, model_to_load=skeleton)["tensors"]
-        tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise ModelFormatError(f"{source}: transformers cannot convert this GGUF: {e}") from e
-    out.mkdir(parents=True, exist_ok=True)
-    config.architectures = [type(skeleton).__name__]
-    config.dtype = "float32"
-    config.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    tensors = {k: torch.as_tensor(v) for k, v in tensors.items()}
-    if config.tie_word_embeddings:
-        tensors.pop("lm_head.weight", None)
-    plan = [
-        _Planned(name, tuple(t.shape), lambda t=t: t.float().numpy())
-        for name, t in sorted(tensors.items(), key=lambda kv: _tensor_sort_key(kv[0]))
-    ]
-    _write_safetensors(out / "model.safetensors", plan, dtype="float32")
+    convert(source, out, to="hf", dtype="float32")
     return out
 
 
@@ -239,51 +211,23 @@ class _Planned:
     produce: Callable[[], np.ndarray]
 
 
-def _encode(array: np.ndarray, dtype: str) -> bytes:
-    a = np.ascontiguousarray(array, dtype=np.float32)
-    if dtype == "float32":
-        return a.astype("<f4", copy=False).tobytes()
-    if dtype == "float16":
-        return a.astype("<f2").tobytes()
-    # bfloat16, round to nearest even
-    u = a.view(np.uint32).astype(np.uint64)
-    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    return u.astype("<u2").tobytes()
-
-
 def _write_safetensors(path: Path, plan: list[_Planned], *, dtype: str = "float32") -> None:
-    """Write ``plan`` to ``path`` tensor by tensor; the header is computed from the planned shapes."""
+    """Write ``plan`` into ``path`` (``model.safetensors``) tensor by tensor, via the io layer's writer."""
+    from weightprint.io.safetensors_file import write_safetensors_shards
+
     if dtype not in _ST_DTYPES:
         raise WeightprintError(f"unsupported output dtype `{dtype}`; known: {', '.join(_ST_DTYPES)}")
-    code, size = _ST_DTYPES[dtype]
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    seen: set[str] = set()
-    for p in plan:
-        if p.name in seen:
-            raise WeightprintError(f"{path}: tensor `{p.name}` planned twice")
-        seen.add(p.name)
-        n = int(np.prod(p.shape, dtype=np.int64)) * size
-        header[p.name] = {"dtype": code, "shape": list(p.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for p in plan:
-                array = p.produce()
-                if tuple(array.shape) != tuple(p.shape):
-                    raise ShapeMismatchError(
-                        f"{path}: tensor `{p.name}` has shape {tuple(array.shape)}, planned {tuple(p.shape)}"
-                    )
-                f.write(_encode(array, dtype))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    if path.name != "model.safetensors":
+        raise WeightprintError(f"{path}: derived models are written as `model.safetensors`")
+    producers = {p.name: p.produce for p in plan}
+    if len(producers) != len(plan):
+        raise WeightprintError(f"{path}: a tensor is planned twice")
+    write_safetensors_shards(
+        path.parent,
+        [(p.name, p.shape, _ST_DTYPES[dtype][0]) for p in plan],
+        lambda name: np.asarray(producers[name](), dtype=np.float32),
+        max_shard_bytes=1 << 62,
+    )
 
 
 def _copy_tokenizer_files(src: Path, out: Path) -> None:
