@@ -808,6 +808,7 @@ def _load_transformers(path: Path) -> tuple[Any, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # our callers own the terminal (rich progress on stderr)
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(str(path))
