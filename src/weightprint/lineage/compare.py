@@ -26,13 +26,14 @@ from weightprint.lineage.evidence import config_diff, jaccard, minhash_jaccard
 from weightprint.lineage.features import hidden_size_of
 from weightprint.lineage.fingerprint import Fingerprint, build_fingerprint, sample_tokens
 from weightprint.lineage.stats import (
-    NULL_RESIDUAL_EXCHANGEABLE,
-    assignment_test,
+    assignment_test_sparse,
     correlation_matrix,
     rank_transform,
-    similarity_to_unit,
+    threshold_entries,
 )
-from weightprint.results import TestResult, format_pvalue, log10_norm_sf, to_jsonable
+from scipy import special
+
+from weightprint.results import TestResult, format_pvalue, to_jsonable
 
 __all__ = ["LineageResult", "compare_fingerprints", "compare_models"]
 
@@ -124,38 +125,43 @@ class LineageResult:
 # ---------------------------------------------------------------------------- profiles
 def _layer_profiles(fa: Fingerprint, fb: Fingerprint, alignment: LayerAlignment) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Stack the common features of matched layers: ``(K, d)`` profiles for A and for B."""
-    feats_a, feats_b = fa.feature_dicts(), fb.feature_dicts()
+    d = fa.hidden_size
     rows_a: list[np.ndarray] = []
     rows_b: list[np.ndarray] = []
-    per_layer: list[dict] = []
-    d = fa.hidden_size
+    owners: list[tuple[int, int, float, int]] = []
     for (i, j), dist in zip(alignment.pairs, alignment.distances):
-        common = sorted(set(feats_a[i]) & set(feats_b[j]))
-        if not common:
-            continue
-        pa = np.stack([feats_a[i][r] for r in common])
-        pb = np.stack([feats_b[j][r] for r in common])
-        rows_a.append(pa)
-        rows_b.append(pb)
-        ra = pa - pa.mean(axis=1, keepdims=True)
-        rb = pb - pb.mean(axis=1, keepdims=True)
-        den = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
-        rho = np.where(den > 0, (ra * rb).sum(axis=1) / np.where(den > 0, den, 1.0), 0.0)
-        mean_rho = float(rho.mean())
-        # Under H0 each rank correlation is ~N(0, 1/(d-1)); roles are dependent, so this z
-        # (treating them as one averaged correlation) is a rough per-layer indicator only.
-        z = mean_rho * math.sqrt(d - 1)
-        per_layer.append(
-            {
-                "layer_a": i,
-                "layer_b": j,
-                "descriptor_distance": dist,
-                "n_features": len(common),
-                "mean_rank_correlation": mean_rho,
-                "z": z,
-                "log10_pvalue_normal_approx": log10_norm_sf(z),
-            }
-        )
+        ra, rb = fa.layer_roles[i], fb.layer_roles[j]
+        if ra == rb:
+            ia = ib = None
+            n = len(ra)
+        else:
+            common = sorted(set(ra) & set(rb))
+            if not common:
+                continue
+            ia = [ra.index(r) for r in common]
+            ib = [rb.index(r) for r in common]
+            n = len(common)
+        rows_a.append(fa.layer_features[i] if ia is None else fa.layer_features[i][ia])
+        rows_b.append(fb.layer_features[j] if ib is None else fb.layer_features[j][ib])
+        owners.append((i, j, dist, n))
+    per_layer: list[dict] = []
+    if rows_a:
+        pa = np.concatenate(rows_a)
+        pb = np.concatenate(rows_b)
+        ca = pa - pa.mean(axis=1, keepdims=True)
+        cb = pb - pb.mean(axis=1, keepdims=True)
+        den = np.sqrt((ca * ca).sum(axis=1) * (cb * cb).sum(axis=1))
+        rho = np.where(den > 0, (ca * cb).sum(axis=1) / np.where(den > 0, den, 1.0), 0.0)
+        counts = np.array([o[3] for o in owners])
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        means = np.add.reduceat(rho, starts) / counts
+        # Under H0 each rank correlation is ~N(0, 1/(d-1)); the features of one layer are
+        # dependent, so this z (one averaged correlation) is a rough per-layer indicator only.
+        z = means * math.sqrt(d - 1)
+        lp = special.log_ndtr(-z) / math.log(10.0)
+        for (i, j, dist, n), m, zz, p in zip(owners, means.tolist(), z.tolist(), lp.tolist()):
+            per_layer.append({"layer_a": i, "layer_b": j, "descriptor_distance": dist, "n_features": n,
+                              "mean_rank_correlation": m, "z": zz, "log10_pvalue_normal_approx": p})
     for key in sorted(set(fa.global_features) & set(fb.global_features)):
         rows_a.append(fa.global_features[key][None, :])
         rows_b.append(fb.global_features[key][None, :])
@@ -186,11 +192,15 @@ def _token_profiles(fa: Fingerprint, fb: Fingerprint, which: str) -> tuple[np.nd
 
 
 def _component(name: str, s: np.ndarray, *, n_resamples: int, rng: int, extra: dict) -> TestResult:
-    a, tau = similarity_to_unit(s)
+    rows, cols, vals, tau = threshold_entries(s)
     diag = np.diag(s)
-    ev = {"threshold": tau, "mean_diagonal_similarity": float(diag.mean()), "median_diagonal_similarity": float(np.median(diag))}
+    ev = {
+        "threshold": tau,
+        "mean_diagonal_similarity": float(diag.mean()),
+        "median_diagonal_similarity": float(np.median(diag)),
+    }
     ev.update(extra)
-    return assignment_test(a, name=name, n_resamples=n_resamples, rng=rng, evidence=ev)
+    return assignment_test_sparse(rows, cols, vals, s.shape[0], name=name, n_resamples=n_resamples, rng=rng, evidence=ev)
 
 
 def _weight_tests(
@@ -232,7 +242,7 @@ def _weight_tests(
             comps.append(_component(name, s, n_resamples=n_resamples, rng=rng, extra={"n_tokens": n_shared}))
     if not sims:
         return None, comps, per_layer, alignment, "; ".join(notes)
-    s_all = np.mean(sims, axis=0)
+    s_all = sims[0] if len(sims) == 1 else np.mean(sims, axis=0, dtype=np.float32)
     combined = _component(
         "white-box-combined",
         s_all,

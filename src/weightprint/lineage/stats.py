@@ -45,8 +45,10 @@ __all__ = [
     "assignment_test",
     "correlation_matrix",
     "rank_transform",
+    "assignment_test_sparse",
     "similarity_to_unit",
     "standardize_columns",
+    "threshold_entries",
 ]
 
 NULL_RESIDUAL_EXCHANGEABLE = (
@@ -87,7 +89,9 @@ def correlation_matrix(profiles_a: np.ndarray, profiles_b: np.ndarray) -> np.nda
     """
     za = standardize_columns(profiles_a).astype(np.float32)
     zb = standardize_columns(profiles_b).astype(np.float32)
-    return np.clip((za.T @ zb).astype(np.float64) / za.shape[0], -1.0, 1.0)
+    out = za.T @ zb
+    out *= np.float32(1.0 / za.shape[0])
+    return np.clip(out, -1.0, 1.0, out=out)
 
 
 def similarity_to_unit(s: np.ndarray, *, quantile: float | None = None) -> tuple[np.ndarray, float]:
@@ -106,6 +110,21 @@ def similarity_to_unit(s: np.ndarray, *, quantile: float | None = None) -> tuple
     tau = min(tau, 0.99)
     a = np.clip((s - tau) / (1.0 - tau), 0.0, 1.0)
     return a, tau
+
+
+def threshold_entries(s: np.ndarray, *, quantile: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The non-zero entries of ``similarity_to_unit(s)`` as ``(rows, cols, values, tau)``.
+
+    Same map as :func:`similarity_to_unit` without building the dense ``d x d`` result.
+    """
+    d = s.shape[0]
+    q = 1.0 - 2.0 / d if quantile is None else quantile
+    flat = np.asarray(s, dtype=np.float32).ravel()
+    k = int(round(min(max(q, 0.0), 1.0) * (flat.size - 1)))
+    tau = min(float(np.partition(flat, k)[k]), 0.99)
+    idx = np.flatnonzero(flat > tau)
+    vals = np.minimum((flat[idx].astype(np.float64) - tau) / (1.0 - tau), 1.0)
+    return idx // d, idx % d, vals, tau
 
 
 def _chatterjee_log10(observed: float, expected: float) -> float:
@@ -130,6 +149,13 @@ def _cached_permutations(d: int, n: int, seed: int) -> np.ndarray:
     perms = _draw_permutations(np.random.default_rng(seed), d, n)
     perms.setflags(write=False)
     return perms
+
+
+def _sparse_permutation_sums(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    if rows.size == 0:
+        return np.zeros(perms.shape[0])
+    hits = perms[:, rows] == cols[None, :].astype(perms.dtype)
+    return np.where(hits, vals[None, :], 0.0).sum(axis=1)
 
 
 def permutation_sums(a: np.ndarray, perms: np.ndarray) -> np.ndarray:
@@ -191,18 +217,65 @@ def assignment_test(
     if n_resamples < 0:
         raise ValueError(f"`n_resamples` must be a non-negative integer, got {n_resamples}")
     d = a.shape[0]
+    rows, cols = np.nonzero(a)
+    if rows.size > d * d // 8:  # dense: sum the gathered entries directly
+        return _assignment_test(
+            a=a, rows=None, cols=None, vals=None, d=d, name=name, null_hypothesis=null_hypothesis,
+            n_resamples=n_resamples, rng=rng, evidence=evidence, keep_null_distribution=keep_null_distribution,
+        )
+    return _assignment_test(
+        a=None, rows=rows, cols=cols, vals=a[rows, cols], d=d, name=name, null_hypothesis=null_hypothesis,
+        n_resamples=n_resamples, rng=rng, evidence=evidence, keep_null_distribution=keep_null_distribution,
+    )
+
+
+def assignment_test_sparse(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    vals: np.ndarray,
+    d: int,
+    *,
+    name: str,
+    null_hypothesis: str = NULL_RESIDUAL_EXCHANGEABLE,
+    n_resamples: int = 999,
+    rng: np.random.Generator | int | None = None,
+    evidence: dict | None = None,
+    keep_null_distribution: bool = False,
+) -> TestResult:
+    """:func:`assignment_test` for a matrix given by its non-zero entries ``a[rows, cols] = vals``."""
+    if d < 2:
+        raise ValueError(f"assignment_test needs a square matrix of size >= 2, got d={d}")
+    if n_resamples < 0:
+        raise ValueError(f"`n_resamples` must be a non-negative integer, got {n_resamples}")
+    return _assignment_test(
+        a=None, rows=np.asarray(rows), cols=np.asarray(cols), vals=np.asarray(vals, dtype=np.float64), d=int(d),
+        name=name, null_hypothesis=null_hypothesis, n_resamples=n_resamples, rng=rng, evidence=evidence,
+        keep_null_distribution=keep_null_distribution,
+    )
+
+
+def _assignment_test(
+    *, a, rows, cols, vals, d, name, null_hypothesis, n_resamples, rng, evidence, keep_null_distribution
+) -> TestResult:
     seed = None
     if isinstance(rng, np.random.Generator):
         perms = _draw_permutations(rng, d, n_resamples) if n_resamples else None
     else:
         seed = 0 if rng is None else int(rng)
         perms = _cached_permutations(d, n_resamples, seed) if n_resamples else None
-    observed = float(np.trace(a))
-    expected = float(a.sum() / d)
+    if a is not None:
+        observed = float(np.trace(a))
+        expected = float(a.sum() / d)
+    else:
+        observed = float(vals[rows == cols].sum())
+        expected = float(vals.sum() / d)
     null = None
     exceed = 0
     if perms is not None:
-        null = permutation_sums(a, perms)
+        if a is not None:
+            null = a[np.arange(d)[None, :], perms].sum(axis=1)
+        else:
+            null = _sparse_permutation_sums(rows, cols, vals, perms)
         exceed = int(np.count_nonzero(null >= observed - 1e-12 * max(1.0, abs(observed))))
         log10_mc = math.log10((1 + exceed) / (n_resamples + 1))
     else:
