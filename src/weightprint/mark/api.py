@@ -362,6 +362,7 @@ def issue_copy(
         _clean_stale_staging(out.parent)
         staging = out.parent / STAGING_DIR / f"{os.getpid()}-{issue_id}"
         staging.mkdir(parents=True, exist_ok=False)
+        placed: list[bool] = []
         try:
             from weightprint.convert import convert
 
@@ -377,11 +378,12 @@ def issue_copy(
 
             def place() -> None:
                 os.replace(tmp, out)
+                placed.append(True)
 
             reg.record_copy(record, before_commit=place)
         except BaseException:
-            if out.exists() and "out_sha" in locals() and not reg.find_output(out_sha):
-                out.unlink(missing_ok=True)  # renamed but the commit failed
+            if placed and not reg.find_output(out_sha):
+                out.unlink(missing_ok=True)  # renamed into place, but the commit failed
             raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
