@@ -264,10 +264,27 @@ def store_fingerprint(
     return len(blob), len(compact.tokens)
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a file-backed SQLite URL (None for other databases and in-memory SQLite)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+    except Exception:  # noqa: BLE001 - _engine reports malformed URLs
+        return None
+    if not u.drivername.startswith("sqlite") or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
 def _load_all(url: str) -> list[Fingerprint]:
     from sqlalchemy import inspect, select
     from sqlalchemy.exc import SQLAlchemyError
 
+    f = _sqlite_file(url)
+    if f is not None and not f.exists():  # do not create an empty database file as a side effect
+        raise WeightprintError(f"fingerprint database {_redact(url)} is empty (no such file)",
+                               hint="store references with `weightprint fingerprint MODEL --db URL`")
     engine = _engine(url)
     md, table = _table()
     try:
