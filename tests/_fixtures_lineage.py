@@ -273,3 +273,19 @@ def modified_copy(source: Path, out: Path, tensor: str, *, n_bytes: int = 16) ->
         f.seek(start)
         f.write(bytes(b ^ 0x11 for b in data))
     return out
+
+
+def rescale_norms(t: dict[str, np.ndarray], seed: int, *, spread: float = 0.5) -> dict[str, np.ndarray]:
+    """Function-preserving rescaling: norm weight g_i * c_i, the next matrices' columns / c_i."""
+    rng = np.random.default_rng(seed)
+    out = dict(t)
+    layers = sorted({int(m.group(1)) for k in t if (m := re.search(r"layers\.(\d+)\.", k))})
+    for layer in layers:
+        p = f"model.layers.{layer}."
+        for norm, mats in (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                           ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))):
+            c = np.exp(spread * rng.normal(size=t[p + norm + ".weight"].shape)).astype(np.float32)
+            out[p + norm + ".weight"] = t[p + norm + ".weight"] * c
+            for m in mats:
+                out[p + m + ".weight"] = t[p + m + ".weight"] / c[None, :]
+    return out

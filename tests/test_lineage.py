@@ -20,6 +20,7 @@ from _fixtures_lineage import (
     permute_hidden,
     permute_residual,
     random_llama,
+    rescale_norms,
     toy_vocab,
 )
 from weightprint.errors import WeightprintError
@@ -125,6 +126,16 @@ def test_vocabulary_extension_and_reordering_match_tokens_by_string(base):
     assert r.tokenizer["shared_tokens"] == 512
     assert r.tokenizer["vocab_jaccard"] == pytest.approx(512 / 612)
     assert r.verdict == "derived"
+
+
+def test_norm_rescaling_is_still_derived(base):
+    """Function-preserving per-coordinate rescaling (HuRef's scaling attack: norm weight times c_i,
+    next matrices' columns divided by c_i): the effective column norms do not move, and the
+    embedding is untouched."""
+    r = compare_models(array_model(base), array_model(rescale_norms(base, 4)))
+    assert r.verdict == "derived", r.reason
+    for c in r.components:
+        assert c.log10_pvalue < -8, (c.name, c.log10_pvalue)
 
 
 def test_residual_permutation_is_the_null_symmetry(base):

@@ -85,8 +85,8 @@ def align_layers(
     """Best monotone alignment of two layer stacks by descriptor distance.
 
     Matching layers ``i`` and ``j`` costs their distance; leaving a layer out costs the
-    median of all pairwise distances (what an unrelated pairing would cost), so a layer is
-    skipped only when no counterpart is clearly closer than chance.
+    median of all pairwise distances (what an unrelated pairing would cost), so two stacks of
+    equal depth are re-paired only when a pairing costs more than two unrelated ones.
     """
     na, nb = len(descriptors_a), len(descriptors_b)
     if na == 0 or nb == 0:
@@ -95,7 +95,7 @@ def align_layers(
     finite = dist[np.isfinite(dist)]
     if finite.size == 0:
         return LayerAlignment([], [], list(range(na)), list(range(nb)))
-    gap = float(np.median(finite)) / 2.0 + 1e-12
+    gap = float(np.median(finite)) + 1e-12
     big = float(finite.max()) * 10 + 1.0
     cost_m = np.where(np.isfinite(dist), dist, big)
     cost = cost_m.tolist()

@@ -4,7 +4,9 @@ For every decoder layer and every weight that touches the residual stream, one n
 residual coordinate ``i``:
 
 - matrices that *read* the residual stream (``q/k/v_proj``, ``gate/up_proj``; HF shape
-  ``(out, d)``): the norm of column ``i``;
+  ``(out, d)``): the norm of column ``i`` times the weight ``g_i`` of the RMSNorm that feeds
+  them (``|1 + g_i|`` for Gemma) -- what the matrix effectively applies, unchanged by the
+  function-preserving rescaling ``g_i c_i``, ``W[:, i] / c_i``;
 - matrices that *write* it (``o_proj``, ``down_proj``; shape ``(d, in)``): the norm of row ``i``;
 - norm weights of length ``d``: the weight itself.
 
@@ -109,6 +111,26 @@ def _residual_axis(role: str, shape: tuple[int, ...], d: int) -> int | None:
     return None
 
 
+def _norm_is_shifted(model: Model) -> bool:
+    """Gemma-family RMSNorms multiply by ``1 + w`` (Hugging Face layout stores ``w``)."""
+    names = (str(model.architecture or ""), str((model.config or {}).get("model_type", "")))
+    return any(n.lower().startswith("gemma") for n in names)
+
+
+def _input_norm(role: str, slot: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The norm weight applied to the input of a residual-reading matrix, if the layer has it."""
+    if role.startswith(("self_attn.", "attention.", "attn.")):
+        key = "input_layernorm.weight"
+    elif role.startswith(("mlp.", "block_sparse_moe.", "feed_forward.")):
+        key = "pre_feedforward_layernorm.weight" if "pre_feedforward_layernorm.weight" in slot else "post_attention_layernorm.weight"
+        if "pre_feedforward_layernorm.weight" not in slot and "post_feedforward_layernorm.weight" in slot:
+            return None  # sandwich norms without a pre-norm: the input scale is not one vector
+    else:
+        return None
+    v = slot.get(key)
+    return None if v is None or v.ndim != 1 else v
+
+
 def descriptor(feature: np.ndarray) -> np.ndarray:
     """Order-free summary of one feature: quantiles and mean of ``log(|x| + eps)``."""
     lf = np.log(np.abs(feature.astype(np.float64)) + 1e-8)
@@ -168,10 +190,18 @@ def extract_features(model: Model) -> ModelFeatures:
         else:
             slot[role] = sq
         del w, w64
+    shifted = _norm_is_shifted(model)
     for layer in sorted(per_layer):
         out: dict[str, np.ndarray] = {}
-        for role, v in per_layer[layer].items():
-            out[role] = (v if role in vector_roles else np.sqrt(v)).astype(np.float32)
+        slot = per_layer[layer]
+        for role, v in slot.items():
+            value = v if role in vector_roles else np.sqrt(v)
+            if role not in vector_roles and role.endswith(_READS_RESIDUAL):
+                norm = _input_norm(role, slot)
+                if norm is not None:
+                    # what the matrix effectively sees: its column norm times the norm weight
+                    value = value * np.abs(norm + 1.0 if shifted else norm)
+            out[role] = value.astype(np.float32)
         feats.layers.append(out)
         feats.descriptors.append({r: descriptor(v) for r, v in out.items()})
     return feats
