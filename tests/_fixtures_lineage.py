@@ -208,7 +208,7 @@ def _cached_file(recipe: dict, build: Callable[[Path], None], suffix: str = ".gg
 def smollm2_f16() -> Path:
     """SmolLM2 dequantized to an F16 GGUF (our converter)."""
     from weightprint.convert import convert
-    from weightprint.testing.models import file_sha256, smollm2_path
+    from weightprint.testing.models import smollm2_path
 
     src = smollm2_path()
     return _cached_file({"name": "smollm2-f16", "v": 1, "src": src.stat().st_size},

@@ -200,6 +200,7 @@ def test_fingerprint_database_ranks_the_parent_first(tmp_path):
     for i, t in enumerate([random_llama(30 + i, d=64, n_layers=3) for i in range(3)] + [parent]):
         res = fingerprint_model(array_model(t, label=f"ref{i}"), db, label=f"ref{i}")
         assert res.n_bytes <= res.budget_bytes and not res.already_stored
+        json.dumps(res.to_dict())
     assert [x["label"] for x in list_fingerprints(db)] == ["ref0", "ref1", "ref2", "ref3"]
     hits = search_fingerprints(array_model(add_relative_noise(parent, 0.2, 3), label="suspect"), f"sqlite:///{db}")
     assert hits[0].a == "ref3" and hits[0].verdict == "derived"

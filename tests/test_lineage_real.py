@@ -140,6 +140,7 @@ def test_exact_derivation(derivatives, tmp_path):
     assert r.exact, r.reason
     assert r.n_identical == r.n_tensors == 272
     assert r.file_type == "Q4_K_M"
+    json.dumps(r.to_dict())
     # A copy with one tensor changed in a few blocks: exactly that tensor is named.
     from _fixtures_lineage import modified_copy
 
@@ -150,3 +151,4 @@ def test_exact_derivation(derivatives, tmp_path):
     assert [d.name for d in r2.differing] == [target]
     assert r2.n_identical == 271
     assert target in r2.reason
+    assert r2.differing[0].blocks_differing >= 1 and r2.differing[0].relative_l2 > 0

@@ -65,7 +65,9 @@ class LineageResult:
     config : dict
         Config diff ``{"differ": {key: [a, b]}, "same": [...]}``.
     tokenizer : dict
-        Vocab sizes, vocab Jaccard, merges overlap (exact or MinHash estimates), shared tokens.
+        ``vocab_size_a/b``, ``vocab_jaccard``, ``merges_jaccard`` (exact in :func:`compare_models`,
+        MinHash estimates from fingerprints; ``method`` says which), ``shared_tokens`` and
+        ``token_ids_preserved`` (A's tokens keep their ids in B) when exact.
     chat_template : dict
         Families of both chat templates and whether they are identical.
     layers : list[dict]
@@ -430,7 +432,7 @@ def compare_models(
                 "shared_tokens": len(shared),
                 "vocab_jaccard": jaccard(set_a, set_b) if (set_a or set_b) else None,
                 "merges_jaccard": jaccard(merges_a, merges_b) if (merges_a or merges_b) else None,
-                "same_token_ids": bool(vocab_a) and vocab_a == vocab_b[: len(vocab_a)],
+                "token_ids_preserved": bool(vocab_a) and vocab_a == vocab_b[: len(vocab_a)],
                 "method": "exact",
             }
         finally:
