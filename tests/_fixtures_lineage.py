@@ -245,10 +245,16 @@ def smollm2_derivatives() -> dict[str, Path]:
     # permuted + fine-tuned + requantized: permute the (shared, cached) fine-tune rather than
     # fine-tune a second time -- the same three operations, one 200-step run less in CI.
     perm_tuned = derived("permute", tuned, seed=2)
+    from weightprint.testing.llama_ref import llama_available
+
+    if llama_available():
+        q8, q4 = llama_cpp_quant(f16, "Q8_0"), llama_cpp_quant(f16, "Q4_K_M")
+    else:  # our quantizer is bit-exact with llama.cpp's; the exact-derivation test skips instead
+        q8, q4 = our_quant(f16, "Q8_0", "smollm2-f16-q8_0"), our_quant(f16, "Q4_K_M", "smollm2-f16-q4_k_m")
     return {
         "f16": f16,
-        "q8_0": llama_cpp_quant(f16, "Q8_0"),
-        "q4_k_m": llama_cpp_quant(f16, "Q4_K_M"),
+        "q8_0": q8,
+        "q4_k_m": q4,
         "finetune": tuned,
         "permuted": permuted,
         "vocab+100": derived("extend_vocab", src, n_new=100, seed=0),

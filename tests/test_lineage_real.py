@@ -134,7 +134,8 @@ def test_tiny_derived_is_detected():
     assert r.verdict == "derived", r.reason
 
 
-def test_exact_derivation(derivatives, tmp_path):
+def test_exact_derivation(derivatives, tmp_path, llama_cpp_module):
+    """QUANT made by llama.cpp's own quantizer (skipped without llama-cpp-python)."""
     f16, q4 = derivatives["f16"], derivatives["q4_k_m"]
     r = exact_derivation(f16, q4)
     assert r.exact, r.reason
