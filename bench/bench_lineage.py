@@ -176,7 +176,11 @@ def main() -> None:
     f16, q4 = derivs["f16"], derivs["q4_k_m"]
     ex = exact_derivation(f16, q4)
     out["exact"] = {"exact": ex.exact, "reason": ex.reason, "seconds": round(ex.seconds, 2), "types": ex.types}
-    print(out["exact"], flush=True)
+    tuned = exact_derivation(f16, derivs["permuted+finetune+q4_k_m"])
+    out["exact_vs_finetuned_copy"] = {"exact": tuned.exact, "reason": tuned.reason, "seconds": round(tuned.seconds, 2),
+                                      "n_differing": len(tuned.differing), "n_tensors": tuned.n_tensors,
+                                      "largest": [d.to_dict() for d in tuned.differing[:3]]}
+    print(out["exact"], out["exact_vs_finetuned_copy"]["reason"], flush=True)
 
     if not args.quick:
         from scipy import stats
