@@ -143,6 +143,12 @@ def test_residual_permutation_is_the_null_symmetry(base):
     r = compare_models(array_model(base), array_model(permute_residual(base, 9)))
     assert r.verdict == "independent"
     assert r.log10_pvalue > -3
+    # ...but the descriptive residual matching flags it in the reason
+    assert r.combined.evidence["residual_matching"]["matched_mean_similarity"] > 0.9
+    assert "after a permutation B's residual coordinates match A's" in r.reason
+    r0 = compare_models(array_model(base), array_model(random_llama(12, d=96, n_layers=4)))
+    assert r0.combined.evidence["residual_matching"]["matched_mean_similarity"] < 0.5
+    assert "after a permutation" not in r0.reason
 
 
 def test_different_hidden_sizes_are_not_comparable():

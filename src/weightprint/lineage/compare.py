@@ -35,12 +35,13 @@ from scipy import special
 
 from weightprint.results import TestResult, format_pvalue, to_jsonable
 
-__all__ = ["LineageResult", "compare_fingerprints", "compare_models"]
+__all__ = ["LineageResult", "compare_fingerprints", "compare_models", "residual_matching"]
 
 Verdict = Literal["derived", "independent", "not comparable"]
 
 MIN_SHARED_TOKENS = 32
 DEFAULT_ALPHA = 1e-6
+PERMUTED_RESIDUAL_NOTE = 0.5  # matched mean similarity above which a permuted residual stream is flagged
 
 
 @dataclass
@@ -205,6 +206,24 @@ def _component(name: str, s: np.ndarray, *, n_resamples: int, rng: int, extra: d
     return assignment_test_sparse(rows, cols, vals, s.shape[0], name=name, n_resamples=n_resamples, rng=rng, evidence=ev)
 
 
+def residual_matching(s: np.ndarray) -> dict[str, float]:
+    """Best one-to-one matching of B's residual coordinates to A's (Hungarian on ``S``).
+
+    Descriptive only -- no p-value: the matching is invariant to the null permutation, so it
+    cannot be tested against it. A mean matched similarity near 1 with a low share of identity
+    pairs says B's residual stream looks like a *permutation* of A's, the one
+    function-preserving change that the exact test treats as independence.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(np.asarray(s, dtype=np.float64), maximize=True)
+    return {
+        "matched_mean_similarity": float(np.asarray(s)[rows, cols].mean()),
+        "identity_mean_similarity": float(np.diag(s).mean()),
+        "identity_share": float(np.mean(rows == cols)),
+    }
+
+
 def _weight_tests(
     fa: Fingerprint, fb: Fingerprint, *, n_resamples: int, rng: int, components: bool = True
 ) -> tuple[TestResult | None, list[TestResult], list[dict], LayerAlignment, str]:
@@ -245,13 +264,10 @@ def _weight_tests(
     if not sims:
         return None, comps, per_layer, alignment, "; ".join(notes)
     s_all = sims[0] if len(sims) == 1 else np.mean(sims, axis=0, dtype=np.float32)
-    combined = _component(
-        "white-box-combined",
-        s_all,
-        n_resamples=n_resamples,
-        rng=rng,
-        extra={"components": names, "combination": "mean of component similarity matrices, one permutation test"},
-    )
+    extra: dict[str, Any] = {"components": names, "combination": "mean of component similarity matrices, one permutation test"}
+    if components:
+        extra["residual_matching"] = residual_matching(s_all)
+    combined = _component("white-box-combined", s_all, n_resamples=n_resamples, rng=rng, extra=extra)
     return combined, comps, per_layer, alignment, "; ".join(notes)
 
 
@@ -331,6 +347,13 @@ def compare_fingerprints(
                 f"no evidence that B was derived from A at alpha={alpha:g}: {ptxt} "
                 f"({len(combined.evidence['components'])} weight components{layer_note}); {context}"
             )
+            match = combined.evidence.get("residual_matching")
+            if match and match["matched_mean_similarity"] >= PERMUTED_RESIDUAL_NOTE and match["identity_share"] < 0.5:
+                result.reason += (
+                    f"; note: after a permutation B's residual coordinates match A's (mean similarity "
+                    f"{match['matched_mean_similarity']:.2f} vs {match['identity_mean_similarity']:.2f} in place), "
+                    "which this test cannot tell from independence"
+                )
     result.seconds = time.perf_counter() - t0
     return result
 
