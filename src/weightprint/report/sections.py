@@ -72,9 +72,10 @@ def trace_section(verdict: Any, heading: str = "Leak trace") -> Section:
 def lineage_section(result: Any, heading: str | None = None) -> Section:
     """A :class:`weightprint.lineage.compare.LineageResult`: verdict, components, per-layer plot."""
     heading = heading or f"Lineage: {result.b} vs {result.a}"
-    facts: list[tuple[str, str]] = [("verdict", result.verdict), ("combined", format_pvalue(result.log10_pvalue))]
+    combined = format_pvalue(result.log10_pvalue) if result.combined is not None else "n/a (no weight test possible)"
+    facts: list[tuple[str, str]] = [("verdict", result.verdict), ("combined p-value", combined)]
     tok = result.tokenizer or {}
-    for key in ("vocab_size_a", "vocab_size_b", "vocab_jaccard", "merges_overlap"):
+    for key in ("vocab_size_a", "vocab_size_b", "vocab_jaccard", "merges_jaccard"):
         if key in tok:
             facts.append((f"tokenizer {key}", str(tok[key])))
     chat = result.chat_template or {}
