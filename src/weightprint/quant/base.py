@@ -25,7 +25,7 @@ after editing a helper here, delete ``quant/__pycache__/*.nbi`` / ``*.nbc`` so t
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numba
 import numpy as np
@@ -68,8 +68,10 @@ class QuantKernel:
     def __init__(self) -> None:
         raise TypeError("quantization kernels are used through their classmethods, not instances")
 
-    def __init_subclass__(cls, qtype: QType, **kwargs: object) -> None:
+    def __init_subclass__(cls, qtype: QType | None = None, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
+        if qtype is None:  # an intermediate base class, not a type of its own
+            return
         if qtype in _REGISTRY:
             raise TypeError(f"a kernel for {qtype.name} is already registered ({_REGISTRY[qtype].__name__})")
         cls.qtype = QType(qtype)
@@ -96,6 +98,28 @@ def _out(out: np.ndarray | None, n_blocks: int, block_size: int) -> np.ndarray:
     if out is None:
         return np.empty((n_blocks, block_size), dtype=np.float32)
     return out
+
+
+class NumbaKernel(QuantKernel):
+    """A kernel whose block math is two numba functions, named by the subclass.
+
+    ``quantize_fn(blocks float32[n, block_size]) -> uint8[n, type_size]`` and
+    ``dequantize_fn(data uint8[n, type_size], FP16_TABLE, out float32[n, block_size])``.
+    """
+
+    quantize_fn: ClassVar[Any]
+    dequantize_fn: ClassVar[Any]
+    supports_quantize = True
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        return cls.quantize_fn(blocks)
+
+    @classmethod
+    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = _out(out, data.shape[0], cls.block_size)
+        cls.dequantize_fn(data, FP16_TABLE, y)
+        return y
 
 
 # --------------------------------------------------------------------------------------------

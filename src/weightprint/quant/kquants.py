@@ -14,11 +14,9 @@ import numpy as np
 from weightprint.constants import QType
 from weightprint.quant.base import (
     F32,
-    QuantKernel,
+    NumbaKernel,
     c_to_int8,
     nearest_int,
-    FP16_TABLE,
-    _out,
     write_fp16,
 )
 
@@ -294,7 +292,7 @@ def _dequantize_q2_k(data, H, y):
     return y
 
 
-class Q2_K(QuantKernel, qtype=QType.Q2_K):
+class Q2_K(NumbaKernel, qtype=QType.Q2_K):
     """2-bit k-quant with mins: 256 weights in 84 bytes (16 sub-blocks of 16).
 
     Block layout: ``scales: uint8[16]`` (0-15; low nibble = scale, high nibble = min of sub-block
@@ -303,17 +301,8 @@ class Q2_K(QuantKernel, qtype=QType.Q2_K):
     ``dmin: fp16`` (82-83); ``w = d * sc * q - dmin * m``.
     """
 
-    supports_quantize = True
-
-    @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        return _quantize_q2_k(blocks)
-
-    @classmethod
-    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        y = _out(out, data.shape[0], cls.block_size)
-        _dequantize_q2_k(data, FP16_TABLE, y)
-        return y
+    quantize_fn = staticmethod(_quantize_q2_k)
+    dequantize_fn = staticmethod(_dequantize_q2_k)
 
 
 # ------------------------------------------------------------------------------ Q3_K
@@ -411,7 +400,7 @@ def _dequantize_q3_k(data, H, y):
     return y
 
 
-class Q3_K(QuantKernel, qtype=QType.Q3_K):
+class Q3_K(NumbaKernel, qtype=QType.Q3_K):
     """3-bit symmetric k-quant: 256 weights in 110 bytes (16 sub-blocks of 16).
 
     Block layout: ``hmask: uint8[32]`` (0-31; bit ``b`` of byte ``m`` = high bit of weight
@@ -420,17 +409,8 @@ class Q3_K(QuantKernel, qtype=QType.Q3_K):
     8-11), ``d: fp16`` (108-109); ``w = d * (sc - 32) * (q - 4)``.
     """
 
-    supports_quantize = True
-
-    @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        return _quantize_q3_k(blocks)
-
-    @classmethod
-    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        y = _out(out, data.shape[0], cls.block_size)
-        _dequantize_q3_k(data, FP16_TABLE, y)
-        return y
+    quantize_fn = staticmethod(_quantize_q3_k)
+    dequantize_fn = staticmethod(_dequantize_q3_k)
 
 
 # ------------------------------------------------------------------------------ Q4_K / Q5_K
@@ -524,7 +504,7 @@ def _dequantize_q4_k(data, H, y):
     return y
 
 
-class Q4_K(QuantKernel, qtype=QType.Q4_K):
+class Q4_K(NumbaKernel, qtype=QType.Q4_K):
     """4-bit k-quant with mins: 256 weights in 144 bytes (8 sub-blocks of 32).
 
     Block layout: ``d: fp16`` (0-1), ``dmin: fp16`` (2-3), ``scales: uint8[12]`` (4-15; eight
@@ -534,17 +514,8 @@ class Q4_K(QuantKernel, qtype=QType.Q4_K):
     ``l``, high nibble = weight ``l + 32``); ``w = d * sc * q - dmin * m``.
     """
 
-    supports_quantize = True
-
-    @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        return _quantize_q4_k(blocks)
-
-    @classmethod
-    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        y = _out(out, data.shape[0], cls.block_size)
-        _dequantize_q4_k(data, FP16_TABLE, y)
-        return y
+    quantize_fn = staticmethod(_quantize_q4_k)
+    dequantize_fn = staticmethod(_dequantize_q4_k)
 
 
 @_njit
@@ -607,7 +578,7 @@ def _dequantize_q5_k(data, H, y):
     return y
 
 
-class Q5_K(QuantKernel, qtype=QType.Q5_K):
+class Q5_K(NumbaKernel, qtype=QType.Q5_K):
     """5-bit k-quant with mins: 256 weights in 176 bytes (8 sub-blocks of 32).
 
     Block layout: ``d: fp16`` (0-1), ``dmin: fp16`` (2-3), ``scales: uint8[12]`` (4-15, as Q4_K),
@@ -616,17 +587,8 @@ class Q5_K(QuantKernel, qtype=QType.Q5_K):
     (48-175, low nibbles as Q4_K); ``w = d * sc * q - dmin * m``.
     """
 
-    supports_quantize = True
-
-    @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        return _quantize_q5_k(blocks)
-
-    @classmethod
-    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        y = _out(out, data.shape[0], cls.block_size)
-        _dequantize_q5_k(data, FP16_TABLE, y)
-        return y
+    quantize_fn = staticmethod(_quantize_q5_k)
+    dequantize_fn = staticmethod(_dequantize_q5_k)
 
 
 # ------------------------------------------------------------------------------ Q6_K
@@ -714,7 +676,7 @@ def _dequantize_q6_k(data, H, y):
     return y
 
 
-class Q6_K(QuantKernel, qtype=QType.Q6_K):
+class Q6_K(NumbaKernel, qtype=QType.Q6_K):
     """6-bit symmetric k-quant: 256 weights in 210 bytes (16 sub-blocks of 16).
 
     Block layout: ``ql: uint8[128]`` (0-127; low 4 bits), ``qh: uint8[64]`` (128-191; high 2
@@ -724,14 +686,5 @@ class Q6_K(QuantKernel, qtype=QType.Q6_K):
     (for ``l, l+32, l+64, l+96``); ``w = d * sc * (q - 32)``.
     """
 
-    supports_quantize = True
-
-    @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        return _quantize_q6_k(blocks)
-
-    @classmethod
-    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        y = _out(out, data.shape[0], cls.block_size)
-        _dequantize_q6_k(data, FP16_TABLE, y)
-        return y
+    quantize_fn = staticmethod(_quantize_q6_k)
+    dequantize_fn = staticmethod(_dequantize_q6_k)

@@ -13,11 +13,11 @@ import numpy as np
 from weightprint.constants import QType
 from weightprint.quant.base import (
     F32,
+    NumbaKernel,
     QuantKernel,
     c_float_to_int32,
     c_roundf,
     c_to_int8,
-    FP16_TABLE,
     _out,
     write_fp16,
 )
@@ -156,24 +156,15 @@ def _dequantize_q4_0(data, H, y):
     return y
 
 
-class Q4_0(QuantKernel, qtype=QType.Q4_0):
+class Q4_0(NumbaKernel, qtype=QType.Q4_0):
     """4-bit, symmetric, 32 weights in 18 bytes.
 
     Block layout: ``d: fp16`` (bytes 0-1), ``qs: uint8[16]`` (bytes 2-17); weight ``j < 16`` is the
     low nibble of ``qs[j]``, weight ``j + 16`` the high nibble; ``w = (q - 8) * d``.
     """
 
-    supports_quantize = True
-
-    @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        return _quantize_q4_0(blocks)
-
-    @classmethod
-    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        y = _out(out, data.shape[0], cls.block_size)
-        _dequantize_q4_0(data, FP16_TABLE, y)
-        return y
+    quantize_fn = staticmethod(_quantize_q4_0)
+    dequantize_fn = staticmethod(_dequantize_q4_0)
 
 
 # ------------------------------------------------------------------------------ Q4_1
@@ -221,24 +212,15 @@ def _dequantize_q4_1(data, H, y):
     return y
 
 
-class Q4_1(QuantKernel, qtype=QType.Q4_1):
+class Q4_1(NumbaKernel, qtype=QType.Q4_1):
     """4-bit with offset, 32 weights in 20 bytes.
 
     Block layout: ``d: fp16`` (0-1), ``m: fp16`` (2-3), ``qs: uint8[16]`` (4-19), nibbles as in
     Q4_0; ``w = q * d + m``.
     """
 
-    supports_quantize = True
-
-    @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        return _quantize_q4_1(blocks)
-
-    @classmethod
-    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        y = _out(out, data.shape[0], cls.block_size)
-        _dequantize_q4_1(data, FP16_TABLE, y)
-        return y
+    quantize_fn = staticmethod(_quantize_q4_1)
+    dequantize_fn = staticmethod(_dequantize_q4_1)
 
 
 # ------------------------------------------------------------------------------ Q5_0
@@ -291,24 +273,15 @@ def _dequantize_q5_0(data, H, y):
     return y
 
 
-class Q5_0(QuantKernel, qtype=QType.Q5_0):
+class Q5_0(NumbaKernel, qtype=QType.Q5_0):
     """5-bit, symmetric, 32 weights in 22 bytes.
 
     Block layout: ``d: fp16`` (0-1), ``qh: uint32`` little-endian (2-5; bit ``j`` = 5th bit of
     weight ``j``), ``qs: uint8[16]`` (6-21, nibbles as in Q4_0); ``w = (q - 16) * d``.
     """
 
-    supports_quantize = True
-
-    @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        return _quantize_q5_0(blocks)
-
-    @classmethod
-    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        y = _out(out, data.shape[0], cls.block_size)
-        _dequantize_q5_0(data, FP16_TABLE, y)
-        return y
+    quantize_fn = staticmethod(_quantize_q5_0)
+    dequantize_fn = staticmethod(_dequantize_q5_0)
 
 
 # ------------------------------------------------------------------------------ Q5_1
@@ -365,24 +338,15 @@ def _dequantize_q5_1(data, H, y):
     return y
 
 
-class Q5_1(QuantKernel, qtype=QType.Q5_1):
+class Q5_1(NumbaKernel, qtype=QType.Q5_1):
     """5-bit with offset, 32 weights in 24 bytes.
 
     Block layout: ``d: fp16`` (0-1), ``m: fp16`` (2-3), ``qh: uint32`` LE (4-7), ``qs: uint8[16]``
     (8-23); ``w = q * d + m``.
     """
 
-    supports_quantize = True
-
-    @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        return _quantize_q5_1(blocks)
-
-    @classmethod
-    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        y = _out(out, data.shape[0], cls.block_size)
-        _dequantize_q5_1(data, FP16_TABLE, y)
-        return y
+    quantize_fn = staticmethod(_quantize_q5_1)
+    dequantize_fn = staticmethod(_dequantize_q5_1)
 
 
 # ------------------------------------------------------------------------------ Q8_0
@@ -419,20 +383,11 @@ def _dequantize_q8_0(data, H, y):
     return y
 
 
-class Q8_0(QuantKernel, qtype=QType.Q8_0):
+class Q8_0(NumbaKernel, qtype=QType.Q8_0):
     """8-bit, symmetric, 32 weights in 34 bytes.
 
     Block layout: ``d: fp16`` (0-1), ``qs: int8[32]`` (2-33); ``w = q * d``.
     """
 
-    supports_quantize = True
-
-    @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        return _quantize_q8_0(blocks)
-
-    @classmethod
-    def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        y = _out(out, data.shape[0], cls.block_size)
-        _dequantize_q8_0(data, FP16_TABLE, y)
-        return y
+    quantize_fn = staticmethod(_quantize_q8_0)
+    dequantize_fn = staticmethod(_dequantize_q8_0)
