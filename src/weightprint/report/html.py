@@ -174,20 +174,32 @@ def bar_chart_svg(
     height = top + n * (bar_h + 4) + 34
     finite = [v for v in values if math.isfinite(v)]
     vmax = max(finite + ([threshold] if threshold is not None else []) + [1e-12])
-    scale = (width - left - 20) / vmax
+    # Evidence spans orders of magnitude (-log10 p of 0.3 next to 12,000): past a 50x range,
+    # bar lengths follow log10(1 + v) so the small bars and the threshold stay visible.
+    logscale = threshold is not None and threshold > 0 and vmax / threshold > 50
+    if logscale:
+        xlabel = (xlabel + " (log scale)").strip()
+
+    def length(v: float) -> float:
+        return math.log10(1 + max(v, 0.0)) if logscale else max(v, 0.0)
+
+    scale = (width - left - 20) / length(vmax)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
         f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" font-weight="600">{html.escape(title)}</text>',
     ]
     for i, (lab, v) in enumerate(zip(labels, values)):
         y = top + i * (bar_h + 4)
-        w = max(0.0, (v if math.isfinite(v) else vmax) * scale)
+        w = length(v if math.isfinite(v) else vmax) * scale
         color = _PALETTE[1] if highlight and highlight[i] else _PALETTE[0]
         out.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end" font-size="11">{html.escape(str(lab))[:24]}</text>')
         out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{color}"/>')
-        out.append(f'<text x="{left + w + 4:.1f}" y="{y + 13}" font-size="10">{v:.3g}</text>')
+        if w > width - left - 80:  # no room after the bar: label inside it
+            out.append(f'<text x="{left + w - 4:.1f}" y="{y + 13}" text-anchor="end" font-size="10" fill="#fff">{v:.4g}</text>')
+        else:
+            out.append(f'<text x="{left + w + 4:.1f}" y="{y + 13}" font-size="10">{v:.3g}</text>')
     if threshold is not None:
-        x = left + threshold * scale
+        x = left + length(threshold) * scale
         out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 30}" stroke="#555" stroke-dasharray="4 3"/>')
         out.append(f'<text x="{x:.1f}" y="{height - 18}" text-anchor="middle" font-size="10">{html.escape(threshold_label)}</text>')
     if xlabel:
