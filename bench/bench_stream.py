@@ -1,8 +1,8 @@
 """Streaming benchmark: peak RSS of `weightprint convert` must not grow with model size.
 
-Writes two synthetic llama-architecture F16 GGUF files (about 1.1 GB and 2.2 GB; hidden size
+Writes two synthetic llama-architecture F16 GGUF files (about 2.2 GB and 4.3 GB; hidden size
 2048, so every k-quant branch is used), converts each to Q4_K_M in a fresh subprocess and
-records the subprocess's peak RSS (ru_maxrss). Target: < 600 MB for the 2 GB model, and the
+records the subprocess's peak RSS (ru_maxrss). Target: < 600 MB for the >= 2 GB models, and the
 same peak for both sizes. Writes bench/results/stream.json.
 
     python bench/bench_stream.py [--keep]
