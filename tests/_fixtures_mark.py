@@ -6,6 +6,7 @@ Imported by tests/test_mark*.py (no conftest edits). Real-model artefacts are ca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -84,6 +85,41 @@ def write_tiny_llama(path: Path, *, seed: int = 0) -> Path:
     return path
 
 
+def write_test_key_file(path: Path, seed: str) -> Path:
+    """A master key file with a secret derived from ``seed`` (tests only: reproducible keys)."""
+    path = Path(path)
+    secret = hashlib.sha256(f"weightprint-test-master|{seed}".encode()).hexdigest()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"weightprint-master-key-v1\n{secret}\n")
+    return path
+
+
+@contextlib.contextmanager
+def deterministic_issuing(seed: str):
+    """Make issue ids and key salts a function of ``seed`` and a counter (tests only).
+
+    With a seeded master key this makes every copy's key, hence every test outcome, a fixed
+    draw: the innocents' p-values are uniform draws, and a check such as "p > 1e-3 for every
+    innocent" must not flake from one run to the next.
+    """
+    import uuid
+    from unittest import mock
+
+    counter = {"salt": 0, "uuid": 0}
+
+    def salt() -> bytes:
+        counter["salt"] += 1
+        return hashlib.sha256(f"{seed}|salt|{counter['salt']}".encode()).digest()[:16]
+
+    def uuid4() -> uuid.UUID:
+        counter["uuid"] += 1
+        return uuid.UUID(bytes=hashlib.sha256(f"{seed}|uuid|{counter['uuid']}".encode()).digest()[:16], version=4)
+
+    with mock.patch("weightprint.mark.api.new_salt", salt), mock.patch("weightprint.mark.api.uuid.uuid4", uuid4):
+        yield
+
+
 def recipe_dir(recipe: dict[str, Any]) -> Path:
     """``cache_dir()/mark/<sha of recipe>`` (created)."""
     from weightprint.testing.models import cache_dir
@@ -137,7 +173,8 @@ def smol_issued() -> dict[str, Any]:
 
     smol = smollm2_path()
     recipe = {"what": "smol-issued", "smol_size": smol.stat().st_size, "recipients": SMOL_RECIPIENTS,
-              "type": "Q4_K_M", "delta": DEFAULT_DELTA, "scheme": SCHEME_VERSION, "v": 1}
+              "type": "Q4_K_M", "delta": DEFAULT_DELTA, "scheme": SCHEME_VERSION, "v": 2,
+              "keys": "seeded:smol"}
     d = recipe_dir(recipe)
     done = d / "done.json"
     with _locked(d / ".lock"):
@@ -153,12 +190,13 @@ def smol_issued() -> dict[str, Any]:
             convert(source, plain, file_type="Q4_K_M")
             plain_seconds = time.perf_counter() - tp
             url = f"sqlite:///{d / 'registry.db'}"
-            key = d / "master.key"
+            key = write_test_key_file(d / "master.key", "smol")
             init_registry(url, key)
             copies = {}
-            for r in SMOL_RECIPIENTS:
-                res = issue_copy(source, r, "Q4_K_M", d / f"{r}.gguf", registry_url=url, key_file=key)
-                copies[r] = res.to_dict()
+            with deterministic_issuing("smol"):
+                for r in SMOL_RECIPIENTS:
+                    res = issue_copy(source, r, "Q4_K_M", d / f"{r}.gguf", registry_url=url, key_file=key)
+                    copies[r] = res.to_dict()
             info = {"source": str(source), "plain": str(plain), "url": url, "key_file": str(key),
                     "copies": copies, "plain_quantize_seconds": plain_seconds,
                     "build_seconds": time.perf_counter() - t0}

@@ -5,6 +5,7 @@ The real-model acceptance tests are in test_mark_real.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,7 +18,14 @@ import pytest
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _fixtures_mark import TINY_FFN, TINY_HEADS, TINY_KV, write_tiny_llama  # noqa: E402
+from _fixtures_mark import (  # noqa: E402
+    TINY_FFN,
+    TINY_HEADS,
+    TINY_KV,
+    deterministic_issuing,
+    write_test_key_file,
+    write_tiny_llama,
+)
 
 from weightprint.constants import QType  # noqa: E402
 from weightprint.errors import NotComparableError, RegistryError, WeightprintError  # noqa: E402
@@ -190,12 +198,13 @@ def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("mark")
     source = write_tiny_llama(d / "tiny-f16.gguf")
     url = f"sqlite:///{d / 'reg.db'}"
-    key_file = d / "master.key"
+    key_file = write_test_key_file(d / "master.key", "tiny")
     info = init_registry(url, key_file)
     copies = {}
-    for r in RECIPIENTS:
-        res = issue_copy(source, r, "Q4_K_M", d / f"{r}.gguf", registry_url=url, key_file=key_file)
-        copies[r] = res
+    with deterministic_issuing("tiny"):
+        for r in RECIPIENTS:
+            res = issue_copy(source, r, "Q4_K_M", d / f"{r}.gguf", registry_url=url, key_file=key_file)
+            copies[r] = res
     return {"dir": d, "source": source, "url": url, "key_file": key_file, "info": info, "copies": copies}
 
 
@@ -217,7 +226,7 @@ def test_issue_result_and_registry(tiny):
     assert Path(res.output).is_file()
     d = res.to_dict()
     json.dumps(d)
-    assert tiny["info"].created_registry and tiny["info"].created_key
+    assert tiny["info"].created_registry and not tiny["info"].created_key  # seeded test key file
     again = init_registry(tiny["url"], tiny["key_file"])
     assert not again.created_registry and again.registry_id == tiny["info"].registry_id
 
@@ -420,7 +429,7 @@ def test_calibration_random_keys_on_unmarked_copy(tiny):
     plain = tiny["dir"] / "plain-q4km.gguf"
     if not plain.exists():
         convert(tiny["source"], plain, file_type="Q4_K_M")
-    copies = [CopyTest(f"k{i}", f"k{i}", "Q4_K_M", CopyKey.random()) for i in range(1000)]
+    copies = [CopyTest(f"k{i}", f"k{i}", "Q4_K_M", CopyKey(hashlib.sha256(f"calibration-{i}".encode()).digest())) for i in range(1000)]
     with open_model(tiny["source"]) as o, open_model(plain) as leak:
         st = correlate_leak(o, leak, copies)
     ps = np.array([t.pvalue for t in st.tests])
@@ -431,3 +440,40 @@ def test_calibration_random_keys_on_unmarked_copy(tiny):
         st = correlate_leak(o, leak, copies[:300])
     ps = np.array([t.pvalue for t in st.tests])
     assert stats.kstest(ps, "uniform").pvalue > 0.01 and ps.min() > 1e-6
+
+
+def test_trace_undoes_layer_reordering_under_canonical_names(tiny):
+    """Layers 0 and 1 swapped (names kept): pairs are re-matched by fingerprint."""
+    from weightprint.convert import convert
+    from weightprint.io import open_model
+
+    src = tiny["copies"]["alice"].output
+    out = tiny["dir"] / "alice-swapped-layers.gguf"
+    with open_model(src) as m:
+        def swap(name, values, qtype):
+            if ".layers.0." in name:
+                return m.tensor(name.replace(".layers.0.", ".layers.1."))
+            if ".layers.1." in name:
+                return m.tensor(name.replace(".layers.1.", ".layers.0."))
+            return values
+
+        convert(src, out, file_type="Q8_0", tensor_transform=swap)
+    v = _trace(tiny, out)
+    _assert_accuses(v, "alice")
+    assert len(v.alignment["renamed"]) == 14 and v.alignment["n_tensors"] == 15
+
+
+def test_trace_undoes_renamed_tensors(tiny):
+    """A safetensors leak with foreign tensor names (another prefix) is matched by fingerprint."""
+    from safetensors.numpy import load_file, save_file
+
+    from weightprint.convert import convert
+
+    hf = tiny["dir"] / "bob-hf-renamed"
+    convert(tiny["copies"]["bob"].output, hf, to="hf", dtype="float32")
+    st = next(hf.glob("*.safetensors"))
+    tensors = load_file(str(st))
+    save_file({k.replace("model.layers.", "transformer.blocks."): v for k, v in tensors.items()}, str(st))
+    v = _trace(tiny, st)
+    _assert_accuses(v, "bob")
+    assert len(v.alignment["renamed"]) == 14

@@ -33,6 +33,7 @@ _LAYER_RE = re.compile(r"^(.*\.layers\.)(\d+)\.(.*)$")
 _MLP = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
 _ATTN = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
          "self_attn.o_proj.weight")
+_SAME_TENSOR_COS = 0.5  # below this, a same-name pair is re-paired by fingerprint
 _IDENTITY_COS = 0.3  # below this, a row is not "the same row" (unrelated rows: |cos| ~ 0.03)
 
 
@@ -213,28 +214,65 @@ def _align_layer(layer: int, x: dict[str, np.ndarray], y: dict[str, np.ndarray],
             report.head_permuted_layers.append(layer)
 
 
+def _rematch(original: Model, leaked: Model, names: list[str], mapping: dict[str, str],
+             report: AlignmentReport) -> dict[str, str]:
+    """Re-pair tensors whose same-name partner turned out to be another tensor (layers renamed
+    or reordered under canonical names): Hungarian matching on fingerprints, per shape."""
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for n in names:
+        by_shape.setdefault(tuple(original.info(n).shape), []).append(n)
+    remap: dict[str, str] = {}
+    for group in by_shape.values():
+        cands = [mapping[n] for n in group]
+        fo = np.stack([_fingerprint(original.tensor(n)) for n in group])
+        fl = np.stack([_fingerprint(leaked.tensor(c)) for c in cands])
+        dist = np.linalg.norm(fo[:, None, :] - fl[None, :, :], axis=2)
+        rows, cols = linear_sum_assignment(dist)
+        for r, c in zip(rows, cols):
+            remap[group[r]] = cands[c]
+            if cands[c] != group[r]:
+                report.renamed[cands[c]] = group[r]
+    return remap
+
+
 def aligned_pairs(original: Model, leaked: Model, report: AlignmentReport,
                   *, undo_permutations: bool = True) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Yield ``(original_name, original_values, aligned_leaked_values)`` for every marked tensor
-    that the leak shares with the original, one layer at a time (peak memory: one layer)."""
+    that the leak shares with the original, one layer at a time (peak memory: one layer).
+
+    A pair whose values are unrelated after alignment (cosine < 0.5: e.g. layers reordered
+    under their canonical names) is set aside and re-paired by fingerprint at the end.
+    """
     mapping = map_names(original, leaked, report)
     names = [n for n in original.tensor_names() if n in mapping]
     config = dict(getattr(original, "config", {}) or {})
-    cos_sum, cos_n = 0.0, 0
-    for layer, group in _layer_groups(names):
+    cos = [0.0, 0]
+    deferred: list[str] = []
+
+    def emit(group: list[str], layer: int | None, pairs: dict[str, str], defer: list[str] | None):
         x = {_suffix(n): original.tensor(n) for n in group}
-        y = {_suffix(n): leaked.tensor(mapping[n]) for n in group}
+        y = {_suffix(n): leaked.tensor(pairs[n]) for n in group}
         if undo_permutations and layer is not None:
             _align_layer(layer, x, y, config, report)
         for n in group:
             s = _suffix(n)
             xo, yl = x[s], y[s]
             xf, yf = xo.reshape(-1), yl.reshape(-1)
-            num = float(np.dot(xf, yf))
             den = math.sqrt(float(np.dot(xf, xf)) * float(np.dot(yf, yf))) or 1.0
-            cos_sum += num / den
-            cos_n += 1
+            c = float(np.dot(xf, yf)) / den
+            if defer is not None and c < _SAME_TENSOR_COS:
+                defer.append(n)
+                continue
+            cos[0] += c
+            cos[1] += 1
             report.n_tensors += 1
             report.n_weights += xo.size
             yield n, xo, yl
-    report.mean_tensor_cosine = cos_sum / cos_n if cos_n else float("nan")
+
+    for layer, group in _layer_groups(names):
+        yield from emit(group, layer, mapping, deferred)
+    if deferred:
+        remap = _rematch(original, leaked, deferred, mapping, report)
+        for layer, group in _layer_groups(deferred):
+            yield from emit(group, layer, remap, None)
+    report.mean_tensor_cosine = cos[0] / cos[1] if cos[1] else float("nan")
