@@ -11,13 +11,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from weightprint.errors import NotComparableError
 from weightprint.io.model import Model
 from weightprint.mark.align import AlignmentReport, aligned_pairs
 from weightprint.mark.keys import CopyKey
-from weightprint.mark.scheme import SCHEME_VERSION, Accumulator, correlate, power_sums, residual_scores
+from weightprint.mark.scheme import (
+    SCHEME_VERSION,
+    Accumulator,
+    correlate,
+    is_marked_tensor,
+    power_sums,
+    residual_scores,
+)
 from weightprint.results import TestResult, format_pvalue
 
 NULL_HYPOTHESIS = (
@@ -101,7 +108,7 @@ def correlate_leak(
     t0 = time.perf_counter()
     report = AlignmentReport()
     accs = [Accumulator() for _ in copies]
-    n_total = len(original.tensor_infos())
+    n_total = sum(1 for t in original.tensor_infos() if is_marked_tensor(t.name, tuple(t.shape)))
     done = 0
     for name, x, y in aligned_pairs(original, leaked, report, undo_permutations=undo_permutations):
         done += 1
@@ -115,6 +122,8 @@ def correlate_leak(
         sum_sq, sum_cube = power_sums(c)
         for acc, copy in zip(accs, copies):
             acc.add(name, correlate(c, copy.key, name), sum_sq, sum_cube, c.size)
+    if progress is not None:
+        progress(n_total, n_total, "done")
     if report.n_tensors == 0:
         raise NotComparableError(
             f"leaked model {leaked.path} shares no weight matrix with source {original.path} "
