@@ -429,7 +429,8 @@ def test_calibration_random_keys_on_unmarked_copy(tiny):
     plain = tiny["dir"] / "plain-q4km.gguf"
     if not plain.exists():
         convert(tiny["source"], plain, file_type="Q4_K_M")
-    copies = [CopyTest(f"k{i}", f"k{i}", "Q4_K_M", CopyKey(hashlib.sha256(f"calibration-{i}".encode()).digest())) for i in range(1000)]
+    copies = [CopyTest(f"k{i}", f"k{i}", "Q4_K_M", CopyKey(hashlib.sha256(f"calibration-{i}".encode()).digest()))
+              for i in range(1000)]
     with open_model(tiny["source"]) as o, open_model(plain) as leak:
         st = correlate_leak(o, leak, copies)
     ps = np.array([t.pvalue for t in st.tests])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -59,7 +58,8 @@ def _record(name: str, verdict, expected: list[str], extra: dict | None = None) 
         "min_p_innocent": min(t.result.pvalue for t in innocent),
         "max_z_innocent": round(max(t.result.statistic for t in innocent), 3),
         "trace_seconds": round(verdict.seconds, 2),
-        "alignment": {k: v for k, v in verdict.alignment.items() if k in ("mlp_permuted_layers", "head_permuted_layers", "n_tensors", "mean_tensor_cosine")},
+        "alignment": {k: v for k, v in verdict.alignment.items()
+                      if k in ("mlp_permuted_layers", "head_permuted_layers", "n_tensors", "mean_tensor_cosine")},
         **(extra or {}),
     }
 
@@ -211,9 +211,9 @@ def test_two_collusion_average(smol):
 # quality and calibration
 # --------------------------------------------------------------------------------------
 def test_calibration_unmarked_copy_and_random_keys(smol):
-    """H0 for 1,000 never-issued keys on the unmarked Q4_K_M copy: uniform p-values, none < 1e-6.
+    """H0 for 1,000 never-issued (seeded) keys on the unmarked Q4_K_M copy: uniform p-values, none < 1e-6.
 
-    The random keys are tested on the first 6 decoder layers (~17M weights; the same code path
+    The random keys are tested on the first 6 decoder layers (21M weights; the same code path
     as a full trace) to keep CI time; the 8 registered keys are tested on the whole model.
     """
     from weightprint.io import open_model
@@ -223,7 +223,8 @@ def test_calibration_unmarked_copy_and_random_keys(smol):
     v = _trace(smol, smol["plain"])
     assert v.accused == []
     assert min(t.result.pvalue for t in v.tests) > 1e-3
-    keys = [CopyTest(f"random-{i}", f"random-{i}", "Q4_K_M", CopyKey(hashlib.sha256(f"calibration-{i}".encode()).digest())) for i in range(1000)]
+    keys = [CopyTest(f"random-{i}", f"random-{i}", "Q4_K_M", CopyKey(hashlib.sha256(f"calibration-{i}".encode()).digest()))
+            for i in range(1000)]
     subset = lambda name: any(f".layers.{i}." in name for i in range(6))  # noqa: E731
     with open_model(smol["source"]) as o, open_model(smol["plain"]) as leak:
         st = correlate_leak(o, leak, keys, tensor_filter=subset)

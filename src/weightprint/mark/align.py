@@ -59,7 +59,8 @@ class AlignmentReport:
             "head_permuted_layers": list(self.head_permuted_layers),
             "missing": list(self.missing),
             "shape_mismatch": list(self.shape_mismatch),
-            "mean_tensor_cosine": None if self.mean_tensor_cosine != self.mean_tensor_cosine else round(self.mean_tensor_cosine, 6),
+            "mean_tensor_cosine": (None if math.isnan(self.mean_tensor_cosine)
+                                   else round(self.mean_tensor_cosine, 6)),
         }
 
 
