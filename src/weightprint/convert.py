@@ -20,6 +20,7 @@ from weightprint.constants import FILE_TYPE_BASE, FileType, QType, parse_file_ty
 from weightprint.errors import WeightprintError
 from weightprint.io.model import Model
 from weightprint.progress import ProgressCallback, no_progress
+from weightprint.io.open import open_or_borrow
 
 TensorTransform = Callable[[str, np.ndarray, QType], np.ndarray]
 """``transform(name, values, target_type) -> values``: float32 HF-layout values in and out."""
@@ -70,14 +71,6 @@ class ConvertResult:
             "copied_tensors": self.copied_tensors,
             "tensor_types": dict(self.tensor_types),
         }
-
-
-def _open(source: str | Path | Model) -> tuple[Model, bool]:
-    if isinstance(source, Model):
-        return source, False
-    from weightprint.io import open_model
-
-    return open_model(source), True
 
 
 def _n_layers(model: Model) -> int:
@@ -170,7 +163,7 @@ def convert(
     WeightprintError
         Unreadable source, unsupported type, shape that does not fit the block size.
     """
-    model, owned = _open(source)
+    model, owned = open_or_borrow(source)
     progress = progress or no_progress
     try:
         if to == "gguf":

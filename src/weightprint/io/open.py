@@ -78,3 +78,13 @@ def open_model(path: str | os.PathLike[str]) -> Model:
 
         return SafetensorsModel(p)
     raise ModelFormatError(f"{p}: not a GGUF or safetensors file (magic {head[:4]!r})")
+
+
+def open_or_borrow(model: str | os.PathLike[str] | Model) -> tuple[Model, bool]:
+    """``(model, owned)``: open a path with :func:`open_model`, or pass an open ``Model`` through.
+
+    ``owned`` tells the caller whether it opened the model and so must ``close()`` it.
+    """
+    if isinstance(model, Model):
+        return model, False
+    return open_model(model), True

@@ -34,6 +34,7 @@ from weightprint.lineage.stats import (
 from scipy import special
 
 from weightprint.results import TestResult, format_pvalue, to_jsonable
+from weightprint.io.open import open_or_borrow
 
 __all__ = ["LineageResult", "compare_fingerprints", "compare_models", "residual_matching"]
 
@@ -364,14 +365,6 @@ def _context_text(tok: dict[str, Any], chat: dict[str, Any]) -> str:
     return f"vocab Jaccard {vj_txt}, chat templates {chat['family_a']} vs {chat['family_b']}"
 
 
-def _open(m: str | Path | Model) -> tuple[Model, bool]:
-    if isinstance(m, Model):
-        return m, False
-    from weightprint.io import open_model  # type: ignore[attr-defined]
-
-    return open_model(m), True
-
-
 def _validate_compare_models(n_resamples: int, alpha: float) -> None:
     if not isinstance(n_resamples, int) or n_resamples < 0:
         raise WeightprintError(f"`n_resamples` must be a non-negative integer, got {n_resamples!r}")
@@ -428,9 +421,9 @@ def compare_models(
     """
     _validate_compare_models(n_resamples, alpha)
     t0 = time.perf_counter()
-    ma, close_a = _open(a)
+    ma, close_a = open_or_borrow(a)
     try:
-        mb, close_b = _open(b)
+        mb, close_b = open_or_borrow(b)
         try:
             vocab_a = list(ma.tokenizer.tokens) if ma.tokenizer is not None else []
             vocab_b = list(mb.tokenizer.tokens) if mb.tokenizer is not None else []

@@ -29,6 +29,7 @@ from weightprint.lineage.fingerprint import (
     fingerprint_budget_bytes,
 )
 from weightprint.results import to_jsonable
+from weightprint.io.open import open_or_borrow
 
 __all__ = [
     "FingerprintResult",
@@ -134,14 +135,6 @@ def _db_error(url: str, e: Exception) -> WeightprintError:
     return WeightprintError(f"cannot use fingerprint database {_redact(url)}: {first}")
 
 
-def _open(m: str | Path | Model) -> tuple[Model, bool]:
-    if isinstance(m, Model):
-        return m, False
-    from weightprint.io import open_model
-
-    return open_model(m), True
-
-
 def fingerprint_model(
     model: str | Path | Model,
     db_url: str | Path,
@@ -177,7 +170,7 @@ def fingerprint_model(
     t0 = time.perf_counter()
     url = _normalize_url(db_url)
     engine = _engine(url)
-    m, owned = _open(model)
+    m, owned = open_or_borrow(model)
     try:
         sha = None
         p = Path(str(m.path))
@@ -356,7 +349,7 @@ def search_fingerprints(
     url = _normalize_url(db_url)
     refs = _load_all(url)
     tokens: list[str] = list(dict.fromkeys(t for fp in refs for t in fp.tokens))
-    m, owned = _open(suspect)
+    m, owned = open_or_borrow(suspect)
     try:
         fs = build_fingerprint(m, tokens=tokens)
     finally:

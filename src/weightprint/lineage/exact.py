@@ -23,6 +23,7 @@ from weightprint.constants import QUANT_SIZES, FileType, QType
 from weightprint.errors import WeightprintError
 from weightprint.io.model import Model
 from weightprint.results import to_jsonable
+from weightprint.io.open import open_or_borrow
 
 __all__ = ["ExactResult", "TensorDifference", "exact_derivation"]
 
@@ -104,14 +105,6 @@ class ExactResult:
         return to_jsonable(d)
 
 
-def _open(m: str | Path | Model) -> tuple[Model, bool]:
-    if isinstance(m, Model):
-        return m, False
-    from weightprint.io import open_model
-
-    return open_model(m), True
-
-
 def _as_bytes(raw: np.ndarray, rows: int) -> np.ndarray:
     return np.ascontiguousarray(raw).view(np.uint8).reshape(rows, -1)
 
@@ -169,9 +162,9 @@ def exact_derivation(source: str | Path | Model, quant: str | Path | Model) -> E
     from weightprint.quant import dequantize, quantize, supports_quantize
 
     t0 = time.perf_counter()
-    src, close_src = _open(source)
+    src, close_src = open_or_borrow(source)
     try:
-        q, close_q = _open(quant)
+        q, close_q = open_or_borrow(quant)
         try:
             if q.format != "gguf":
                 raise WeightprintError(f"{q.path}: exact derivation needs a GGUF file as QUANT, got {q.format}")
