@@ -21,7 +21,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -41,6 +40,7 @@ from weightprint.errors import (
 )
 from weightprint.io.model import Model, TensorInfo, TokenizerInfo
 from weightprint.io.names import from_stored_layout, gguf_to_hf_name, layout_config_from_gguf
+from weightprint.io.files import temp_file_beside
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -887,7 +887,7 @@ def write_gguf(
     header += b"\0" * (-len(header) % alignment)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(header)

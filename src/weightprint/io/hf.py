@@ -22,6 +22,7 @@ from weightprint.errors import ModelFormatError, TensorNotFound, WeightprintErro
 from weightprint.io.hf_config import architecture_from_hf
 from weightprint.io.model import Model, TensorInfo, TokenizerInfo
 from weightprint.io.safetensors_file import SafetensorsModel, write_safetensors_shards
+from weightprint.io.files import temp_dir_beside
 
 __all__ = ["HFModel", "write_hf_dir", "TOKENIZER_FILES"]
 
@@ -320,7 +321,7 @@ def write_hf_dir(
 
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    tmp = temp_dir_beside(out)
     try:
         _write_json(tmp, "config.json", config)
         source_dir = model.path if isinstance(model, HFModel) else None

@@ -18,7 +18,6 @@ import math
 import mmap
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -33,6 +32,7 @@ from weightprint.errors import (
     WeightprintError,
 )
 from weightprint.io.model import Model, TensorInfo
+from weightprint.io.files import temp_file_beside
 
 __all__ = [
     "SafetensorsModel",
@@ -510,7 +510,7 @@ def write_safetensors_shards(
         total = 0
         for fname, group in zip(names, groups):
             entries = _layout(group)
-            fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".tmp", dir=out)
+            fd, tmp = temp_file_beside(out / fname)
             temps.append((Path(tmp), out / fname))
             with os.fdopen(fd, "wb") as f:
                 f.write(_header_bytes(metadata, entries))
@@ -520,7 +520,7 @@ def write_safetensors_shards(
                     total += e.end - e.begin
         if n > 1:
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-            fd, tmp = tempfile.mkstemp(prefix=".model.safetensors.index.json.", suffix=".tmp", dir=out)
+            fd, tmp = temp_file_beside(out / "model.safetensors.index.json")
             temps.append((Path(tmp), out / "model.safetensors.index.json"))
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(index, f, indent=2)
