@@ -325,7 +325,7 @@ def test_quality_perplexity(quality):
             quality["yardstick_f16_source_vs_unmarked_q4km"]["greedy_teacher_forced_agreement"], quality
 
 
-@pytest.mark.xfail(reason="issue #3 asks >= 95% greedy agreement; measured ~87% teacher-forced, ~26% "
+@pytest.mark.xfail(reason="issue #3 asks >= 95% greedy agreement; measured ~88% teacher-forced, ~25% "
                           "free-running (the F16 original itself agrees ~82% / ~19%): see docs/watermark.md",
                    strict=False)
 def test_quality_greedy_agreement_95_percent(quality):
