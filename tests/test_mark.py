@@ -478,3 +478,9 @@ def test_trace_undoes_renamed_tensors(tiny):
     v = _trace(tiny, st)
     _assert_accuses(v, "bob")
     assert len(v.alignment["renamed"]) == 14
+
+
+def test_trace_of_the_original_itself_accuses_nobody(tiny):
+    """The leak is the unmarked original: every residual is 0, so no evidence at all."""
+    v = _trace(tiny, tiny["source"])
+    assert v.accused == [] and all(t.result.log10_pvalue == 0.0 for t in v.tests)
