@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -107,10 +106,3 @@ def llama_token_ids(llm, text: str, *, add_bos: bool) -> list[int]:
     return list(llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
 
 
-def write_result(name: str, payload: dict) -> Path:
-    """Record measured numbers in ``bench/results/<name>.json`` (visible without ``-s``)."""
-    root = Path(__file__).resolve().parents[1] / "bench" / "results"
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    return path

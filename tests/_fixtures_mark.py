@@ -130,15 +130,6 @@ def recipe_dir(recipe: dict[str, Any]) -> Path:
     return d
 
 
-def write_result(name: str, payload: dict) -> Path:
-    """Record measured numbers in ``bench/results/<name>.json`` (atomically)."""
-    root = Path(__file__).resolve().parents[1] / "bench" / "results"
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"{name}.json"
-    tmp = target.with_suffix(f".json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, target)
-    return target
 
 
 # --------------------------------------------------------------------------------------

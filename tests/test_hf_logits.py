@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _fixtures_hf import auto_tokenizer, causal_lm, forward_logits, hf_dir_from_gguf, llama_for_logits, write_result
+from _fixtures_hf import auto_tokenizer, causal_lm, forward_logits, hf_dir_from_gguf, llama_for_logits
+from _results import write_result
 
 PROMPTS = [
     "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is",

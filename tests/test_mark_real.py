@@ -18,7 +18,8 @@ import pytest
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _fixtures_mark import SMOL_RECIPIENTS, smol_attack, smol_issued, write_result  # noqa: E402
+from _fixtures_mark import SMOL_RECIPIENTS, smol_attack, smol_issued  # noqa: E402
+from _results import write_result  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +31,7 @@ def smol():
     info = smol_issued()
     yield info
     if RESULTS:
-        prev = {}
-        path = Path(__file__).resolve().parents[1] / "bench" / "results" / "mark_attacks.json"
-        if path.exists():
-            try:
-                prev = json.loads(path.read_text())
-            except ValueError:
-                prev = {}
-        prev.update(RESULTS)
-        write_result("mark_attacks", prev)
+        write_result("mark_attacks", RESULTS, merge=True)
 
 
 def _trace(smol, leaked, **kw):
