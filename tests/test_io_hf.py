@@ -562,8 +562,7 @@ def test_tokenizer_flavours_match_llama_cpp(source: str, overrides: dict, tmp_pa
     from gguf import GGUFValueType
     from tokenizers import Tokenizer
 
-    from weightprint.io.gguf_file import GGUFModel, copy_metadata_for_write, write_gguf
-    from weightprint.io.tokenizer import tokenizer_info_from_gguf
+    from weightprint.io.gguf_file import GGUFModel, copy_metadata_for_write, tokenizer_from_gguf_metadata, write_gguf
 
     with GGUFModel(request.getfixturevalue(source)) as m:
         meta, types = copy_metadata_for_write(m)
@@ -572,7 +571,7 @@ def test_tokenizer_flavours_match_llama_cpp(source: str, overrides: dict, tmp_pa
         types[key] = GGUFValueType.BOOL if isinstance(value, bool) else GGUFValueType.STRING
     vocab_only = write_gguf(tmp_path / "vocab.gguf", metadata=meta, metadata_types=types, tensors=[], data=lambda spec: None)
     llm = llama_cpp_module.Llama(str(vocab_only), vocab_only=True, verbose=False)
-    info = tokenizer_info_from_gguf(meta)
+    info = tokenizer_from_gguf_metadata(meta)
     tok = Tokenizer.from_str(json.dumps(tokenizer_json_from_info(info, add_space_prefix=meta.get("tokenizer.ggml.add_space_prefix"))))
     mismatches = []
     for text in _FLAVOUR_TEXTS:

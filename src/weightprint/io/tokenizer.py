@@ -29,7 +29,6 @@ from weightprint.errors import MissingTokenizerError, ModelFormatError, Weightpr
 from weightprint.io.model import TokenizerInfo
 
 __all__ = [
-    "tokenizer_info_from_gguf",
     "tokenizer_json_from_info",
     "tokenizer_config_from_info",
     "special_tokens_map_from_info",
@@ -96,50 +95,6 @@ def _pre_from_pre_tokenizer(pre_tok: dict[str, Any] | None) -> str:
             if r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|" in regex:
                 return "qwen2"
     return "gpt-2"
-
-
-# --------------------------------------------------------------------------- GGUF -> info
-
-
-def _get(metadata: dict[str, Any], key: str) -> Any:
-    v = metadata.get(key)
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
-def tokenizer_info_from_gguf(metadata: dict[str, Any]) -> TokenizerInfo | None:
-    """A :class:`TokenizerInfo` from GGUF ``tokenizer.ggml.*`` keys (None if there are none)."""
-    model = _get(metadata, "tokenizer.ggml.model")
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    if model is None or tokens is None:
-        return None
-
-    def opt_int(key: str) -> int | None:
-        v = _get(metadata, key)
-        return None if v is None else int(v)
-
-    def opt_bool(key: str) -> bool | None:
-        v = _get(metadata, key)
-        return None if v is None else bool(v)
-
-    scores = metadata.get("tokenizer.ggml.scores")
-    types = metadata.get("tokenizer.ggml.token_type")
-    merges = metadata.get("tokenizer.ggml.merges")
-    return TokenizerInfo(
-        model=str(model),
-        pre=_get(metadata, "tokenizer.ggml.pre"),
-        tokens=[str(t) for t in tokens],
-        scores=None if scores is None else np.asarray(scores, dtype=np.float32),
-        token_types=None if types is None else np.asarray(types, dtype=np.int32),
-        merges=None if merges is None else [str(m) for m in merges],
-        bos_id=opt_int("tokenizer.ggml.bos_token_id"),
-        eos_id=opt_int("tokenizer.ggml.eos_token_id"),
-        unk_id=opt_int("tokenizer.ggml.unknown_token_id"),
-        pad_id=opt_int("tokenizer.ggml.padding_token_id"),
-        add_bos=opt_bool("tokenizer.ggml.add_bos_token"),
-        add_eos=opt_bool("tokenizer.ggml.add_eos_token"),
-    )
 
 
 # --------------------------------------------------------------------------- info -> HF
