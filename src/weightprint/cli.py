@@ -129,22 +129,7 @@ def inspect(
         emit_json(result)
         return
     t = Table(title=str(path), show_header=False, box=None)
-    rows = [
-        ("format", result.format),
-        ("architecture", result.architecture),
-        ("name", result.name or "-"),
-        ("parameters", f"{result.n_parameters:,}"),
-        ("tensors", str(result.n_tensors)),
-        ("file type", result.file_type or "-"),
-        ("layers / hidden", f"{result.n_layers} / {result.hidden_size}"),
-        ("context length", str(result.context_length)),
-        ("tokenizer", f"{result.tokenizer_model} (pre={result.tokenizer_pre}), vocab {result.vocab_size}"),
-        ("vocab sha256", result.tokenizer_sha256 or "-"),
-        ("chat template", f"{result.chat_template_family} ({len(result.chat_template or '')} chars)"),
-        ("size", _human_bytes(result.file_bytes)),
-    ]
-    if result.file_sha256:
-        rows.append(("file sha256", result.file_sha256))
+    rows = [(k, v) for k, v in result.facts() if k != "path"]
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)

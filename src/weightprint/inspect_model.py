@@ -65,6 +65,27 @@ class InspectResult:
     file_bytes: int = 0
     file_sha256: str | None = None
 
+    def facts(self) -> list[tuple[str, str]]:
+        """The summary as ``(label, text)`` rows, for tables and reports."""
+        rows = [
+            ("path", self.path),
+            ("format", self.format),
+            ("architecture", self.architecture),
+            ("name", self.name or "-"),
+            ("parameters", f"{self.n_parameters:,}"),
+            ("tensors", str(self.n_tensors)),
+            ("file type", self.file_type or "-"),
+            ("layers / hidden", f"{self.n_layers} / {self.hidden_size}"),
+            ("context length", str(self.context_length)),
+            ("tokenizer", f"{self.tokenizer_model} (pre={self.tokenizer_pre}), vocab {self.vocab_size}"),
+            ("vocab sha256", self.tokenizer_sha256 or "-"),
+            ("chat template", f"{self.chat_template_family} ({len(self.chat_template or '')} chars)"),
+            ("bytes", f"{self.file_bytes:,}"),
+        ]
+        if self.file_sha256:
+            rows.append(("file sha256", self.file_sha256))
+        return rows
+
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["types"] = {k: dict(v.__dict__) for k, v in self.types.items()}

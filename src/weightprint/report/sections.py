@@ -11,18 +11,7 @@ from weightprint.results import format_pvalue
 
 def inspect_section(result: Any, heading: str | None = None) -> Section:
     """A model's facts (from :func:`weightprint.inspect_model.inspect_model`)."""
-    facts = [
-        ("path", result.path),
-        ("format", result.format),
-        ("architecture", result.architecture),
-        ("parameters", f"{result.n_parameters:,}"),
-        ("file type", result.file_type or "-"),
-        ("layers / hidden", f"{result.n_layers} / {result.hidden_size}"),
-        ("context length", str(result.context_length)),
-        ("tokenizer", f"{result.tokenizer_model} (pre={result.tokenizer_pre}), vocab {result.vocab_size}"),
-        ("vocab sha256", result.tokenizer_sha256 or "-"),
-        ("chat template", f"{result.chat_template_family} ({len(result.chat_template or '')} chars)"),
-    ]
+    facts = result.facts()
     rows = [[name, s.count, s.n_elements, s.nbytes] for name, s in result.types.items()]
     return Section(
         heading or f"Model: {result.name or result.path}",
