@@ -41,7 +41,7 @@ def trace_section(verdict: Any, heading: str = "Leak trace") -> Section:
          format_pvalue(t.log10_pvalue_bonferroni), "ACCUSED" if t.accused else ""]
         for t in tests
     ]
-    null = tests[0].result.null_hypothesis if tests else ""
+    null = tests[0].result.null_hypothesis.rstrip(". ") + "." if tests else ""
     return Section(
         heading,
         verdict=verdict.summary(),
