@@ -91,6 +91,33 @@ class BF16Kernel(QuantKernel, qtype=QType.BF16):
 
 
 @_njit
+def _signed_absmax(row):
+    """The value of largest magnitude (the first one, on ties), as ggml's ``quantize_row_q*_0_ref``."""
+    amax = F32(0.0)
+    vmax = F32(0.0)
+    for j in range(row.shape[0]):
+        v = row[j]
+        if amax < abs(v):
+            amax = abs(v)
+            vmax = v
+    return vmax
+
+
+@_njit
+def _min_max(row):
+    """``(min, max)`` of a block, as ggml's ``quantize_row_q*_1_ref``."""
+    vmin = F32(3.4028234663852886e38)
+    vmax = F32(-3.4028234663852886e38)
+    for j in range(row.shape[0]):
+        v = row[j]
+        if v < vmin:
+            vmin = v
+        if v > vmax:
+            vmax = v
+    return vmin, vmax
+
+
+@_njit
 def _scales(data, H, off):
     """The fp16 at byte ``off`` of every block, as float32 (a separate pass vectorizes the rest)."""
     nb = data.shape[0]
@@ -123,13 +150,7 @@ def _quantize_q4_0(x):
     nb = x.shape[0]
     out = np.zeros((nb, 18), dtype=np.uint8)
     for i in range(nb):
-        amax = F32(0.0)
-        vmax = F32(0.0)
-        for j in range(32):
-            v = x[i, j]
-            if amax < abs(v):
-                amax = abs(v)
-                vmax = v
+        vmax = _signed_absmax(x[i])
         d = F32(vmax / F32(-8.0))
         idv = F32(F32(1.0) / d) if d != 0 else F32(0.0)
         write_fp16(out, i, 0, d)
@@ -175,14 +196,7 @@ def _quantize_q4_1(x):
     nb = x.shape[0]
     out = np.zeros((nb, 20), dtype=np.uint8)
     for i in range(nb):
-        vmin = F32(3.4028234663852886e38)
-        vmax = F32(-3.4028234663852886e38)
-        for j in range(32):
-            v = x[i, j]
-            if v < vmin:
-                vmin = v
-            if v > vmax:
-                vmax = v
+        vmin, vmax = _min_max(x[i])
         d = F32(F32(vmax - vmin) / F32(15.0))
         idv = F32(F32(1.0) / d) if d != 0 else F32(0.0)
         write_fp16(out, i, 0, d)
@@ -231,13 +245,7 @@ def _quantize_q5_0(x):
     nb = x.shape[0]
     out = np.zeros((nb, 22), dtype=np.uint8)
     for i in range(nb):
-        amax = F32(0.0)
-        vmax = F32(0.0)
-        for j in range(32):
-            v = x[i, j]
-            if amax < abs(v):
-                amax = abs(v)
-                vmax = v
+        vmax = _signed_absmax(x[i])
         d = F32(vmax / F32(-16.0))
         idv = F32(F32(1.0) / d) if d != 0 else F32(0.0)
         write_fp16(out, i, 0, d)
@@ -292,14 +300,7 @@ def _quantize_q5_1(x):
     nb = x.shape[0]
     out = np.zeros((nb, 24), dtype=np.uint8)
     for i in range(nb):
-        vmin = F32(3.4028234663852886e38)
-        vmax = F32(-3.4028234663852886e38)
-        for j in range(32):
-            v = x[i, j]
-            if v < vmin:
-                vmin = v
-            if v > vmax:
-                vmax = v
+        vmin, vmax = _min_max(x[i])
         d = F32(F32(vmax - vmin) / F32(31.0))
         idv = F32(F32(1.0) / d) if d != 0 else F32(0.0)
         write_fp16(out, i, 0, d)
