@@ -21,9 +21,11 @@ from weightprint.errors import WeightprintError
 from weightprint.io.model import Model
 from weightprint.progress import ProgressCallback, no_progress
 from weightprint.io.open import open_or_borrow
+from weightprint.quant import KeyedRounding
 
-TensorTransform = Callable[[str, np.ndarray, QType], np.ndarray]
-"""``transform(name, values, target_type) -> values``: float32 HF-layout values in and out."""
+TensorTransform = Callable[[str, np.ndarray, QType], "np.ndarray | KeyedRounding"]
+"""``transform(name, values, target_type) -> values``: float32 HF-layout values in and out, or
+(GGUF output, grid target types) a :class:`~weightprint.quant.KeyedRounding` to steer rounding."""
 
 
 @dataclass
@@ -227,15 +229,25 @@ def _convert_to_gguf(
             model.release(name)
         else:
             values = model.tensor(name, np.float32)
+            keyed = None
             if transform is not None:
-                values = np.asarray(transform(name, values, spec.qtype), dtype=np.float32)
+                got = transform(name, values, spec.qtype)
+                if isinstance(got, KeyedRounding):
+                    keyed = got
+                    got = got.values
+                values = np.asarray(got, dtype=np.float32)
                 if values.shape != tuple(info.shape):
                     raise WeightprintError(
                         f"tensor transform changed the shape of `{name}` from {info.shape} to {values.shape}"
                     )
             stored = to_stored_layout(name, values, arch, model.config)
             rows = stored.reshape(-1, stored.shape[-1]) if stored.ndim > 1 else stored.reshape(1, -1)
-            out_bytes = quantize(rows, spec.qtype)
+            if keyed is None:
+                out_bytes = quantize(rows, spec.qtype, name=name)
+            else:
+                dirs = to_stored_layout(name, np.asarray(keyed.rounding, dtype=np.int8), arch, model.config)
+                out_bytes = quantize(rows, spec.qtype, name=name, rounding=dirs.reshape(rows.shape),
+                                     delta=keyed.delta)
         result.n_parameters += info.n_elements
         progress(result.n_tensors + 1, total, name)
         result.n_tensors += 1
@@ -268,7 +280,10 @@ def _convert_to_hf(
         progress(counter["n"], len(names), name)
         if transform is None:
             return values
-        return np.asarray(transform(name, values, target), dtype=np.float32)
+        got = transform(name, values, target)
+        if isinstance(got, KeyedRounding):
+            raise WeightprintError(f"tensor `{name}`: keyed rounding needs a quantized GGUF target, not {dtype}")
+        return np.asarray(got, dtype=np.float32)
 
     write_hf_dir(model, out, dtype=dtype, tensor_transform=hook)
     result = ConvertResult(str(model.path), str(out), "hf", target.name)

@@ -26,6 +26,8 @@ Examples
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from weightprint.constants import QUANT_SIZES, QType
@@ -37,6 +39,7 @@ from weightprint.quant.base import QuantKernel, registry
 
 __all__ = [
     "QUANTIZABLE",
+    "KeyedRounding",
     "QuantKernel",
     "dequantize",
     "kernel",
@@ -46,6 +49,18 @@ __all__ = [
 ]
 
 _KERNELS = registry()
+
+
+@dataclass(frozen=True)
+class KeyedRounding:
+    """Values to quantize with steered rounding: what a tensor transform returns to mark a tensor.
+
+    ``rounding`` (int8 -1/0/+1) has the shape of ``values``; see :func:`quantize`.
+    """
+
+    values: np.ndarray
+    rounding: np.ndarray
+    delta: float
 
 #: Every type that :func:`quantize` accepts.
 QUANTIZABLE: frozenset[QType] = frozenset(q for q, k in _KERNELS.items() if k.supports_quantize)
@@ -132,7 +147,14 @@ def row_bytes(qtype: QType | int | str, cols: int, *, name: str | None = None) -
     return cols // block_size * type_size
 
 
-def quantize(data: np.ndarray, qtype: QType | int | str, *, name: str | None = None) -> np.ndarray:
+def quantize(
+    data: np.ndarray,
+    qtype: QType | int | str,
+    *,
+    name: str | None = None,
+    rounding: np.ndarray | None = None,
+    delta: float = 0.0,
+) -> np.ndarray:
     """Quantize a float tensor row by row, bit-exact with llama.cpp (no importance matrix).
 
     Parameters
@@ -143,6 +165,13 @@ def quantize(data: np.ndarray, qtype: QType | int | str, *, name: str | None = N
         Target type; must be in :data:`QUANTIZABLE`.
     name : `str`, *optional*, defaults to None
         Tensor name used in error messages.
+    rounding : `np.ndarray`, *optional*, defaults to None
+        Keyed rounding directions (int8 -1/0/+1, the shape of ``data``) for the grid types: a
+        weight whose level coordinate lies within ``delta`` of a rounding boundary (strictly off
+        the tie) takes the neighbouring level its direction names; scales and every other
+        weight stay llama.cpp's (:func:`weightprint.quant.base.keyed_level`). The watermark uses it.
+    delta : `float`, *optional*, defaults to 0.0
+        Width of the steered band, in level units (0 < delta < 0.5 when ``rounding`` is given).
 
     Returns
     -------
@@ -168,6 +197,17 @@ def quantize(data: np.ndarray, qtype: QType | int | str, *, name: str | None = N
         raise ShapeMismatchError(f"{_prefix(name)}cannot quantize an array of dtype {arr.dtype} to {k.qtype.name}")
     cols = arr.shape[-1]
     nbytes = row_bytes(k.qtype, cols, name=name)
+    dirs_flat = None
+    if rounding is not None:
+        if not k.supports_rounding:
+            raise UnsupportedQuantType(f"{_prefix(name)}{k.qtype.name} has no rounding grid to steer")
+        if np.shape(rounding) != arr.shape:
+            raise ShapeMismatchError(
+                f"{_prefix(name)}rounding directions of shape {np.shape(rounding)} for data of shape {arr.shape}"
+            )
+        if not 0.0 < float(delta) < 0.5:
+            raise ValueError(f"keyed rounding band delta = {delta} is outside (0, 0.5)")
+        dirs_flat = np.asarray(rounding, dtype=np.int8).reshape(-1)
     out_shape = (*arr.shape[:-1], nbytes)
     flat = arr.reshape(-1)
     n = flat.size
@@ -183,7 +223,11 @@ def quantize(data: np.ndarray, qtype: QType | int | str, *, name: str | None = N
                 f" cannot quantize to {k.qtype.name}"
             )
         blocks = chunk.reshape(-1, k.block_size)
-        q = k.quantize_blocks(blocks)
+        if dirs_flat is None:
+            q = k.quantize_blocks(blocks)
+        else:
+            dirs = np.ascontiguousarray(dirs_flat[start : start + step]).reshape(-1, k.block_size)
+            q = k.quantize_blocks(blocks, dirs, float(delta))
         b0 = start // k.block_size * k.type_size
         out[b0 : b0 + q.size] = q.reshape(-1)
     return out.reshape(out_shape)

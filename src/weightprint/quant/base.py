@@ -78,9 +78,16 @@ class QuantKernel:
         cls.block_size, cls.type_size = QUANT_SIZES[cls.qtype]
         _REGISTRY[cls.qtype] = cls
 
+    #: whether :meth:`quantize_blocks` takes keyed rounding directions (the grid types)
+    supports_rounding: ClassVar[bool] = False
+
     @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        """Quantize ``float32[n, block_size]`` (C-contiguous) to ``uint8[n, type_size]``."""
+    def quantize_blocks(cls, blocks: np.ndarray, dirs: np.ndarray | None = None, delta: float = 0.0) -> np.ndarray:
+        """Quantize ``float32[n, block_size]`` (C-contiguous) to ``uint8[n, type_size]``.
+
+        ``dirs`` (``int8[n, block_size]``, values -1, 0, +1) and ``delta`` steer llama.cpp's final
+        rounding (see :func:`keyed_level`); without them the bytes are llama.cpp's own.
+        """
         raise UnsupportedQuantType(f"quantization to {cls.qtype.name} is not supported (dequantize only)")
 
     @classmethod
@@ -103,17 +110,23 @@ def _out(out: np.ndarray | None, n_blocks: int, block_size: int) -> np.ndarray:
 class NumbaKernel(QuantKernel):
     """A kernel whose block math is two numba functions, named by the subclass.
 
-    ``quantize_fn(blocks float32[n, block_size]) -> uint8[n, type_size]`` and
+    ``quantize_fn(blocks float32[n, block_size], dirs int8[n, block_size] or int8[0, 0], delta)
+    -> uint8[n, type_size]`` and
     ``dequantize_fn(data uint8[n, type_size], FP16_TABLE, out float32[n, block_size])``.
     """
 
     quantize_fn: ClassVar[Any]
     dequantize_fn: ClassVar[Any]
     supports_quantize = True
+    supports_rounding = True
 
     @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
-        return cls.quantize_fn(blocks)
+    def quantize_blocks(cls, blocks: np.ndarray, dirs: np.ndarray | None = None, delta: float = 0.0) -> np.ndarray:
+        if dirs is None:
+            return cls.quantize_fn(blocks, NO_DIRS, 0.0)
+        if dirs.shape != blocks.shape or dirs.dtype != np.int8:
+            raise ValueError(f"rounding directions must be int8{list(blocks.shape)}, got {dirs.dtype}{list(dirs.shape)}")
+        return cls.quantize_fn(blocks, np.ascontiguousarray(dirs), float(delta))
 
     @classmethod
     def dequantize_blocks(cls, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -216,6 +229,38 @@ def write_fp16(out, i, off, f):
     out[i, off] = h & 0xFF
     out[i, off + 1] = (h >> 8) & 0xFF
     return fp16_bits_to_fp32(h)
+
+
+#: "no keyed rounding": the ``dirs`` argument of an unmarked quantization
+NO_DIRS: np.ndarray = np.zeros((0, 0), dtype=np.int8)
+NO_DIRS.setflags(write=False)
+
+#: level coordinates closer than this to a rounding tie keep llama.cpp's own rounding
+TIE_EPS = 1e-4
+
+
+@_jit
+def keyed_level(v, level, lo, hi, dirv, delta):
+    """The level of a weight under keyed rounding.
+
+    ``v`` is the weight's level coordinate (the float that llama.cpp rounds to ``level``; levels
+    run ``lo..hi``). When ``v`` lies within ``delta`` of a rounding boundary, strictly off the
+    tie (``TIE_EPS < |frac(v) - 1/2| < delta``), and both neighbouring levels exist, ``dirv``
+    picks the level: ``floor(v) + 1`` for +1, ``floor(v)`` for -1. Otherwise, and for
+    ``dirv == 0``, llama.cpp's ``level`` stands. Only the last rounding step of a quantizer is
+    steered, so scales and minimums (and every weight away from a boundary) are llama.cpp's.
+    """
+    if dirv == 0:
+        return level
+    fv = float(v)
+    fl = math.floor(fv)
+    dist = abs(fv - fl - 0.5)
+    if dist >= delta or dist < TIE_EPS:
+        return level
+    low = int(fl)
+    if low < lo or low + 1 > hi:
+        return level
+    return low + 1 if dirv > 0 else low
 
 
 #: float32 value of every half bit pattern (index = bits); numpy's conversion is exact, like ggml's

@@ -16,6 +16,7 @@ from weightprint.quant.base import (
     F32,
     NumbaKernel,
     c_to_int8,
+    keyed_level,
     nearest_int,
     write_fp16,
 )
@@ -210,8 +211,9 @@ def _get_scale_min_k4(j, q, off):
 
 
 @_njit
-def _quantize_q2_k(x):
+def _quantize_q2_k(x, dirs, delta):
     nb = x.shape[0]
+    keyed = dirs.shape[0] != 0
     out = np.zeros((nb, 84), dtype=np.uint8)
     L = np.zeros(256, dtype=np.int64)
     Laux = np.zeros(16, dtype=np.int64)
@@ -259,8 +261,11 @@ def _quantize_q2_k(x):
                 continue
             dm = F32(dmin * F32(np.int64(out[i, j]) >> 4))
             for ii in range(16):
-                l = nearest_int(F32(F32(xb[16 * j + ii] + dm) / dl))
-                L[16 * j + ii] = max(0, min(3, l))
+                v = F32(F32(xb[16 * j + ii] + dm) / dl)
+                l = max(0, min(3, nearest_int(v)))
+                if keyed:
+                    l = keyed_level(v, l, 0, 3, dirs[i, 16 * j + ii], delta)
+                L[16 * j + ii] = l
         for j in range(0, 256, 128):
             for l in range(32):
                 out[i, 16 + j // 4 + l] = (
@@ -309,8 +314,9 @@ class Q2_K(NumbaKernel, qtype=QType.Q2_K):
 
 
 @_njit
-def _quantize_q3_k(x):
+def _quantize_q3_k(x, dirs, delta):
     nb = x.shape[0]
+    keyed = dirs.shape[0] != 0
     out = np.zeros((nb, 110), dtype=np.uint8)
     L = np.zeros(256, dtype=np.int64)
     scales = np.zeros(16, dtype=np.float32)
@@ -350,8 +356,11 @@ def _quantize_q3_k(x):
             if dl == 0:
                 continue
             for ii in range(16):
-                l = nearest_int(F32(xb[16 * j + ii] / dl))
-                L[16 * j + ii] = max(-4, min(3, l)) + 4
+                v = F32(xb[16 * j + ii] / dl)
+                l = max(-4, min(3, nearest_int(v)))
+                if keyed:
+                    l = keyed_level(v, l, -4, 3, dirs[i, 16 * j + ii], delta)
+                L[16 * j + ii] = l + 4
         m = 0
         hm = 1
         for j in range(256):
@@ -417,7 +426,7 @@ class Q3_K(NumbaKernel, qtype=QType.Q3_K):
 
 
 @_helper
-def _qkx_superblock(xb, nmax, rmin, nstep, L, Laux, weights, scales, mins, out, i):
+def _qkx_superblock(xb, nmax, rmin, nstep, L, Laux, weights, scales, mins, out, i, drow, delta):
     """Shared part of Q4_K/Q5_K: sub-block fits, packed 6-bit scales at bytes 4-15, d/dmin at 0-3,
     then the final quants in ``L``."""
     max_scale = F32(0.0)
@@ -461,13 +470,18 @@ def _qkx_superblock(xb, nmax, rmin, nstep, L, Laux, weights, scales, mins, out, 
             continue
         dm = F32(dmin * F32(m))
         for ii in range(32):
-            l = nearest_int(F32(F32(xb[32 * j + ii] + dm) / dl))
-            L[32 * j + ii] = max(0, min(nmax, l))
+            v = F32(F32(xb[32 * j + ii] + dm) / dl)
+            l = max(0, min(nmax, nearest_int(v)))
+            if drow.shape[0] != 0:
+                l = keyed_level(v, l, 0, nmax, drow[32 * j + ii], delta)
+            L[32 * j + ii] = l
 
 
 @_njit
-def _quantize_q4_k(x):
+def _quantize_q4_k(x, dirs, delta):
     nb = x.shape[0]
+    keyed = dirs.shape[0] != 0
+    no_row = np.zeros(0, dtype=np.int8)
     out = np.zeros((nb, 144), dtype=np.uint8)
     L = np.zeros(256, dtype=np.int64)
     Laux = np.zeros(32, dtype=np.int64)
@@ -475,7 +489,8 @@ def _quantize_q4_k(x):
     mins = np.zeros(8, dtype=np.float32)
     scales = np.zeros(8, dtype=np.float32)
     for i in range(nb):
-        _qkx_superblock(x[i], 15, F32(-1.0), 20, L, Laux, weights, scales, mins, out, i)
+        _qkx_superblock(x[i], 15, F32(-1.0), 20, L, Laux, weights, scales, mins, out, i,
+                        dirs[i] if keyed else no_row, delta)
         for j in range(0, 256, 64):
             for l in range(32):
                 out[i, 16 + j // 2 + l] = (L[j + l] | (L[j + l + 32] << 4)) & 0xFF
@@ -519,8 +534,10 @@ class Q4_K(NumbaKernel, qtype=QType.Q4_K):
 
 
 @_njit
-def _quantize_q5_k(x):
+def _quantize_q5_k(x, dirs, delta):
     nb = x.shape[0]
+    keyed = dirs.shape[0] != 0
+    no_row = np.zeros(0, dtype=np.int8)
     out = np.zeros((nb, 176), dtype=np.uint8)
     L = np.zeros(256, dtype=np.int64)
     Laux = np.zeros(32, dtype=np.int64)
@@ -528,7 +545,8 @@ def _quantize_q5_k(x):
     mins = np.zeros(8, dtype=np.float32)
     scales = np.zeros(8, dtype=np.float32)
     for i in range(nb):
-        _qkx_superblock(x[i], 31, F32(-0.5), 15, L, Laux, weights, scales, mins, out, i)
+        _qkx_superblock(x[i], 31, F32(-0.5), 15, L, Laux, weights, scales, mins, out, i,
+                        dirs[i] if keyed else no_row, delta)
         # qh[32] at 16-47, qs[128] at 48-175
         m1 = 1
         m2 = 2
@@ -595,8 +613,9 @@ class Q5_K(NumbaKernel, qtype=QType.Q5_K):
 
 
 @_njit
-def _quantize_q6_k(x):
+def _quantize_q6_k(x, dirs, delta):
     nb = x.shape[0]
+    keyed = dirs.shape[0] != 0
     out = np.zeros((nb, 210), dtype=np.uint8)
     L = np.zeros(256, dtype=np.int64)
     scales = np.zeros(16, dtype=np.float32)
@@ -626,8 +645,11 @@ def _quantize_q6_k(x):
             if dl == 0:
                 continue
             for ii in range(16):
-                l = nearest_int(F32(xb[16 * j + ii] / dl))
-                L[16 * j + ii] = max(-32, min(31, l)) + 32
+                v = F32(xb[16 * j + ii] / dl)
+                l = max(-32, min(31, nearest_int(v)))
+                if keyed:
+                    l = keyed_level(v, l, -32, 31, dirs[i, 16 * j + ii], delta)
+                L[16 * j + ii] = l + 32
         for j in range(0, 256, 128):
             qlo = j // 2
             qho = 128 + j // 4

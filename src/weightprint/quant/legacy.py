@@ -18,6 +18,7 @@ from weightprint.quant.base import (
     c_float_to_int32,
     c_roundf,
     c_to_int8,
+    keyed_level,
     _out,
     write_fp16,
 )
@@ -34,7 +35,7 @@ class F32Kernel(QuantKernel, qtype=QType.F32):
     supports_quantize = True
 
     @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+    def quantize_blocks(cls, blocks: np.ndarray, dirs: np.ndarray | None = None, delta: float = 0.0) -> np.ndarray:
         return np.ascontiguousarray(blocks, dtype="<f4").view(np.uint8).reshape(-1, 4)
 
     @classmethod
@@ -50,7 +51,7 @@ class F16Kernel(QuantKernel, qtype=QType.F16):
     supports_quantize = True
 
     @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+    def quantize_blocks(cls, blocks: np.ndarray, dirs: np.ndarray | None = None, delta: float = 0.0) -> np.ndarray:
         with np.errstate(over="ignore"):  # |x| > 65504 becomes inf, as in GGML_FP32_TO_FP16
             half = np.ascontiguousarray(blocks, dtype=np.float32).astype("<f2")
         return half.view(np.uint8).reshape(-1, 2)
@@ -71,7 +72,7 @@ class BF16Kernel(QuantKernel, qtype=QType.BF16):
     supports_quantize = True
 
     @classmethod
-    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+    def quantize_blocks(cls, blocks: np.ndarray, dirs: np.ndarray | None = None, delta: float = 0.0) -> np.ndarray:
         u = np.ascontiguousarray(blocks, dtype=np.float32).view(np.uint32)
         rounded = ((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)).astype("<u2")
         nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
@@ -146,8 +147,9 @@ def _high_bits(data, off):
 
 
 @_njit
-def _quantize_q4_0(x):
+def _quantize_q4_0(x, dirs, delta):
     nb = x.shape[0]
+    keyed = dirs.shape[0] != 0
     out = np.zeros((nb, 18), dtype=np.uint8)
     for i in range(nb):
         vmax = _signed_absmax(x[i])
@@ -159,6 +161,9 @@ def _quantize_q4_0(x):
             x1 = F32(x[i, j + 16] * idv)
             xi0 = min(15, c_to_int8(c_float_to_int32(F32(x0 + F32(8.5))))) & 0xFF
             xi1 = min(15, c_to_int8(c_float_to_int32(F32(x1 + F32(8.5))))) & 0xFF
+            if keyed:
+                xi0 = keyed_level(float(x0) + 8.0, xi0, 0, 15, dirs[i, j], delta)
+                xi1 = keyed_level(float(x1) + 8.0, xi1, 0, 15, dirs[i, j + 16], delta)
             out[i, 2 + j] = (xi0 | (xi1 << 4)) & 0xFF
     return out
 
@@ -192,8 +197,9 @@ class Q4_0(NumbaKernel, qtype=QType.Q4_0):
 
 
 @_njit
-def _quantize_q4_1(x):
+def _quantize_q4_1(x, dirs, delta):
     nb = x.shape[0]
+    keyed = dirs.shape[0] != 0
     out = np.zeros((nb, 20), dtype=np.uint8)
     for i in range(nb):
         vmin, vmax = _min_max(x[i])
@@ -206,6 +212,9 @@ def _quantize_q4_1(x):
             x1 = F32(F32(x[i, j + 16] - vmin) * idv)
             xi0 = min(15, c_to_int8(c_float_to_int32(F32(x0 + F32(0.5))))) & 0xFF
             xi1 = min(15, c_to_int8(c_float_to_int32(F32(x1 + F32(0.5))))) & 0xFF
+            if keyed:
+                xi0 = keyed_level(x0, xi0, 0, 15, dirs[i, j], delta)
+                xi1 = keyed_level(x1, xi1, 0, 15, dirs[i, j + 16], delta)
             out[i, 4 + j] = (xi0 | (xi1 << 4)) & 0xFF
     return out
 
@@ -241,8 +250,9 @@ class Q4_1(NumbaKernel, qtype=QType.Q4_1):
 
 
 @_njit
-def _quantize_q5_0(x):
+def _quantize_q5_0(x, dirs, delta):
     nb = x.shape[0]
+    keyed = dirs.shape[0] != 0
     out = np.zeros((nb, 22), dtype=np.uint8)
     for i in range(nb):
         vmax = _signed_absmax(x[i])
@@ -255,6 +265,9 @@ def _quantize_q5_0(x):
             x1 = F32(x[i, j + 16] * idv)
             xi0 = min(31, c_to_int8(c_float_to_int32(F32(x0 + F32(16.5))))) & 0xFF
             xi1 = min(31, c_to_int8(c_float_to_int32(F32(x1 + F32(16.5))))) & 0xFF
+            if keyed:
+                xi0 = keyed_level(float(x0) + 16.0, xi0, 0, 31, dirs[i, j], delta)
+                xi1 = keyed_level(float(x1) + 16.0, xi1, 0, 31, dirs[i, j + 16], delta)
             out[i, 6 + j] = ((xi0 & 0x0F) | ((xi1 & 0x0F) << 4)) & 0xFF
             qh |= ((xi0 & 0x10) >> 4) << j
             qh |= ((xi1 & 0x10) >> 4) << (j + 16)
@@ -296,8 +309,9 @@ class Q5_0(NumbaKernel, qtype=QType.Q5_0):
 
 
 @_njit
-def _quantize_q5_1(x):
+def _quantize_q5_1(x, dirs, delta):
     nb = x.shape[0]
+    keyed = dirs.shape[0] != 0
     out = np.zeros((nb, 24), dtype=np.uint8)
     for i in range(nb):
         vmin, vmax = _min_max(x[i])
@@ -311,6 +325,9 @@ def _quantize_q5_1(x):
             x1 = F32(F32(x[i, j + 16] - vmin) * idv)
             xi0 = c_float_to_int32(F32(x0 + F32(0.5))) & 0xFF
             xi1 = c_float_to_int32(F32(x1 + F32(0.5))) & 0xFF
+            if keyed:
+                xi0 = keyed_level(x0, xi0, 0, 31, dirs[i, j], delta)
+                xi1 = keyed_level(x1, xi1, 0, 31, dirs[i, j + 16], delta)
             out[i, 8 + j] = ((xi0 & 0x0F) | ((xi1 & 0x0F) << 4)) & 0xFF
             qh |= ((xi0 & 0x10) >> 4) << j
             qh |= ((xi1 & 0x10) >> 4) << (j + 16)
@@ -354,8 +371,9 @@ class Q5_1(NumbaKernel, qtype=QType.Q5_1):
 
 
 @_njit
-def _quantize_q8_0(x):
+def _quantize_q8_0(x, dirs, delta):
     nb = x.shape[0]
+    keyed = dirs.shape[0] != 0
     out = np.zeros((nb, 34), dtype=np.uint8)
     for i in range(nb):
         amax = F32(0.0)
@@ -366,7 +384,10 @@ def _quantize_q8_0(x):
         write_fp16(out, i, 0, d)
         for j in range(32):
             x0 = F32(x[i, j] * idv)
-            out[i, 2 + j] = c_float_to_int32(c_roundf(x0)) & 0xFF
+            q = c_float_to_int32(c_roundf(x0))
+            if keyed:
+                q = keyed_level(x0, q, -127, 127, dirs[i, j], delta)
+            out[i, 2 + j] = q & 0xFF
     return out
 
 
