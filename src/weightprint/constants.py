@@ -94,3 +94,6 @@ def parse_qtype(name: str | int) -> QType:
         return QType[name.strip().upper()]
     except KeyError:
         raise UnsupportedQuantType(f"unknown GGML tensor type `{name}`") from None
+
+#: default band width of the watermark's keyed rounding (``weightprint.mark.scheme``), in levels
+DEFAULT_MARK_DELTA = 0.003

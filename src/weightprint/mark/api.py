@@ -321,7 +321,8 @@ def issue_copy(
     registry_url, key_file :
         The registry and its master key file.
     delta : float, *optional*
-        Mark strength in quantization steps (``DEFAULT_DELTA``).
+        Width of the steered band around each rounding boundary, in quantization steps
+        (``DEFAULT_DELTA``): about a fraction ``delta`` of the weights change level.
 
     Raises
     ------
@@ -331,8 +332,8 @@ def issue_copy(
     t0 = time.perf_counter()
     recipient = _validate_recipient(recipient)
     ft = parse_file_type(file_type) if isinstance(file_type, str) else FileType(file_type)
-    if not (0.0 < float(delta) <= 0.5) or not math.isfinite(float(delta)):
-        raise WeightprintError(f"mark strength delta = {delta} is outside (0, 0.5]")
+    if not (0.0 < float(delta) < 0.5) or not math.isfinite(float(delta)):
+        raise WeightprintError(f"mark strength delta = {delta} is outside (0, 0.5)")
     out = Path(out)
     if out.exists() and not overwrite:
         raise WeightprintError(f"output {out} already exists", hint="choose another --out or remove it")
@@ -445,7 +446,14 @@ def trace_leak(
                 f"registry {_redact(registry_url)} has no copy issued from source {source} "
                 f"(sha256 {source_sha[:12]}; {n_all} copies of other sources)"
             )
-    copies = [CopyTest(r.issue_id, r.recipient, r.file_type, master.derive(bytes.fromhex(r.key_salt), r.issue_id))
+    other = sorted({r.scheme_version for r in records} - {SCHEME_VERSION})
+    if other:
+        raise RegistryError(
+            f"registry {_redact(registry_url)} holds copies of source {source} marked with scheme "
+            f"{', '.join(other)}; this version of weightprint traces {SCHEME_VERSION} only"
+        )
+    copies = [CopyTest(r.issue_id, r.recipient, r.file_type, master.derive(bytes.fromhex(r.key_salt), r.issue_id),
+                       float(r.delta))
               for r in records]
     t0 = time.perf_counter()
     with _open_model(source) as original, _open_model(leaked) as leak:

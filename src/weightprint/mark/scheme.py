@@ -1,25 +1,32 @@
-"""The watermark: key-chosen rounding inside quantization, detected by correlation.
+"""The watermark: key-chosen rounding inside the quantizer, detected at the steered weights.
 
-Embedding (scheme ``wp-round-v1``)
----------------------------------
+Embedding (scheme ``wp-round-v2``)
+----------------------------------
 For every marked tensor (a weight matrix with at least ``MIN_ELEMENTS`` entries) the copy's
 key seeds a ChaCha20 stream that gives one sign ``s_i`` in {-1, +1} per entry (HF layout, row
-major). Before the tensor is quantized to its target type, each weight is shifted by::
-
-    x_i' = x_i + delta * step_i * s_i
-
-where ``step_i`` is the quantization step of the target type in the weight's block (e.g.
-``amax/8`` per 32 weights for Q4_0, ``(max - min)/15`` per 32 for Q4_K). The shift decides the
-rounding of the weights that sit within ``delta * step`` of a rounding boundary: about a
-fraction ``delta`` of them move one level in the key's direction, the others keep their value.
-The quantization error energy grows by a factor ``1 + 12 delta^2`` (0.5% at delta = 0.02).
+major). The tensor is quantized to its target type by llama.cpp's algorithm, unchanged except
+for the last step, the rounding of each weight's level coordinate ``v_i`` (its value in units of
+the block's step, after the block's scale and minimum are fixed): when ``v_i`` lies within
+``delta`` of a rounding boundary, strictly off the exact tie, the weight takes the neighbouring
+level on the side ``s_i`` names (:func:`weightprint.quant.base.keyed_level`). These are the
+*candidate* weights: a fraction about ``2 delta`` of a fixed-scale type's weights, half of
+which llama.cpp would have rounded the other way. Scales, minimums, ties and all other weights
+are llama.cpp's, so a copy differs from the unmarked quantization in about a fraction ``delta``
+of its weights, by one level each. Float targets (F16/BF16/F32) are marked on the Q8_0 grid:
+candidate weights take the value of their key-side Q8_0 level.
 
 Detection (non-blind)
 ---------------------
-With the original ``x`` and a leak ``y`` aligned to it, the residual ``r = y - x`` is turned
-into scores ``c_i = clip(r_i / u_i / m_t, -CLIP, CLIP)`` where ``u_i`` is a type-free block
-scale of the original (``amax/127`` per 32 weights) and ``m_t`` a robust scale of tensor ``t``;
-both come from ``x`` and ``y`` only. The statistic is ``T = sum_i c_i s_i``.
+The candidates and their two levels depend only on the original ``x``, the copy's target type
+per tensor and ``delta`` (never on a key): quantizing ``x`` with every direction +1 and with
+every direction -1 gives ``y_up`` and ``y_dn``, which differ exactly at the candidates. For a
+leak ``y`` aligned to the original, each candidate scores where ``y`` sits between its two
+levels::
+
+    c_i = clip((y_i - (y_up_i + y_dn_i) / 2) / ((y_up_i - y_dn_i) / 2), -1, 1)
+
+(``+1`` at the level ``s_i = +1`` picks, ``-1`` at the other), and 0 elsewhere. The statistic is
+``T = sum_i c_i s_i``: for the copy itself every term is +1, so ``z = sqrt(#candidates)``.
 
 H0: the leak was not produced from this copy. Then the key's signs are independent of ``c``
 (the signs are a pseudo-random function of a key the leak never saw), so conditionally on
@@ -30,7 +37,7 @@ H0: the leak was not produced from this copy. Then the key's signs are independe
   (Berry-Esseen, Shevtsova's constant).
 
 The p-value is the smaller of the two bounds: valid whatever the leak (no approximation),
-close to uniform under H0 for p above ~1e-4 (Berry-Esseen term) and astronomically small in
+close to uniform under H0 for p above ~1e-3 (Berry-Esseen term) and astronomically small in
 the tail (Hoeffding) when the copy is the source of the leak.
 """
 
@@ -44,35 +51,18 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from scipy import special
 
-from weightprint.constants import QType
+from weightprint.constants import DEFAULT_MARK_DELTA, QType
+from weightprint.errors import UnsupportedQuantType
 from weightprint.mark.keys import CopyKey
+from weightprint.quant import KeyedRounding, dequantize, kernel, quantize
 
-SCHEME_VERSION = "wp-round-v1"
-DEFAULT_DELTA = 0.02
+SCHEME_VERSION = "wp-round-v2"
+DEFAULT_DELTA = DEFAULT_MARK_DELTA
 MIN_ELEMENTS = 4096
-CLIP = 4.0
-_SCALE_SAMPLE = 1 << 16  # entries (a fixed stride) used for a tensor's robust scale
 BERRY_ESSEEN_C = 0.56
 LN10 = math.log(10.0)
-
-# (block size, kind, levels): step = amax/levels ("sym") or (max(0,max) - min(0,min))/levels ("asym")
-_STEP_RULES: dict[QType, tuple[int, str, float]] = {
-    QType.Q8_0: (32, "sym", 127.0),
-    QType.Q4_0: (32, "sym", 8.0),
-    QType.Q4_1: (32, "asym", 15.0),
-    QType.Q5_0: (32, "sym", 16.0),
-    QType.Q5_1: (32, "asym", 31.0),
-    QType.Q2_K: (16, "asym", 3.0),
-    QType.Q3_K: (16, "sym", 4.0),
-    QType.Q4_K: (32, "asym", 15.0),
-    QType.Q5_K: (32, "asym", 31.0),
-    QType.Q6_K: (16, "sym", 32.0),
-}
-# Float targets have no rounding grid worth the name: mark them at the Q8_0 step (a shift
-# below Q8_0's own rounding noise), so that a float copy still carries a detectable mark.
-_FLOAT_RULE = (32, "sym", 127.0)
-_DEFAULT_RULE = (32, "sym", 8.0)  # other quantized types (IQ*, TQ*): a 4-bit-like grid
-_UNIT_RULE = (32, "sym", 127.0)  # detection's type-free block scale
+FLOAT_GRID = QType.Q8_0  # the grid a float (F16/BF16/F32) copy is marked on
+_FLOAT_TYPES = (QType.F32, QType.F16, QType.BF16)
 
 
 def is_marked_tensor(name: str, shape: tuple[int, ...]) -> bool:
@@ -83,32 +73,20 @@ def is_marked_tensor(name: str, shape: tuple[int, ...]) -> bool:
     return n >= MIN_ELEMENTS and "norm" not in name
 
 
-def step_rule(qtype: QType | None) -> tuple[int, str, float]:
-    if qtype is None or qtype in (QType.F32, QType.F16, QType.BF16):
-        return _FLOAT_RULE
-    return _STEP_RULES.get(qtype, _DEFAULT_RULE)
+def grid_type(qtype: QType | None, cols: int) -> QType | None:
+    """The grid a tensor stored as ``qtype`` (rows of ``cols`` weights) is marked on, or None.
 
-
-def block_steps(values: np.ndarray, rule: tuple[int, str, float]) -> np.ndarray:
-    """Per-block quantization step of a 2-D float32 array, shape ``(rows, n_blocks)``.
-
-    Blocks run along the last axis (GGML rows); a row whose length is not a multiple of the
-    block size is treated as one block.
+    Grid types mark on their own grid; float types on Q8_0's; other types (dequantize-only
+    IQ*/TQ*) and rows that are not whole blocks carry no mark.
     """
-    block, kind, levels = rule
-    rows, cols = values.shape
-    if cols % block:
-        block = cols
-    v = values.reshape(rows, cols // block, block)
-    if kind == "sym":
-        step = np.abs(v).max(axis=2) / np.float32(levels)
-    else:
-        step = (np.maximum(v.max(axis=2), 0) - np.minimum(v.min(axis=2), 0)) / np.float32(levels)
-    return step.astype(np.float32, copy=False)
-
-
-def _expand(step: np.ndarray, cols: int) -> np.ndarray:
-    return np.repeat(step, cols // step.shape[1], axis=1)
+    grid = FLOAT_GRID if qtype is None or qtype in _FLOAT_TYPES else QType(qtype)
+    try:
+        k = kernel(grid)
+    except UnsupportedQuantType:
+        return None
+    if not k.supports_rounding or cols % k.block_size:
+        return None
+    return grid
 
 
 def sign_bits(key: CopyKey, name: str, n: int) -> np.ndarray:
@@ -124,11 +102,32 @@ def signs(key: CopyKey, name: str, n: int) -> np.ndarray:
     return bits.astype(np.float32) * 2.0 - 1.0
 
 
-def embed_tensor(name: str, values: np.ndarray, qtype: QType | None, key: CopyKey,
-                 *, delta: float = DEFAULT_DELTA) -> np.ndarray:
-    """Shift a float32 tensor by ``delta * step * s`` before it is quantized to ``qtype``.
+def _directions(key: CopyKey, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    n = int(np.prod(shape))
+    bits = np.unpackbits(sign_bits(key, name, n), count=n).astype(np.int8)
+    return (bits * 2 - 1).astype(np.int8).reshape(shape)
 
-    Tensors the scheme does not mark (1-D, norms, small) are returned unchanged.
+
+def level_pair(values: np.ndarray, grid: QType, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(y_up, y_dn)``: ``values`` quantized to ``grid`` and back with every direction +1 / -1.
+
+    They differ exactly at the candidate weights (within ``delta`` of a rounding boundary).
+    """
+    x = np.ascontiguousarray(values, dtype=np.float32)
+    ones = np.ones(x.shape, dtype=np.int8)
+    up = dequantize(quantize(x, grid, rounding=ones, delta=delta), grid, shape=x.shape)
+    np.negative(ones, out=ones)
+    dn = dequantize(quantize(x, grid, rounding=ones, delta=delta), grid, shape=x.shape)
+    return up, dn
+
+
+def embed_tensor(name: str, values: np.ndarray, qtype: QType | None, key: CopyKey,
+                 *, delta: float = DEFAULT_DELTA) -> np.ndarray | KeyedRounding:
+    """Mark one tensor of a copy whose target type for it is ``qtype``.
+
+    Returns the values unchanged for tensors the scheme does not mark (1-D, norms, small,
+    no grid); a :class:`~weightprint.quant.KeyedRounding` (the key's directions) for a grid
+    target, which the quantizer applies; marked float values for a float target.
 
     Parameters
     ----------
@@ -137,83 +136,49 @@ def embed_tensor(name: str, values: np.ndarray, qtype: QType | None, key: CopyKe
     values : numpy.ndarray
         float32 values in Hugging Face layout.
     qtype : QType or None
-        The tensor's target storage type (selects the step); None means a float target.
+        The tensor's target storage type; None means a float target.
     key : CopyKey
         The copy's key.
     delta : float, *optional*, defaults to ``DEFAULT_DELTA``
-        Shift in units of the local quantization step.
+        Width of the steered band around each rounding boundary, in level units.
     """
     if not is_marked_tensor(name, values.shape):
         return values
+    grid = grid_type(qtype, int(values.shape[-1]))
+    if grid is None:
+        return values
     x = np.asarray(values, dtype=np.float32)
-    rows, cols = x.shape
-    rule = step_rule(qtype)
-    block, kind, levels = rule
-    if cols % block:
-        block = cols
-    flat = np.ascontiguousarray(x).reshape(-1)
-    bits = sign_bits(key, name, flat.size)
-    out = _embed_blocks(flat, bits, block, np.float32(delta), np.float32(levels), kind == "sym")
-    return out.reshape(rows, cols)
+    dirs = _directions(key, name, x.shape)
+    if qtype is not None and qtype not in _FLOAT_TYPES:
+        return KeyedRounding(x, dirs, float(delta))
+    up, dn = level_pair(x, grid, delta)
+    return np.where(up != dn, np.where(dirs > 0, up, dn), x).astype(np.float32, copy=False)
 
 
-@numba.njit(cache=True, nogil=True)
-def _embed_blocks(x: np.ndarray, bits: np.ndarray, block: int, delta: np.float32, levels: np.float32,
-                  sym: bool) -> np.ndarray:  # pragma: no cover - numba
-    """One pass per block: step from the block's range, shift all but its max and min weight."""
-    out = np.empty_like(x)
-    for b0 in range(0, x.shape[0], block):
-        hi = x[b0]
-        lo = x[b0]
-        ihi = b0
-        ilo = b0
-        for i in range(b0, b0 + block):
-            v = x[i]
-            if v > hi:
-                hi = v
-                ihi = i
-            if v < lo:
-                lo = v
-                ilo = i
-        if sym:
-            step = max(abs(hi), abs(lo)) / levels
-        else:
-            step = (max(hi, np.float32(0.0)) - min(lo, np.float32(0.0))) / levels
-        amp = delta * step
-        for i in range(b0, b0 + block):
-            sign = np.float32(((bits[i >> 3] >> (7 - (i & 7))) & 1) * 2 - 1)
-            out[i] = x[i] + amp * sign
-        out[ihi] = x[ihi]
-        out[ilo] = x[ilo]
-    return out
+def keyed_scores(original: np.ndarray, leaked: np.ndarray, grid: QType, delta: float) -> tuple[np.ndarray, int]:
+    """Scores ``c`` (float32, flat) of a leaked tensor and the number of candidates.
 
-
-def residual_scores(original: np.ndarray, leaked: np.ndarray) -> np.ndarray | None:
-    """Scores ``c`` (float32, flat) of a leaked tensor against the original; None if empty.
-
-    ``c_i = clip(r_i / u_i / m, -CLIP, CLIP)`` with ``r = leaked - original``, ``u`` the
-    type-free block scale of the original and ``m`` 1.4826 × the median of ``|r/u|`` over (a fixed-stride sample of) the
-    tensor (mean absolute value where the median is 0). Entries with a zero scale or a
-    non-finite residual score 0. Depends on the two tensors only (never on a key).
+    ``c_i = clip((y_i - mid_i) / half_i, -1, 1)`` at the candidates of the original on
+    ``grid`` (``mid``, ``half``: centre and half-distance of the up and down levels), 0
+    elsewhere and where the leak is not finite. Depends on the original, the leak, the grid and
+    ``delta`` only (never on a key).
     """
-    x = np.asarray(original, dtype=np.float32)
-    y = np.asarray(leaked, dtype=np.float32)
-    rows, cols = x.shape
-    unit = _expand(block_steps(x, _UNIT_RULE), cols)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        c = (y - x) / unit
-    c[~np.isfinite(c)] = 0.0
-    c = c.reshape(-1)
-    stride = max(1, c.size // _SCALE_SAMPLE)
-    a = np.abs(c[::stride])
-    m = float(np.median(a))
-    if m == 0.0:
-        m = float(a.mean())
-    if m == 0.0 or not math.isfinite(m):
-        return None
-    c *= np.float32(1.0 / (1.4826 * m))
-    np.clip(c, -CLIP, CLIP, out=c)
-    return c
+    up, dn = level_pair(original, grid, delta)
+    y = np.asarray(leaked, dtype=np.float32).reshape(-1)
+    up = up.reshape(-1)
+    dn = dn.reshape(-1)
+    idx = np.flatnonzero(up != dn)
+    c = np.zeros(y.size, dtype=np.float32)
+    if idx.size == 0:
+        return c, 0
+    u = up[idx]
+    d = dn[idx]
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = (y[idx] - (u + d) * np.float32(0.5)) / ((u - d) * np.float32(0.5))
+    v[~np.isfinite(v)] = 0.0
+    np.clip(v, -1.0, 1.0, out=v)
+    c[idx] = v
+    return c, int(idx.size)
 
 
 @numba.njit(cache=True, nogil=True)

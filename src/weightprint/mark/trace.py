@@ -1,9 +1,11 @@
 """Test a leaked model against every registered copy: one correlation test per copy.
 
 The work is one pass over the tensors the leak shares with the original: align a layer,
-turn its residual into scores (:func:`weightprint.mark.scheme.residual_scores`), and add
-``sum c_i s_i`` for every copy's key. Peak memory is one layer; time is one dequantization of
-each model plus one ChaCha20 stream and one dot product per copy and tensor.
+score the leak at the original's candidate weights for each distinct (file type, delta) among
+the copies (:func:`weightprint.mark.scheme.keyed_scores`), and add ``sum c_i s_i`` for every
+copy's key. Peak memory is one layer; time is one dequantization of each model, two keyed
+quantizations of the original per distinct file type, and one ChaCha20 stream and one dot
+product per copy and tensor.
 """
 
 from __future__ import annotations
@@ -13,35 +15,40 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from weightprint.constants import parse_file_type
+from weightprint.convert import plan_tensor_types
 from weightprint.errors import NotComparableError
 from weightprint.io.model import Model
 from weightprint.mark.align import AlignmentReport, aligned_pairs
 from weightprint.mark.keys import CopyKey
 from weightprint.mark.scheme import (
+    DEFAULT_DELTA,
     SCHEME_VERSION,
     Accumulator,
     correlate,
+    grid_type,
     is_marked_tensor,
+    keyed_scores,
     power_sums,
-    residual_scores,
 )
 from weightprint.results import TestResult, format_pvalue
 
 NULL_HYPOTHESIS = (
-    "the leaked model was not produced from this copy: the copy's key-derived signs are "
-    "independent of the leak's residual against the original"
+    "the leaked model was not produced from this copy: the copy's key-derived rounding "
+    "directions are independent of where the leak sits between the original's two candidate levels"
 )
 METHOD = "min(Hoeffding, normal + Berry-Esseen) bound on a sum of fair random signs, conditional on the residual"
 
 
 @dataclass(frozen=True)
 class CopyTest:
-    """One candidate copy to test: a label for reports and its key (never serialised)."""
+    """One candidate copy to test: a label for reports, its type and band, and its key (never serialised)."""
 
     issue_id: str
     recipient: str
     file_type: str
     key: CopyKey = field(repr=False, compare=False)
+    delta: float = DEFAULT_DELTA
 
 
 @dataclass
@@ -71,7 +78,9 @@ def copy_test_result(copy: CopyTest, acc: Accumulator, n_copies: int) -> TestRes
             "issue_id": copy.issue_id,
             "recipient": copy.recipient,
             "file_type": copy.file_type,
+            "delta": copy.delta,
             "scheme_version": SCHEME_VERSION,
+            "n_candidates": acc.n,
             "sum_scores_signs": acc.statistic,
             "sum_scores_squared": acc.sum_sq,
             "z": acc.z,
@@ -108,6 +117,10 @@ def correlate_leak(
     t0 = time.perf_counter()
     report = AlignmentReport()
     accs = [Accumulator() for _ in copies]
+    groups: dict[tuple[str, float], list[int]] = {}
+    for k, copy in enumerate(copies):
+        groups.setdefault((copy.file_type, float(copy.delta)), []).append(k)
+    plans = {ft: plan_tensor_types(original, parse_file_type(ft)) for ft, _ in groups}
     n_total = sum(1 for t in original.tensor_infos() if is_marked_tensor(t.name, tuple(t.shape)))
     done = 0
     for name, x, y in aligned_pairs(original, leaked, report, undo_permutations=undo_permutations):
@@ -116,12 +129,16 @@ def correlate_leak(
             progress(done, n_total, name)
         if tensor_filter is not None and not tensor_filter(name):
             continue
-        c = residual_scores(x, y)
-        if c is None:
-            continue
-        sum_sq, sum_cube = power_sums(c)
-        for acc, copy in zip(accs, copies):
-            acc.add(name, correlate(c, copy.key, name), sum_sq, sum_cube, c.size)
+        for (ft, delta), members in groups.items():
+            grid = grid_type(plans[ft].get(name), int(x.shape[-1]))
+            if grid is None:
+                continue
+            c, n_cand = keyed_scores(x, y, grid, delta)
+            if n_cand == 0:
+                continue
+            sum_sq, sum_cube = power_sums(c)
+            for k in members:
+                accs[k].add(name, correlate(c, copies[k].key, name), sum_sq, sum_cube, n_cand)
     if progress is not None:
         progress(n_total, n_total, "done")
     if report.n_tensors == 0:
