@@ -96,16 +96,16 @@ def sign_bits(key: CopyKey, name: str, n: int) -> np.ndarray:
     return np.frombuffer(enc.update(bytes(nbytes)), dtype=np.uint8)
 
 
+def _directions(key: CopyKey, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The key's rounding directions (int8 ±1) of tensor ``name``, in its Hugging Face ``shape``."""
+    n = int(np.prod(shape))
+    bits = np.unpackbits(sign_bits(key, name, n), count=n).view(np.int8)
+    return (bits * 2 - 1).reshape(shape)
+
+
 def signs(key: CopyKey, name: str, n: int) -> np.ndarray:
     """The ±1 pattern (float32, length ``n``) of tensor ``name`` under ``key``."""
-    bits = np.unpackbits(sign_bits(key, name, n), count=n)
-    return bits.astype(np.float32) * 2.0 - 1.0
-
-
-def _directions(key: CopyKey, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    n = int(np.prod(shape))
-    bits = np.unpackbits(sign_bits(key, name, n), count=n).astype(np.int8)
-    return (bits * 2 - 1).astype(np.int8).reshape(shape)
+    return _directions(key, name, (n,)).astype(np.float32)
 
 
 def level_pair(values: np.ndarray, grid: QType, delta: float) -> tuple[np.ndarray, np.ndarray]:
