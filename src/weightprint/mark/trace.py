@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from weightprint.constants import parse_file_type
+from weightprint.constants import QType, parse_file_type
 from weightprint.convert import plan_tensor_types
 from weightprint.errors import NotComparableError
 from weightprint.io.model import Model
@@ -129,10 +129,13 @@ def correlate_leak(
             progress(done, n_total, name)
         if tensor_filter is not None and not tensor_filter(name):
             continue
+        # copies of different file types often share a tensor's grid (Q8_0, Q6_K...): score it once
+        by_grid: dict[tuple[QType, float], list[int]] = {}
         for (ft, delta), members in groups.items():
             grid = grid_type(plans[ft].get(name), int(x.shape[-1]))
-            if grid is None:
-                continue
+            if grid is not None:
+                by_grid.setdefault((grid, delta), []).extend(members)
+        for (grid, delta), members in by_grid.items():
             c, n_cand = keyed_scores(x, y, grid, delta)
             if n_cand == 0:
                 continue
