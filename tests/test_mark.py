@@ -440,12 +440,12 @@ def test_verify_exact_then_watermark(tiny):
     from weightprint.convert import convert
 
     r = verify_file(tiny["copies"]["carol"].output, registry_url=tiny["url"], key_file=tiny["key_file"])
-    assert r.match == "exact" and r.record.recipient == "carol"
+    assert r.match == "exact" and r.record.recipient == "carol" and r.evidence_found
     out = tiny["dir"] / "carol-q8-verify.gguf"
     if not out.exists():
         convert(tiny["copies"]["carol"].output, out, file_type="Q8_0")
     r = verify_file(out, registry_url=tiny["url"], key_file=tiny["key_file"])
-    assert r.match == "watermark" and r.verdict.accused_recipient == "carol"
+    assert r.match == "watermark" and r.trace.accused_recipient == "carol" and r.verdict == "watermark"
     json.dumps(r.to_dict())
 
 

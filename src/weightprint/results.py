@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from scipy import special, stats
@@ -85,6 +85,44 @@ class TestResult:
         d["pvalue"] = self.pvalue
         d["pvalue_text"] = self.pvalue_text()
         return _jsonable(d)
+
+
+class VerdictResult:
+    """The one verdict protocol every command's result follows (lineage, exact, trace, verify,
+    compare, contamination, scan...).
+
+    A subclass (usually a dataclass) provides
+
+    - ``verdict``: a short string (``"derived"``, ``"accused"``, ``"same"``, ``"no evidence"``...);
+    - ``EVIDENCE_VERDICTS``: the verdicts that mean "evidence found" (exit code 1 in the CLI);
+    - ``evidence``: the :class:`TestResult` objects the verdict rests on (may be empty);
+    - ``summary()``: one line for people; ``to_dict()``: JSON-ready data for machines.
+
+    ``evidence_found`` and :func:`exit_code` are derived from these, so the CLI maps every
+    verdict to its exit code in one place: 0 = no evidence / done, 1 = evidence, 2 = error.
+    """
+
+    EVIDENCE_VERDICTS: ClassVar[frozenset[str]] = frozenset()
+
+    @property
+    def evidence_found(self) -> bool:
+        """True when ``verdict`` is one of ``EVIDENCE_VERDICTS``."""
+        return str(getattr(self, "verdict")) in self.EVIDENCE_VERDICTS
+
+    @property
+    def evidence(self) -> list[TestResult]:
+        return []
+
+    def summary(self) -> str:
+        return str(getattr(self, "verdict"))
+
+
+EXIT_OK, EXIT_EVIDENCE, EXIT_ERROR = 0, 1, 2
+
+
+def exit_code(result: Any) -> int:
+    """The CLI's exit code for a result: 1 when it is a :class:`VerdictResult` with evidence, else 0."""
+    return EXIT_EVIDENCE if isinstance(result, VerdictResult) and result.evidence_found else EXIT_OK
 
 
 def format_pvalue(log10_p: float) -> str:

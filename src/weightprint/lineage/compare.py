@@ -33,7 +33,7 @@ from weightprint.lineage.stats import (
 )
 from scipy import special
 
-from weightprint.results import TestResult, format_pvalue, to_jsonable
+from weightprint.results import TestResult, VerdictResult, format_pvalue, to_jsonable
 from weightprint.io.open import open_or_borrow
 
 __all__ = ["LineageResult", "compare_fingerprints", "compare_models", "residual_matching"]
@@ -46,7 +46,7 @@ PERMUTED_RESIDUAL_NOTE = 0.5  # matched mean similarity above which a permuted r
 
 
 @dataclass
-class LineageResult:
+class LineageResult(VerdictResult):
     """Verdict of a white-box lineage test between A (reference) and B (suspect).
 
     Attributes
@@ -100,9 +100,18 @@ class LineageResult:
         """log10 of the combined p-value (0.0 when not comparable)."""
         return self.combined.log10_pvalue if self.combined is not None else 0.0
 
+    EVIDENCE_VERDICTS = frozenset({"derived"})
+
     @property
     def significant(self) -> bool:
         return self.verdict == "derived"
+
+    @property
+    def evidence(self) -> list[TestResult]:
+        return ([self.combined] if self.combined is not None else []) + list(self.components)
+
+    def summary(self) -> str:
+        return f"{self.verdict} ({format_pvalue(self.log10_pvalue)}): {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(

@@ -22,7 +22,7 @@ import numpy as np
 from weightprint.constants import QUANT_SIZES, FileType, QType
 from weightprint.errors import WeightprintError
 from weightprint.io.model import Model
-from weightprint.results import to_jsonable
+from weightprint.results import VerdictResult, to_jsonable
 from weightprint.io.open import open_or_borrow
 
 __all__ = ["ExactResult", "TensorDifference", "exact_derivation"]
@@ -59,7 +59,7 @@ class TensorDifference:
 
 
 @dataclass
-class ExactResult:
+class ExactResult(VerdictResult):
     """Answer of :func:`exact_derivation`.
 
     Attributes
@@ -99,8 +99,19 @@ class ExactResult:
     imatrix: bool = False
     seconds: float = 0.0
 
+    EVIDENCE_VERDICTS = frozenset({"exact"})
+
+    @property
+    def verdict(self) -> str:
+        """``exact`` (QUANT is SOURCE quantized by llama.cpp, byte for byte) or ``not exact``."""
+        return "exact" if self.exact else "not exact"
+
+    def summary(self) -> str:
+        return self.reason
+
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
+        d["verdict"] = self.verdict
         d["differing"] = [x.to_dict() for x in self.differing]
         return to_jsonable(d)
 

@@ -28,7 +28,7 @@ from weightprint.mark.registry import (
 )
 from weightprint.mark.scheme import DEFAULT_DELTA, SCHEME_VERSION, embed_tensor, is_marked_tensor
 from weightprint.mark.trace import CopyTest, correlate_leak
-from weightprint.results import TestResult, format_pvalue
+from weightprint.results import TestResult, VerdictResult, format_pvalue
 from weightprint.testing.models import file_sha256
 
 DEFAULT_ALPHA = 1e-9
@@ -110,7 +110,7 @@ class RecipientTest:
 
 
 @dataclass(frozen=True)
-class TraceVerdict:
+class TraceVerdict(VerdictResult):
     """Result of :func:`trace_leak`.
 
     ``accused`` holds the copies whose Bonferroni-corrected p-value (over all copies tested)
@@ -129,6 +129,17 @@ class TraceVerdict:
     alignment: dict[str, Any]
     n_weights: int
     seconds: float
+
+    EVIDENCE_VERDICTS = frozenset({"accused"})
+
+    @property
+    def verdict(self) -> str:
+        """``accused`` (some copy's corrected p-value is below alpha) or ``no evidence``."""
+        return "accused" if self.accused else "no evidence"
+
+    @property
+    def evidence(self) -> list[TestResult]:
+        return [t.result for t in self.tests]
 
     @property
     def accused_recipient(self) -> str | None:
@@ -155,6 +166,7 @@ class TraceVerdict:
             "source_sha256": self.source_sha256,
             "alpha": self.alpha,
             "n_copies": self.n_copies,
+            "verdict": self.verdict,
             "accused": [a.recipient for a in self.accused],
             "accused_issue_ids": [a.issue_id for a in self.accused],
             "false_accusation_bound": self.false_accusation_bound,
@@ -168,15 +180,33 @@ class TraceVerdict:
 
 
 @dataclass(frozen=True)
-class VerifyResult:
+class VerifyResult(VerdictResult):
     """Result of :func:`verify_file`: ``match`` is ``exact``, ``watermark`` or ``none``."""
 
     path: str
     sha256: str
     match: str
     record: CopyRecord | None = None
-    verdict: TraceVerdict | None = None
+    trace: TraceVerdict | None = None
     note: str = ""
+
+    EVIDENCE_VERDICTS = frozenset({"exact copy", "watermark"})
+
+    @property
+    def verdict(self) -> str:
+        """``exact copy``, ``watermark`` or ``no match``."""
+        return {"exact": "exact copy", "watermark": "watermark"}.get(self.match, "no match")
+
+    @property
+    def evidence(self) -> list[TestResult]:
+        return self.trace.evidence if self.trace is not None else []
+
+    def summary(self) -> str:
+        if self.match == "exact" and self.record is not None:
+            return f"exact copy issued to `{self.record.recipient}` (issue {self.record.issue_id})"
+        if self.match == "watermark" and self.trace is not None:
+            return f"watermark: {self.trace.summary()}"
+        return f"no registered copy matches {self.path}" + (f" ({self.note})" if self.note else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -184,7 +214,8 @@ class VerifyResult:
             "sha256": self.sha256,
             "match": self.match,
             "record": self.record.to_dict() if self.record else None,
-            "verdict": self.verdict.to_dict() if self.verdict else None,
+            "verdict": self.verdict,
+            "trace": self.trace.to_dict() if self.trace else None,
             "note": self.note,
         }
 
@@ -526,5 +557,5 @@ def verify_file(
             last_error = e  # recorded source file changed since issue
             continue
         match = "watermark" if verdict.accused else "none"
-        return VerifyResult(str(p), sha, match, verdict=verdict, note=verdict.summary())
+        return VerifyResult(str(p), sha, match, trace=verdict, note=verdict.summary())
     return VerifyResult(str(p), sha, "none", note=f"no registered source is comparable: {last_error}")

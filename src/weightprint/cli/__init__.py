@@ -1,0 +1,21 @@
+"""The ``weightprint`` command line: a thin Typer layer over the library.
+
+Layout: ``_common.py`` holds the app, error handling, progress bars and :func:`finish` (the one
+verdict -> exit code map); each command group is a module that registers its commands on
+import. A new command group is a new module here, imported below.
+"""
+
+from __future__ import annotations
+
+from weightprint.cli._common import app
+from weightprint.cli import model as _model  # noqa: F401  (registers commands, in --help order)
+from weightprint.cli import mark as _mark  # noqa: F401
+from weightprint.cli import lineage as _lineage  # noqa: F401
+from weightprint.cli import demo as _demo  # noqa: F401
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
