@@ -116,7 +116,7 @@ def inspect_model(path: str | Path | Model, *, sha256: bool = False) -> InspectR
         Also hash the whole file (reads every byte; off by default).
     """
     from weightprint.io import open_model
-    from weightprint.testing.models import file_sha256
+    from weightprint.io import file_sha256
 
     model = path if isinstance(path, Model) else open_model(path)
     try:

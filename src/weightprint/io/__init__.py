@@ -1,6 +1,7 @@
 """Reading and writing model files: GGUF, safetensors, Hugging Face directories."""
 
 from weightprint.io.gguf_file import GGUFModel, StringArray, TensorSpec, copy_metadata_for_write, write_gguf
+from weightprint.io.hashing import file_sha256, model_sha256
 from weightprint.io.hf import HFModel, write_hf_dir
 from weightprint.io.model import Model, TensorInfo, TokenizerInfo
 from weightprint.io.names import (
@@ -24,9 +25,11 @@ __all__ = [
     "TensorSpec",
     "TokenizerInfo",
     "copy_metadata_for_write",
+    "file_sha256",
     "from_stored_layout",
     "gguf_to_hf_name",
     "hf_to_gguf_name",
+    "model_sha256",
     "open_model",
     "permute_qk",
     "to_stored_layout",

