@@ -35,6 +35,7 @@ from scipy import special
 
 from weightprint.results import TestResult, VerdictResult, format_pvalue, to_jsonable
 from weightprint.io.open import open_or_borrow
+from weightprint.progress import ProgressCallback, no_progress
 
 __all__ = ["LineageResult", "compare_fingerprints", "compare_models", "residual_matching"]
 
@@ -389,6 +390,7 @@ def compare_models(
     rng: np.random.Generator | int | None = None,
     alpha: float = DEFAULT_ALPHA,
     max_tokens: int = 4096,
+    progress: ProgressCallback | None = None,
 ) -> LineageResult:
     """Test H0 "B was trained independently of A" from the weights of both models.
 
@@ -410,6 +412,8 @@ def compare_models(
         Level below which the verdict is ``derived``.
     max_tokens : int, *optional*, defaults to 4096
         Shared tokens (matched by string) used for the embedding test.
+    progress : ProgressCallback, *optional*
+        Called at each of the three steps (fingerprint A, fingerprint B, tests).
 
     Returns
     -------
@@ -429,6 +433,7 @@ def compare_models(
     ('derived', 'p < 1e-120')
     """
     _validate_compare_models(n_resamples, alpha)
+    progress = progress or no_progress
     t0 = time.perf_counter()
     ma, close_a = open_or_borrow(a)
     try:
@@ -440,13 +445,12 @@ def compare_models(
             shared = set_a & set_b
             tokens = sample_tokens(vocab_a, limit=max_tokens, among=shared) if shared else []
             da, db = hidden_size_of(ma), hidden_size_of(mb)
-            if da is not None and db is not None and da != db:
-                # Nothing to compare in the weights: skip reading them, keep the metadata evidence.
-                fa = build_fingerprint(ma, tokens=[], weights=False)
-                fb = build_fingerprint(mb, tokens=[], weights=False)
-            else:
-                fa = build_fingerprint(ma, tokens=tokens)
-                fb = build_fingerprint(mb, tokens=tokens)
+            # Nothing to compare in the weights when the widths differ: skip reading them, keep the metadata evidence.
+            weights = not (da is not None and db is not None and da != db)
+            progress(0, 3, f"fingerprint {Path(str(ma.path)).name}")
+            fa = build_fingerprint(ma, tokens=tokens if weights else [], weights=weights)
+            progress(1, 3, f"fingerprint {Path(str(mb.path)).name}")
+            fb = build_fingerprint(mb, tokens=tokens if weights else [], weights=weights)
             merges_a = set(ma.tokenizer.merges or []) if ma.tokenizer is not None else set()
             merges_b = set(mb.tokenizer.merges or []) if mb.tokenizer is not None else set()
             tok = {
@@ -466,7 +470,9 @@ def compare_models(
     finally:
         if close_a:
             ma.close()
+    progress(2, 3, "tests")
     result = compare_fingerprints(fa, fb, n_resamples=n_resamples, rng=rng, alpha=alpha, tokenizer_evidence=tok)
+    progress(3, 3, "done")
     result.a = str(a.path if isinstance(a, Model) else a)
     result.b = str(b.path if isinstance(b, Model) else b)
     result.seconds = time.perf_counter() - t0
