@@ -30,6 +30,7 @@ from weightprint.lineage.fingerprint import (
 )
 from weightprint.results import to_jsonable
 from weightprint.io.open import open_or_borrow
+from weightprint.progress import ProgressCallback, no_progress
 
 __all__ = [
     "FingerprintResult",
@@ -141,6 +142,7 @@ def fingerprint_model(
     *,
     label: str | None = None,
     max_bytes: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> FingerprintResult:
     """Store the compact fingerprint of a reference model in a database.
 
@@ -154,6 +156,8 @@ def fingerprint_model(
         Name of the reference; defaults to the file name.
     max_bytes : int, *optional*
         Size cap; defaults to 1 MB per 1e9 parameters.
+    progress : ProgressCallback, *optional*
+        Called at each step (hash, fingerprint, store).
 
     Returns
     -------
@@ -168,6 +172,7 @@ def fingerprint_model(
     from sqlalchemy.exc import SQLAlchemyError
 
     t0 = time.perf_counter()
+    progress = progress or no_progress
     url = _normalize_url(db_url)
     engine = _engine(url)
     m, owned = open_or_borrow(model)
@@ -175,6 +180,7 @@ def fingerprint_model(
         sha = None
         p = Path(str(m.path))
         if p.is_file():
+            progress(0, 3, f"sha256 {p.name}")
             from weightprint.io import file_sha256
 
             sha = file_sha256(p)
@@ -198,12 +204,15 @@ def fingerprint_model(
                 f"fingerprint database {_redact(url)} already holds a reference labelled `{name}`",
                 hint="choose another label",
             )
+        progress(1, 3, f"fingerprint {name}")
         full = build_fingerprint(m, label=name)
     finally:
         if owned:
             m.close()
     budget = fingerprint_budget_bytes(full.n_parameters) if max_bytes is None else int(max_bytes)
+    progress(2, 3, "store")
     n_bytes, n_tokens = store_fingerprint(full, url, source_sha256=sha, max_bytes=budget)
+    progress(3, 3, "done")
     return FingerprintResult(name, _redact(url), n_bytes, budget, full.n_parameters, full.hidden_size,
                              full.n_layers, n_tokens, sha, False, time.perf_counter() - t0)
 
@@ -314,6 +323,7 @@ def search_fingerprints(
     rng: np.random.Generator | int | None = None,
     alpha: float = DEFAULT_ALPHA,
     components: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> list[LineageResult]:
     """Rank every stored reference by the p-value of "the suspect was trained independently of it".
 
@@ -334,6 +344,8 @@ def search_fingerprints(
         As in :func:`compare_models`; each reference gets the same seed.
     components : bool, *optional*, defaults to False
         Also run the per-component tests (slower; the combined test alone decides the rank).
+    progress : ProgressCallback, *optional*
+        Called before the suspect's fingerprint and before each reference's comparison.
 
     Returns
     -------
@@ -346,10 +358,12 @@ def search_fingerprints(
     WeightprintError
         Unreadable suspect, bad URL, or an empty database.
     """
+    progress = progress or no_progress
     url = _normalize_url(db_url)
     refs = _load_all(url)
     tokens: list[str] = list(dict.fromkeys(t for fp in refs for t in fp.tokens))
     m, owned = open_or_borrow(suspect)
+    progress(0, len(refs) + 1, "fingerprint the suspect")
     try:
         fs = build_fingerprint(m, tokens=tokens)
     finally:
@@ -357,7 +371,8 @@ def search_fingerprints(
             m.close()
     seed = int(rng.integers(2**62)) if isinstance(rng, np.random.Generator) else (0 if rng is None else int(rng))
     results: list[LineageResult] = []
-    for ref in refs:
+    for i, ref in enumerate(refs, 1):
+        progress(i, len(refs) + 1, f"compare with {ref.label}")
         r = compare_fingerprints(ref, fs, n_resamples=n_resamples, rng=seed, alpha=alpha, components=components)
         r.b = str(suspect.path if isinstance(suspect, Model) else suspect)
         results.append(r)
