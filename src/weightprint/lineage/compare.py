@@ -472,7 +472,6 @@ def compare_models(
             ma.close()
     progress(2, 3, "tests")
     result = compare_fingerprints(fa, fb, n_resamples=n_resamples, rng=rng, alpha=alpha, tokenizer_evidence=tok)
-    progress(3, 3, "done")
     result.a = str(a.path if isinstance(a, Model) else a)
     result.b = str(b.path if isinstance(b, Model) else b)
     result.seconds = time.perf_counter() - t0
