@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weightprint.progress import ProgressCallback, no_progress
+from weightprint.progress import ProgressCallback, no_progress, substep
 
 DEFAULT_RECIPIENTS = ("acme-labs", "globex", "initech", "umbrella", "hooli", "wayne-ent")
 
@@ -78,30 +78,31 @@ def run_demo(
     from weightprint.lineage.compare import compare_models
     from weightprint.mark.api import init_registry, issue_copy, trace_leak
     from weightprint.report import Report, Section
-    from weightprint.report.sections import inspect_section, lineage_section, trace_section
+    from weightprint.report.sections import section
     from weightprint.testing.derive import finetune
     from weightprint.testing.models import gemma3_path, smollm2_path
 
     if leaker not in recipients:
         raise WeightprintError(f"leaker `{leaker}` is not one of the recipients {list(recipients)}")
-    progress = progress or no_progress
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
     (out / "copies").mkdir(parents=True)
     seconds: dict[str, float] = {}
-    n_steps = 6 + len(recipients)
+    n_steps = 8 + len(recipients)
     step = 0
 
-    def tick(what: str) -> None:
+    def tick(what: str) -> ProgressCallback:
+        """Start the next step; the callback it returns reports the work inside the step."""
         nonlocal step
         step += 1
-        progress(step, n_steps, what)
+        (progress or no_progress)(step, n_steps, what)
+        return substep(progress, step, n_steps, what)
 
     t = time.perf_counter()
-    tick("original: SmolLM2 -> F16")
+    inner = tick("original: SmolLM2 -> F16")
     original = out / "original-f16.gguf"
-    convert(smollm2_path(), original, to="gguf", file_type="F16")
+    convert(smollm2_path(), original, to="gguf", file_type="F16", progress=inner)
     seconds["dequantize original"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -110,33 +111,37 @@ def run_demo(
     init_registry(registry, key_file)
     issued = []
     for r in recipients:
-        tick(f"issue Q4_K_M copy to {r}")
-        issued.append(issue_copy(original, r, "Q4_K_M", out / "copies" / f"{r}.gguf", registry_url=registry, key_file=key_file))
+        inner = tick(f"issue Q4_K_M copy to {r}")
+        issued.append(issue_copy(original, r, "Q4_K_M", out / "copies" / f"{r}.gguf", registry_url=registry,
+                                 key_file=key_file, progress=inner))
     seconds["issue copies"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    tick(f"leak: {leaker} dequantizes its copy")
+    inner = tick(f"leak: {leaker} dequantizes its copy")
     dequantized = out / "leak" / "dequantized-hf"
     dequantized.parent.mkdir()
-    convert(out / "copies" / f"{leaker}.gguf", dequantized, to="hf", dtype="float16")
+    convert(out / "copies" / f"{leaker}.gguf", dequantized, to="hf", dtype="float16", progress=inner)
     tick(f"leak: fine-tune {finetune_steps} steps")
     tuned = finetune(dequantized, out / "leak" / "finetuned-hf", steps=finetune_steps, lr=1e-4, seed=7)
     leaked = out / "leak" / f"miqu-135m.{leak_type}.gguf"
-    convert(tuned.path, leaked, to="gguf", file_type=leak_type)
+    inner = tick(f"leak: requantize to {leak_type}")
+    convert(tuned.path, leaked, to="gguf", file_type=leak_type, progress=inner)
     seconds["leak (dequantize, fine-tune, requantize)"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    tick("trace the leak")
-    verdict = trace_leak(leaked, source=original, registry_url=registry, key_file=key_file)
+    inner = tick("trace the leak")
+    verdict = trace_leak(leaked, source=original, registry_url=registry, key_file=key_file, progress=inner)
     seconds["trace"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    tick("lineage: leak vs original, leak vs Gemma 3")
-    lineage_original = compare_models(original, leaked, rng=0)
+    inner = tick("lineage: leak vs original")
+    lineage_original = compare_models(original, leaked, rng=0, progress=inner)
+    inner = tick("lineage: leak vs Gemma 3")
     gemma = gemma3_path()
-    lineage_gemma = compare_models(gemma, leaked, rng=0)
+    lineage_gemma = compare_models(gemma, leaked, rng=0, progress=inner)
     seconds["lineage"] = time.perf_counter() - t
 
+    tick("report")
     report = Report(
         "weightprint demo: who leaked the model?",
         subtitle=(
@@ -144,9 +149,9 @@ def run_demo(
             f"`{leaker}`'s copy was dequantized, fine-tuned {finetune_steps} steps and requantized to {leak_type}."
         ),
     )
-    report.add(trace_section(verdict, heading="1. Which recipient leaked it?"))
-    report.add(lineage_section(lineage_original, heading="2. Is the leak derived from our model?"))
-    report.add(lineage_section(lineage_gemma, heading="3. Is it derived from Gemma 3 270M instead?"))
+    report.add(section(verdict, heading="1. Which recipient leaked it?"))
+    report.add(section(lineage_original, heading="2. Is the leak derived from our model?"))
+    report.add(section(lineage_gemma, heading="3. Is it derived from Gemma 3 270M instead?"))
     report.add(
         Section(
             "4. How the leak was made",
@@ -161,7 +166,7 @@ def run_demo(
         )
     )
     for label, path in (("original", original), ("leak", leaked), ("Gemma 3", gemma)):
-        report.add(inspect_section(inspect_model(path), heading=f"5. Model facts: {label}"))
+        report.add(section(inspect_model(path), heading=f"5. Model facts: {label}"))
     html_path, json_path = out / "report.html", out / "report.json"
     report.write(html_path, json_path)
     return DemoResult(

@@ -16,7 +16,7 @@ import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -24,7 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from weightprint.errors import WeightprintError
-from weightprint.results import EXIT_ERROR, EXIT_EVIDENCE, EXIT_OK, exit_code, to_jsonable
+from weightprint.progress import ProgressCallback, ProgressLog, no_progress
+from weightprint.results import EXIT_ERROR, EXIT_EVIDENCE, EXIT_OK, VerdictResult, exit_code, to_jsonable
 
 app = typer.Typer(
     name="weightprint",
@@ -72,26 +73,52 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+PROGRESS_LOG_INTERVAL = 5.0
+"""Seconds between two progress lines of the same step when stderr is not a terminal."""
+
+
 @contextmanager
-def progress_bar(description: str) -> Iterator[Callable[[int, int, str], None]]:
-    """A rich progress bar on stderr, as a ``progress(done, total, description)`` callback."""
-    quiet = os.environ.get("WEIGHTPRINT_QUIET") == "1"
-    bar = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=quiet,
-    )
-    task = bar.add_task(description, total=None)
+def progress_bar(description: str, *, steps: bool = False) -> Iterator[ProgressCallback]:
+    """Show a library call's progress on stderr, as a :data:`~weightprint.progress.ProgressCallback`.
 
-    def update(done: int, total: int, what: str) -> None:
-        bar.update(task, completed=done, total=total, description=f"{description} {what}"[:80])
+    On a terminal: a rich bar (colourless under ``NO_COLOR``). Otherwise (piped, CI): one log
+    line per step with the elapsed time, ``[12.3s] demo: issue Q4_K_M copy to globex (3/12)``,
+    at most one line every few seconds within a step (see :class:`~weightprint.progress.ProgressLog`).
+    ``WEIGHTPRINT_QUIET=1``: nothing. ``steps``: each description the library reports is a step
+    of the job (the demo); otherwise it is a detail of one step (a tensor name).
+    """
+    if os.environ.get("WEIGHTPRINT_QUIET") == "1":
+        yield no_progress
+        return
+    if err_console.is_terminal and not err_console.is_dumb_terminal:
+        bar = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+        task = bar.add_task(description, total=None)
 
-    with bar:
-        yield update
+        def update(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total or None, description=f"{description} {what}"[:80])
+
+        with bar:
+            yield update
+        return
+    log = ProgressLog(description, _log_line, interval=PROGRESS_LOG_INTERVAL, steps=steps)
+    try:
+        yield log
+    except BaseException:
+        log.close(done=False)
+        raise
+    log.close()
+
+
+def _log_line(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def emit_json(obj: Any) -> None:
@@ -111,15 +138,19 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 HtmlOpt = Annotated[Optional[Path], typer.Option("--html", help="Also write an HTML report (and a .json beside it).")]
 
 
-def write_report(path: Path | None, title: str, *sections: Any) -> None:
-    """Write an HTML report (and its JSON twin) of ``sections`` when ``--html`` was given."""
+def write_report(path: Path | None, title: str, *results: object) -> None:
+    """Write an HTML report (and its JSON twin) of ``results`` when ``--html`` was given.
+
+    Each result becomes its section by type (:func:`weightprint.report.sections.section`).
+    """
     if path is None:
         return
     from weightprint.report import Report
+    from weightprint.report.sections import section
 
     report = Report(title)
-    for section in sections:
-        report.add(section)
+    for result in results:
+        report.add(section(result))
     report.write(path, path.with_suffix(".json"))
     err_console.print(f"report: {path}", markup=False, highlight=False)
 
@@ -129,6 +160,6 @@ def say(text: str) -> None:
     console.print(text, markup=False, highlight=False)
 
 
-def finish(result: Any) -> None:
+def finish(result: VerdictResult) -> NoReturn:
     """End a verdict command: the exit code follows the result's verdict (0 no evidence, 1 evidence)."""
     raise typer.Exit(exit_code(result))

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from weightprint.cli._common import (
-    EXIT_ERROR, EXIT_EVIDENCE, EXIT_OK, HtmlOpt, JsonOpt, _fail, _human_bytes, app, console, emit_json, err_console,
-    finish, handles_errors, progress_bar, say, write_report,
-)
-from weightprint.errors import WeightprintError
+from weightprint.cli._common import EXIT_ERROR, JsonOpt, _fail, app, emit_json, handles_errors, progress_bar, say
 
 
 @app.command()
@@ -26,15 +20,15 @@ def demo(
     """The whole story on SmolLM2-135M: issue marked copies, leak one, trace it, check lineage, report."""
     from weightprint.demo import run_demo
 
-    with progress_bar("demo") as progress:
+    with progress_bar("demo", steps=True) as progress:
         result = run_demo(out, finetune_steps=steps, progress=progress)
     if as_json:
         emit_json(result)
     else:
-        console.print(f"leak trace: {result.trace_summary}", markup=False, highlight=False)
-        console.print(f"lineage vs original: {result.lineage_original}", markup=False, highlight=False)
-        console.print(f"lineage vs Gemma 3: {result.lineage_gemma}", markup=False, highlight=False)
-        console.print(f"report: {result.report_html} and {result.report_json}", markup=False, highlight=False)
+        say(f"leak trace: {result.trace_summary}")
+        say(f"lineage vs original: {result.lineage_original}")
+        say(f"lineage vs Gemma 3: {result.lineage_gemma}")
+        say(f"report: {result.report_html} and {result.report_json}")
     if not result.correct:
         _fail(f"the demo traced the leak to {result.accused or 'nobody'}, not `{result.leaked_recipient}`")
         raise typer.Exit(EXIT_ERROR)

@@ -1,8 +1,7 @@
-"""`lineage` and `fingerprint`: is B derived from A, white-box."""
+"""`lineage compare / exact / search` and `fingerprint`: is B derived from A, white-box."""
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,62 +9,36 @@ import typer
 from rich.table import Table
 
 from weightprint.cli._common import (
-    EXIT_ERROR, EXIT_EVIDENCE, EXIT_OK, HtmlOpt, JsonOpt, _fail, _human_bytes, app, console, emit_json, err_console,
-    finish, handles_errors, progress_bar, say, write_report,
+    HtmlOpt, JsonOpt, app, console, emit_json, finish, handles_errors, progress_bar, say, write_report,
 )
-from weightprint.errors import WeightprintError
+from weightprint.results import EXIT_OK, exit_code, format_pvalue
+
+lineage_app = typer.Typer(
+    help="Is a model derived from another? Weight statistics, byte-exact requantization, a fingerprint database.",
+    no_args_is_help=True,
+)
+app.add_typer(lineage_app, name="lineage")
+
+AlphaOpt = Annotated[float, typer.Option("--alpha", help="Significance level of the `derived` verdict.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the permutation test.")]
 
 
-@app.command()
+@lineage_app.command("compare")
 @handles_errors
-def lineage(
-    a: Annotated[Path, typer.Argument(help="Reference model A (or the suspect, with --db).")],
-    b: Annotated[Optional[Path], typer.Argument(help="Suspect model B.")] = None,
-    db: Annotated[Optional[str], typer.Option("--db", help="Rank A against every fingerprint in this database.")] = None,
-    exact: Annotated[bool, typer.Option("--exact", help="Is B exactly A quantized by llama.cpp? Compare bytes.")] = False,
-    alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the `derived` verdict.")] = 1e-6,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the permutation test.")] = 0,
+def lineage_compare(
+    a: Annotated[Path, typer.Argument(help="Reference model A (any format).")],
+    b: Annotated[Path, typer.Argument(help="Suspect model B (any format).")],
+    alpha: AlphaOpt = 1e-6,
+    seed: SeedOpt = 0,
     html: HtmlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Is B derived from A? A verdict with a p-value and the evidence."""
-    from weightprint.results import format_pvalue
-
-    if db is not None:
-        if b is not None or exact:
-            raise WeightprintError("`--db` takes one model (the suspect); drop B and `--exact`")
-        from weightprint.lineage.db import search_fingerprints
-        from weightprint.report.sections import lineage_section
-
-        ranked = search_fingerprints(a, db, rng=seed, alpha=alpha)
-        write_report(html, f"Lineage search: {a.name}", *[lineage_section(r) for r in ranked[:10]])
-        if as_json:
-            emit_json({"suspect": str(a), "db": db, "ranking": ranked})
-        else:
-            t = Table("rank", "reference", "verdict", "p", "reason")
-            for i, r in enumerate(ranked, 1):
-                t.add_row(str(i), r.a, r.verdict, format_pvalue(r.log10_pvalue), r.reason)
-            console.print(t)
-        raise typer.Exit(EXIT_EVIDENCE if any(r.verdict == "derived" for r in ranked) else EXIT_OK)
-    if b is None:
-        raise WeightprintError("lineage needs two models A and B, or one model with `--db`")
-    if exact:
-        from weightprint.lineage.exact import exact_derivation
-
-        result = exact_derivation(a, b)
-        if as_json:
-            emit_json(result)
-        else:
-            console.print(result.reason, markup=False, highlight=False)
-            for d in result.differing[:20]:
-                console.print(f"  {d.name} ({d.qtype}): {d.reason}", markup=False, highlight=False)
-        finish(result)
+    """Is B derived from A? `derived` / `independent` / `not comparable`, a p-value and the evidence."""
     from weightprint.lineage.compare import compare_models
-    from weightprint.report.sections import lineage_section
 
-    with progress_bar("comparing"):
-        result = compare_models(a, b, rng=seed, alpha=alpha)
-    write_report(html, f"Lineage: {b.name} vs {a.name}", lineage_section(result))
+    with progress_bar("comparing", steps=True) as progress:
+        result = compare_models(a, b, rng=seed, alpha=alpha, progress=progress)
+    write_report(html, f"Lineage: {b.name} vs {a.name}", result)
     if as_json:
         emit_json(result)
     else:
@@ -78,6 +51,56 @@ def lineage(
     finish(result)
 
 
+@lineage_app.command("exact")
+@handles_errors
+def lineage_exact(
+    source: Annotated[Path, typer.Argument(help="The unquantized source (F16/BF16/F32 GGUF or Hugging Face).")],
+    quant: Annotated[Path, typer.Argument(help="The quantized GGUF under suspicion.")],
+    html: HtmlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Is QUANT exactly SOURCE quantized by llama.cpp? Compare bytes, tensor by tensor."""
+    from weightprint.lineage.exact import exact_derivation
+
+    result = exact_derivation(source, quant)
+    write_report(html, f"Exact derivation: {quant.name} from {source.name}", result)
+    if as_json:
+        emit_json(result)
+    else:
+        say(result.summary())
+        for d in result.differing[:20]:
+            say(f"  {d.name} ({d.qtype}): {d.reason}")
+    finish(result)
+
+
+@lineage_app.command("search")
+@handles_errors
+def lineage_search(
+    suspect: Annotated[Path, typer.Argument(help="The model under suspicion (any format).")],
+    db: Annotated[str, typer.Option("--db", help="SQLAlchemy URL or SQLite file of the fingerprint database.")],
+    alpha: AlphaOpt = 1e-6,
+    seed: SeedOpt = 0,
+    html: HtmlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rank every reference stored in the fingerprint database (`fingerprint`) against SUSPECT."""
+    from weightprint.lineage.db import search_fingerprints
+
+    with progress_bar("searching", steps=True) as progress:
+        ranked = search_fingerprints(suspect, db, rng=seed, alpha=alpha, progress=progress)
+    write_report(html, f"Lineage search: {suspect.name}", *ranked[:10])
+    if as_json:
+        emit_json({"suspect": str(suspect), "db": db, "ranking": ranked})
+    else:
+        t = Table("rank", "reference", "verdict", "p", "reason")
+        for i, r in enumerate(ranked, 1):
+            t.add_row(str(i), r.a, r.verdict, format_pvalue(r.log10_pvalue), r.reason)
+        console.print(t)
+    # search_fingerprints returns a ranked list of LineageResult until lineage/db.py wraps it in a
+    # SearchResult(VerdictResult); until then the exit code is the same rule finish() applies.
+    raise typer.Exit(max((exit_code(r) for r in ranked), default=EXIT_OK))
+
+
 @app.command()
 @handles_errors
 def fingerprint(
@@ -86,13 +109,13 @@ def fingerprint(
     label: Annotated[Optional[str], typer.Option("--label", help="Name of the reference (default: file name).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Store a compact fingerprint of MODEL for later `lineage SUSPECT --db`."""
+    """Store a compact fingerprint of MODEL for later `lineage search SUSPECT --db`."""
     from weightprint.lineage.db import fingerprint_model
 
-    with progress_bar("fingerprinting"):
-        result = fingerprint_model(model, db, label=label)
+    with progress_bar("fingerprinting", steps=True) as progress:
+        result = fingerprint_model(model, db, label=label, progress=progress)
     if as_json:
         emit_json(result)
         return
     state = "already stored" if result.already_stored else "stored"
-    console.print(f"{state} `{result.label}`: {result.n_bytes:,} bytes (budget {result.budget_bytes:,})", markup=False)
+    say(f"{state} `{result.label}`: {result.n_bytes:,} bytes (budget {result.budget_bytes:,})")

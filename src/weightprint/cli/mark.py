@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,11 +9,10 @@ import typer
 from rich.table import Table
 
 from weightprint.cli._common import (
-    EXIT_ERROR, EXIT_EVIDENCE, EXIT_OK, HtmlOpt, JsonOpt, _fail, _human_bytes, app, console, emit_json, err_console,
-    finish, handles_errors, progress_bar, say, write_report,
+    HtmlOpt, JsonOpt, app, console, emit_json, finish, handles_errors, progress_bar, say, write_report,
 )
-from weightprint.errors import WeightprintError
 from weightprint.constants import DEFAULT_MARK_DELTA
+from weightprint.results import format_pvalue
 
 mark_app = typer.Typer(help="Issue watermarked copies to recipients and trace leaks.", no_args_is_help=True)
 app.add_typer(mark_app, name="mark")
@@ -99,18 +97,15 @@ def mark_trace(
 ) -> None:
     """Name the recipient whose copy LEAKED came from, with a false-accusation bound."""
     from weightprint.mark.api import trace_leak
-    from weightprint.report.sections import trace_section
 
     with progress_bar("tracing") as progress:
         verdict = trace_leak(leaked, source=source, registry_url=registry, key_file=key_file, alpha=alpha, progress=progress)
-    write_report(html, f"Leak trace: {leaked.name}", trace_section(verdict))
+    write_report(html, f"Leak trace: {leaked.name}", verdict)
     if as_json:
         emit_json(verdict)
     else:
         t = Table("recipient", "issue", "z", "p", "p (corrected)", "")
         for test in sorted(verdict.tests, key=lambda x: x.result.log10_pvalue):
-            from weightprint.results import format_pvalue
-
             t.add_row(test.recipient, test.issue_id, f"{test.result.statistic:.2f}", test.result.pvalue_text(),
                       format_pvalue(test.log10_pvalue_bonferroni), "ACCUSED" if test.accused else "")
         console.print(t)
@@ -126,12 +121,14 @@ def mark_verify(
     registry: RegistryOpt = DEFAULT_REGISTRY,
     key_file: KeyFileOpt = DEFAULT_KEY_FILE,
     alpha: Annotated[float, typer.Option("--alpha", help="False-accusation probability bound.")] = 1e-9,
+    html: HtmlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Is FILE an issued copy? By sha256 first (exact copy), then by watermark."""
     from weightprint.mark.api import verify_file
 
     result = verify_file(path, registry_url=registry, key_file=key_file, source=source, alpha=alpha)
+    write_report(html, f"Verify: {path.name}", result)
     if as_json:
         emit_json(result)
     else:

@@ -9,10 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from weightprint.cli._common import (
-    EXIT_ERROR, EXIT_EVIDENCE, EXIT_OK, HtmlOpt, JsonOpt, _fail, _human_bytes, app, console, emit_json, err_console,
-    finish, handles_errors, progress_bar, say, write_report,
-)
+from weightprint.cli._common import _human_bytes, JsonOpt, app, console, emit_json, handles_errors, progress_bar
 from weightprint.errors import WeightprintError
 
 
