@@ -208,7 +208,9 @@ def test_fingerprint_database_ranks_the_parent_first(tmp_path):
         assert res.n_bytes <= res.budget_bytes and not res.already_stored
         json.dumps(res.to_dict())
     assert [x["label"] for x in list_fingerprints(db)] == ["ref0", "ref1", "ref2", "ref3"]
-    hits = search_fingerprints(array_model(add_relative_noise(parent, 0.2, 3), label="suspect"), f"sqlite:///{db}")
+    found = search_fingerprints(array_model(add_relative_noise(parent, 0.2, 3), label="suspect"), f"sqlite:///{db}")
+    assert found.verdict == "derived" and found.n_tested == 4
+    hits = found.ranking
     assert hits[0].a == "ref3" and hits[0].verdict == "derived"
     assert all(h.verdict == "independent" for h in hits[1:])
     assert hits[0].log10_pvalue < -8

@@ -104,7 +104,7 @@ def test_fingerprint_database_search(tmp_path, smollm2, gemma3, derivatives):
     fingerprint_model(gemma3, db, label="Gemma-3-270M")
     again = fingerprint_model(smollm2, db, label="SmolLM2-135M")
     assert again.already_stored
-    hits = search_fingerprints(derivatives["permuted+finetune+q4_k_m"], db)
+    hits = search_fingerprints(derivatives["permuted+finetune+q4_k_m"], db).ranking
     assert [h.a for h in hits] == ["SmolLM2-135M", "Gemma-3-270M"]
     assert hits[0].verdict == "derived" and hits[0].log10_pvalue < -8
     assert hits[1].verdict == "not comparable"

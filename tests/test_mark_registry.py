@@ -165,7 +165,7 @@ def test_postgresql_registry_issue_trace_and_concurrency(tmp_path, postgres_url)
 
     engine = create_engine(postgres_url)
     with engine.begin() as conn:  # a clean schema per run
-        conn.execute(text("DROP TABLE IF EXISTS wp_copies, wp_registry"))
+        conn.execute(text("DROP TABLE IF EXISTS wp_copies, wp_registry, wp_schema_version"))
     engine.dispose()
     source, url, key, outdir = _setup(tmp_path, postgres_url)
     procs = [_issuer(tmp_path, source, url, key, outdir, [f"p{i}", "shared"]) for i in range(4)]

@@ -31,17 +31,27 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
-    create_engine,
-    event,
     insert,
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from weightprint.errors import RegistryError
 from weightprint.mark.keys import MasterKey
 from weightprint.mark.scheme import SCHEME_VERSION
+from weightprint.store import (
+    Migration,
+    check_schema,
+    database_error,
+    db_errors,
+    error_cause,
+    get_engine,
+    migrate,
+    normalize_url,
+    sqlite_file,
+)
+from weightprint.store import redact as _redact  # noqa: F401 - mark.api's messages use it
 
 DEFAULT_REGISTRY_URL = "sqlite:///weightprint-registry.db"
 
@@ -75,6 +85,14 @@ copies_table = Table(
     UniqueConstraint("recipient", "source_sha256", "file_type", name="uq_recipient_source_type"),
 )
 
+SCHEMA_COMPONENT = "registry"
+MIGRATIONS: list[Migration] = [
+    # 1: the tables as first released (registries made before versioning adopt this version)
+    (1, lambda conn: metadata.create_all(conn, checkfirst=True)),
+]
+LATEST_SCHEMA = max(v for v, _ in MIGRATIONS)
+_NOT_INITIALISED_HINT = "run `weightprint mark init --registry URL` first"
+
 
 @dataclass(frozen=True)
 class CopyRecord:
@@ -99,16 +117,6 @@ class CopyRecord:
         return d
 
 
-def _redact(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for messages)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a malformed URL is reported by the caller
-        return "<malformed URL>"
-
-
 class Registry:
     """A connection to a registry database. Use :func:`open_registry` or :func:`create_registry`."""
 
@@ -117,6 +125,7 @@ class Registry:
         self.engine = engine
 
     def close(self) -> None:
+        """Release pooled connections (the engine itself is shared per URL, see :mod:`weightprint.store`)."""
         self.engine.dispose()
 
     def __enter__(self) -> "Registry":
@@ -131,11 +140,10 @@ class Registry:
             with self.engine.connect() as conn:
                 row = conn.execute(select(registry_table)).mappings().first()
         except SQLAlchemyError as e:
-            raise RegistryError(f"registry {_redact(self.url)} is not initialised or unreadable: {type(e).__name__}",
-                                hint="run `weightprint mark init --registry URL` first") from e
+            raise RegistryError(f"registry {_redact(self.url)} is not initialised or unreadable: {error_cause(e)}",
+                                hint=_NOT_INITIALISED_HINT) from e
         if row is None:
-            raise RegistryError(f"registry {_redact(self.url)} is not initialised",
-                                hint="run `weightprint mark init --registry URL` first")
+            raise RegistryError(f"registry {_redact(self.url)} is not initialised", hint=_NOT_INITIALISED_HINT)
         return dict(row)
 
     def check_key(self, master: MasterKey) -> None:
@@ -147,16 +155,14 @@ class Registry:
         stmt = select(copies_table).order_by(copies_table.c.id)
         if source_sha256 is not None:
             stmt = stmt.where(copies_table.c.source_sha256 == source_sha256)
-        try:
+        with db_errors(self.url, what="registry", action="read", error=RegistryError):
             with self.engine.connect() as conn:
                 rows = conn.execute(stmt).mappings().all()
-        except SQLAlchemyError as e:
-            raise RegistryError(f"cannot read registry {_redact(self.url)}: {type(e).__name__}") from e
         return [_record(r) for r in rows]
 
     def find_output(self, sha256: str) -> CopyRecord | None:
         stmt = select(copies_table).where(copies_table.c.output_sha256 == sha256)
-        with self.engine.connect() as conn:
+        with db_errors(self.url, what="registry", action="read", error=RegistryError), self.engine.connect() as conn:
             row = conn.execute(stmt).mappings().first()
         return _record(row) if row is not None else None
 
@@ -165,7 +171,7 @@ class Registry:
         stmt = select(copies_table).where(
             c.recipient == recipient, c.source_sha256 == source_sha256, c.file_type == file_type
         )
-        with self.engine.connect() as conn:
+        with db_errors(self.url, what="registry", action="read", error=RegistryError), self.engine.connect() as conn:
             row = conn.execute(stmt).mappings().first()
         return _record(row) if row is not None else None
 
@@ -188,7 +194,7 @@ class Registry:
                 f"{record.source_sha256[:12]} in registry {_redact(self.url)}"
             ) from e
         except SQLAlchemyError as e:
-            raise RegistryError(f"cannot write registry {_redact(self.url)}: {type(e).__name__}") from e
+            raise database_error(self.url, e, what="registry", action="write", error=RegistryError) from e
 
 
 def _record(row: Any) -> CopyRecord:
@@ -201,33 +207,25 @@ def _record(row: Any) -> CopyRecord:
 
 
 def _engine(url: str) -> Engine:
-    kwargs: dict[str, Any] = {"future": True}
-    if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": 120}
-    try:
-        engine = create_engine(url, **kwargs)
-    except (ArgumentError, NoSuchModuleError, ValueError) as e:
-        raise RegistryError(f"bad registry URL {_redact(url)}: {e}") from e
-    if url.startswith("sqlite"):
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
-            dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below take the lock
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn):  # pragma: no cover - trivial
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-    return engine
+    return get_engine(url, what="registry", error=RegistryError)
 
 
 def open_registry(url: str) -> Registry:
-    """Open an existing registry (checked to be initialised)."""
+    """Open an existing registry (checked to be initialised); ``url`` may be a plain SQLite path.
+
+    A registry written by an older weightprint is upgraded to the current schema.
+    """
+    url = normalize_url(url)
+    f = sqlite_file(url)
+    if f is not None and not f.is_file():  # do not leave an empty database file behind
+        raise RegistryError(f"registry {_redact(url)} is not initialised (no such file)", hint=_NOT_INITIALISED_HINT)
     reg = Registry(url, _engine(url))
     try:
+        current = check_schema(reg.engine, SCHEMA_COMPONENT, LATEST_SCHEMA, url=url, what="registry",
+                               error=RegistryError)
         reg.header()
+        if current < LATEST_SCHEMA:
+            migrate(reg.engine, SCHEMA_COMPONENT, MIGRATIONS, url=url, what="registry", error=RegistryError)
     except RegistryError:
         reg.close()
         raise
@@ -237,13 +235,15 @@ def open_registry(url: str) -> Registry:
 def create_registry(url: str, master: MasterKey) -> tuple[Registry, dict[str, Any], bool]:
     """Create the tables and the header row (idempotent for the same key).
 
-    Returns the registry, its header and whether it was created now.
+    ``url`` may be a plain SQLite path. Returns the registry, its header and whether it was
+    created now.
     """
+    url = normalize_url(url)
     engine = _engine(url)
     reg = Registry(url, engine)
     try:
-        metadata.create_all(engine)
-        with engine.begin() as conn:
+        migrate(engine, SCHEMA_COMPONENT, MIGRATIONS, url=url, what="registry", error=RegistryError)
+        with db_errors(url, what="registry", action="create", error=RegistryError), engine.begin() as conn:
             row = conn.execute(select(registry_table)).mappings().first()
             if row is None:
                 conn.execute(insert(registry_table).values(
@@ -255,13 +255,7 @@ def create_registry(url: str, master: MasterKey) -> tuple[Registry, dict[str, An
                 created = False
                 if row["key_fingerprint"] != master.fingerprint():
                     raise RegistryError(f"registry {_redact(url)} already exists with another master key")
-    except OperationalError as e:
-        reg.close()
-        raise RegistryError(f"cannot open registry {_redact(url)}: {str(e.orig).splitlines()[0] if e.orig else e}") from e
     except RegistryError:
         reg.close()
         raise
-    except SQLAlchemyError as e:
-        reg.close()
-        raise RegistryError(f"cannot create registry {_redact(url)}: {type(e).__name__}") from e
     return reg, reg.header(), created
