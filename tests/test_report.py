@@ -54,3 +54,64 @@ def test_pvalues_in_log_space() -> None:
     # Fisher on two p = 0.05: chi2(4) sf of -2 ln(0.0025)
     assert 10 ** combine_fisher([math.log10(0.05)] * 2) == pytest.approx(0.01747, rel=1e-3)
     assert combine_bonferroni([-3.0, -1.0]) == pytest.approx(-3 + math.log10(2))
+
+
+# ------------------------------------------------------------------ sections chosen by result type
+from dataclasses import dataclass  # noqa: E402
+
+from weightprint.report.sections import section, section_for  # noqa: E402
+from weightprint.results import VerdictResult  # noqa: E402
+
+
+def _lineage(verdict: str = "derived"):
+    from weightprint.lineage.compare import LineageResult
+
+    test = TestResult("layer-features", 9.0, -40.0, "B was trained independently of A", method="permutation")
+    return LineageResult("a.gguf", "b.gguf", verdict, "shares A's basis", test, components=[test],
+                         layers=[{"z": 1.0}, {"z": 5.0}, {"z": 3.0}])
+
+
+def test_section_dispatches_on_the_result_type() -> None:
+    r = section(_lineage(), heading="2. Is it ours?")
+    assert r.heading == "2. Is it ours?" and r.evidence is True and r.verdict.startswith("derived")
+    assert r.charts and r.charts[0].startswith("<svg") and r.table is not None
+    assert section(_lineage("independent")).evidence is False
+
+
+@dataclass
+class _ScanResult(VerdictResult):
+    verdict: str
+    EVIDENCE_VERDICTS = frozenset({"suspicious"})
+
+
+def test_a_new_result_type_gets_the_generic_verdict_section_then_its_own() -> None:
+    generic = section(_ScanResult("suspicious"))
+    assert generic.evidence is True and generic.verdict == "suspicious" and generic.heading == "_ScanResult"
+
+    @dataclass
+    class Special(_ScanResult):
+        pass
+
+    @section_for(Special)
+    def special_section(result: Special, heading: str | None = None) -> Section:
+        return Section(heading or "special", verdict=f"special {result.verdict}")
+
+    assert section(Special("clean")).verdict == "special clean"
+    assert section(_ScanResult("clean")).verdict == "clean"  # the base class keeps the generic one
+    with pytest.raises(ValueError, match="already registered"):
+        section_for(Special)(special_section)
+
+
+def test_unknown_result_type_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="no report section for int; register one with @section_for"):
+        section(3)
+
+
+def test_report_of_sections_is_self_contained(tmp_path: Path) -> None:
+    r = Report("t")
+    r.add(section(_lineage()))
+    r.write(tmp_path / "r.html", tmp_path / "r.json")
+    html = (tmp_path / "r.html").read_text()
+    assert "<svg" in html and "<style>" in html
+    assert "src=" not in html and "<link" not in html and "<script" not in html  # nothing fetched
+    assert json.loads((tmp_path / "r.json").read_text())["sections"][0]["data"]["verdict"] == "derived"

@@ -81,7 +81,7 @@ PROGRESS_LOG_INTERVAL = 5.0
 def progress_bar(description: str, *, steps: bool = False) -> Iterator[ProgressCallback]:
     """Show a library call's progress on stderr, as a :data:`~weightprint.progress.ProgressCallback`.
 
-    On a terminal: a rich bar (colourless under ``NO_COLOR``). Otherwise (piped, CI): one log
+    On a terminal (stdout and stderr): a rich bar (colourless under ``NO_COLOR``). Otherwise (piped, CI): one log
     line per step with the elapsed time, ``[12.3s] demo: issue Q4_K_M copy to globex (3/12)``,
     at most one line every few seconds within a step (see :class:`~weightprint.progress.ProgressLog`).
     ``WEIGHTPRINT_QUIET=1``: nothing. ``steps``: each description the library reports is a step
@@ -90,7 +90,9 @@ def progress_bar(description: str, *, steps: bool = False) -> Iterator[ProgressC
     if os.environ.get("WEIGHTPRINT_QUIET") == "1":
         yield no_progress
         return
-    if err_console.is_terminal and not err_console.is_dumb_terminal:
+    # A bar only when the user watches both streams: `weightprint demo | cat` or `| tee run.log` is
+    # being recorded, and a transient bar would leave nothing behind.
+    if err_console.is_terminal and console.is_terminal and not err_console.is_dumb_terminal:
         bar = Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),

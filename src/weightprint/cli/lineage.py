@@ -11,7 +11,7 @@ from rich.table import Table
 from weightprint.cli._common import (
     HtmlOpt, JsonOpt, app, console, emit_json, finish, handles_errors, progress_bar, say, write_report,
 )
-from weightprint.results import EXIT_OK, exit_code, format_pvalue
+from weightprint.results import format_pvalue
 
 lineage_app = typer.Typer(
     help="Is a model derived from another? Weight statistics, byte-exact requantization, a fingerprint database.",
@@ -87,18 +87,17 @@ def lineage_search(
     from weightprint.lineage.db import search_fingerprints
 
     with progress_bar("searching", steps=True) as progress:
-        ranked = search_fingerprints(suspect, db, rng=seed, alpha=alpha, progress=progress)
-    write_report(html, f"Lineage search: {suspect.name}", *ranked[:10])
+        result = search_fingerprints(suspect, db, rng=seed, alpha=alpha, progress=progress)
+    write_report(html, f"Lineage search: {suspect.name}", result)
     if as_json:
-        emit_json({"suspect": str(suspect), "db": db, "ranking": ranked})
+        emit_json(result)
     else:
-        t = Table("rank", "reference", "verdict", "p", "reason")
-        for i, r in enumerate(ranked, 1):
-            t.add_row(str(i), r.a, r.verdict, format_pvalue(r.log10_pvalue), r.reason)
+        t = Table("rank", "reference", "verdict", "p", "p (corrected)", "reason")
+        for i, (r, adj) in enumerate(zip(result.ranking, result.adjusted_log10_pvalues), 1):
+            t.add_row(str(i), r.a, r.verdict, format_pvalue(r.log10_pvalue), format_pvalue(adj), r.reason)
         console.print(t)
-    # search_fingerprints returns a ranked list of LineageResult until lineage/db.py wraps it in a
-    # SearchResult(VerdictResult); until then the exit code is the same rule finish() applies.
-    raise typer.Exit(max((exit_code(r) for r in ranked), default=EXIT_OK))
+        say(result.summary())
+    finish(result)
 
 
 @app.command()

@@ -19,6 +19,7 @@ from typing import Callable, Protocol, TypeVar
 
 from weightprint.inspect_model import InspectResult
 from weightprint.lineage.compare import LineageResult
+from weightprint.lineage.db import SearchResult
 from weightprint.lineage.exact import ExactResult
 from weightprint.mark.api import TraceVerdict, VerifyResult
 from weightprint.report.html import Section, bar_chart_svg, line_chart_svg
@@ -218,5 +219,42 @@ def verify_section(result: VerifyResult, heading: str | None = None) -> Section:
         verdict=result.summary(),
         evidence=result.evidence_found,
         facts=facts,
+        data=result,
+    )
+
+
+@section_for(SearchResult)
+def search_section(result: SearchResult, heading: str | None = None) -> Section:
+    """A :class:`weightprint.lineage.db.SearchResult`: every stored reference ranked, Bonferroni-corrected."""
+    pairs = list(zip(result.ranking, result.adjusted_log10_pvalues))
+    compared = [(r, adj) for r, adj in pairs if r.combined is not None]
+    charts = []
+    if compared:
+        charts.append(bar_chart_svg(
+            [r.a for r, _ in compared[:20]],
+            [min(-adj, 1e6) for _, adj in compared[:20]],
+            title="evidence per stored reference (−log10 corrected p)",
+            xlabel="−log10 p, corrected (bar past the dashed line = derived)",
+            threshold=-math.log10(result.alpha),
+            threshold_label=f"alpha {result.alpha:g}",
+            highlight=[r.verdict == "derived" for r, _ in compared[:20]],
+        ))
+    rows: list[list[object]] = [
+        [i, r.a, r.verdict, format_pvalue(r.log10_pvalue), format_pvalue(adj) if r.combined is not None else "n/a", r.reason]
+        for i, (r, adj) in enumerate(pairs, 1)
+    ]
+    null = result.best.combined.null_hypothesis if result.best is not None and result.best.combined is not None else ""
+    return Section(
+        heading or f"Lineage search: {result.suspect}",
+        verdict=result.summary(),
+        evidence=result.evidence_found,
+        test=(f"For each stored reference, H0: {null.rstrip('. ')}. p-values are corrected for the "
+              f"{result.n_tested} references compared (Bonferroni): the chance of naming any reference "
+              f"under H0 is at most alpha = {result.alpha:g}.") if null else None,
+        facts=[("suspect", result.suspect), ("database", result.db_url),
+               ("references stored / compared", f"{result.n_references} / {result.n_tested}"),
+               ("seconds", f"{result.seconds:.1f}")],
+        table=(["rank", "reference", "verdict", "p", "p (corrected)", "reason"], rows),
+        charts=charts,
         data=result,
     )
