@@ -14,18 +14,16 @@ import json
 import os
 import sys
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from weightprint.errors import WeightprintError
 from weightprint.progress import ProgressCallback, ProgressLog, no_progress
-from weightprint.results import EXIT_ERROR, EXIT_EVIDENCE, EXIT_OK, VerdictResult, exit_code, to_jsonable
+from weightprint.results import EXIT_ERROR, EXIT_EVIDENCE, EXIT_OK, VerdictResult, exit_code, to_jsonable  # noqa: F401  (EXIT_* for command modules)
 
 app = typer.Typer(
     name="weightprint",
