@@ -134,3 +134,16 @@ def test_cli_progress_terminal_bar_respects_no_color(monkeypatch: pytest.MonkeyP
     assert "demo step" in coloured and re.search(r"\x1b\[[0-9;]*3[0-9]m", coloured)  # a bar, in colour
     plain = _cli_progress(monkeypatch, terminal=True, env={"NO_COLOR": "1"})
     assert "demo step" in plain and not re.search(r"\x1b\[[0-9;]*3[0-9]m", plain)
+
+
+def test_heartbeat_repeats_a_silent_step() -> None:
+    log, lines, clock = _log(steps=True)
+    log(9, 14, "leak: fine-tune 50 steps")
+    clock.t += 10
+    log.heartbeat(30.0)
+    assert len(lines) == 1  # not silent long enough
+    clock.t += 25
+    log.heartbeat(30.0)
+    assert lines[-1] == "[35.0s] demo: leak: fine-tune 50 steps: still running"
+    log.heartbeat(30.0)
+    assert len(lines) == 2  # the heartbeat itself resets the silence

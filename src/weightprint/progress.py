@@ -121,6 +121,20 @@ class ProgressLog:
         self.emit(text)
         self._last_step, self._last_time, self._last_line, self._pending = step, now, text, None
 
+    def heartbeat(self, silence: float) -> None:
+        """Repeat the current step (``... still running``) when nothing was written for ``silence`` seconds.
+
+        For steps that report no inner progress (a fine-tune): a log that stays silent for
+        minutes looks hung, and CI systems kill jobs that print nothing.
+        """
+        now = self.clock()
+        if self._last_line is None or now - self._last_time < silence:
+            return
+        step = self._last_step or ""
+        head = f"{self.label}: {step}" if step else self.label
+        self._write(f"[{now - self.start:.1f}s] {head}: still running", step, now)
+        self._pending = None
+
     def close(self, *, done: bool = True) -> None:
         """End the log: the last call's line if it was held back, then ``[t] label: done``.
 

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional
@@ -73,6 +74,8 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 PROGRESS_LOG_INTERVAL = 5.0
 """Seconds between two progress lines of the same step when stderr is not a terminal."""
+PROGRESS_HEARTBEAT = 30.0
+"""Seconds of silence after which the log repeats the current step (``still running``)."""
 
 
 @contextmanager
@@ -107,13 +110,30 @@ def progress_bar(description: str, *, steps: bool = False) -> Iterator[ProgressC
         with bar:
             yield update
         return
+    lock = threading.Lock()
     log = ProgressLog(description, _log_line, interval=PROGRESS_LOG_INTERVAL, steps=steps)
+
+    def update(done: int, total: int, what: str) -> None:
+        with lock:
+            log(done, total, what)
+
+    stop = threading.Event()
+
+    def beat() -> None:  # a step with no inner progress still shows a line every HEARTBEAT seconds
+        while not stop.wait(PROGRESS_HEARTBEAT / 4):
+            with lock:
+                log.heartbeat(PROGRESS_HEARTBEAT)
+
+    beater = threading.Thread(target=beat, name="weightprint-progress", daemon=True)
+    beater.start()
+    ok = False
     try:
-        yield log
-    except BaseException:
-        log.close(done=False)
-        raise
-    log.close()
+        yield update
+        ok = True
+    finally:
+        stop.set()
+        beater.join()
+        log.close(done=ok)
 
 
 def _log_line(text: str) -> None:
