@@ -78,24 +78,28 @@ def random_llama(
     n_kv: int = 2,
     vocab: int = 512,
     tokens: list[str] | None = None,
+    norm_std: float = 0.1,
 ) -> dict[str, np.ndarray]:
-    """Tensors of a llama-shaped model with iid Gaussian weights (an untrained 'init')."""
+    """Tensors of a llama-shaped model with iid Gaussian weights (an untrained 'init').
+
+    ``norm_std=0`` gives norm weights exactly 1.0, as at a real initialisation (exact ties).
+    """
     rng = np.random.default_rng(seed)
     hd = d // n_heads
     s = 1.0 / np.sqrt(d)
     t: dict[str, np.ndarray] = {"model.embed_tokens.weight": rng.normal(0, 1, (vocab, d))}
     for layer in range(n_layers):
         p = f"model.layers.{layer}."
-        t[p + "input_layernorm.weight"] = 1 + 0.1 * rng.normal(size=d)
+        t[p + "input_layernorm.weight"] = 1 + norm_std * rng.normal(size=d)
         t[p + "self_attn.q_proj.weight"] = rng.normal(0, s, (n_heads * hd, d))
         t[p + "self_attn.k_proj.weight"] = rng.normal(0, s, (n_kv * hd, d))
         t[p + "self_attn.v_proj.weight"] = rng.normal(0, s, (n_kv * hd, d))
         t[p + "self_attn.o_proj.weight"] = rng.normal(0, s, (d, n_heads * hd))
-        t[p + "post_attention_layernorm.weight"] = 1 + 0.1 * rng.normal(size=d)
+        t[p + "post_attention_layernorm.weight"] = 1 + norm_std * rng.normal(size=d)
         t[p + "mlp.gate_proj.weight"] = rng.normal(0, s, (ffn, d))
         t[p + "mlp.up_proj.weight"] = rng.normal(0, s, (ffn, d))
         t[p + "mlp.down_proj.weight"] = rng.normal(0, 1 / np.sqrt(ffn), (d, ffn))
-    t["model.norm.weight"] = 1 + 0.1 * rng.normal(size=d)
+    t["model.norm.weight"] = 1 + norm_std * rng.normal(size=d)
     return {k: v.astype(np.float32) for k, v in t.items()}
 
 
@@ -294,4 +298,25 @@ def rescale_norms(t: dict[str, np.ndarray], seed: int, *, spread: float = 0.5) -
             out[p + norm + ".weight"] = t[p + norm + ".weight"] * c
             for m in mats:
                 out[p + m + ".weight"] = t[p + m + ".weight"] / c[None, :]
+    return out
+
+
+def plant_outliers(t: dict[str, np.ndarray], coords: list[int], scale: float = 8.0) -> dict[str, np.ndarray]:
+    """Give residual coordinates ``coords`` the "massive activation" look of trained models:
+    embedding columns, readers' columns, writers' rows and norm weights ``scale`` times larger
+    in every layer. Two independent models with outliers share cross-layer structure that a
+    fitted residual map can latch onto (the trap a recovered-basis test must survive)."""
+    d = t["model.embed_tokens.weight"].shape[1]
+    f = np.ones(d, dtype=np.float32)
+    f[coords] = scale
+    out: dict[str, np.ndarray] = {}
+    for k, v in t.items():
+        if v.ndim == 1 and v.shape[0] == d:
+            out[k] = v * f
+        elif k.endswith(("o_proj.weight", "down_proj.weight")):
+            out[k] = v * f[:, None]
+        elif v.ndim == 2 and v.shape[1] == d:
+            out[k] = v * f[None, :]
+        else:
+            out[k] = v
     return out

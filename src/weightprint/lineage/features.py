@@ -131,6 +131,15 @@ def _input_norm(role: str, slot: dict[str, np.ndarray]) -> np.ndarray | None:
     return None if v is None or v.ndim != 1 else v
 
 
+def _layer_prefix(infos: list, layer: int) -> str:
+    """``model.layers.N.`` as this model spells it (from the first tensor of block ``layer``)."""
+    for info in infos:
+        m = _LAYER_RE.search(info.name)
+        if m and int(m.group(1)) == layer:
+            return info.name[: m.end()]
+    return ""
+
+
 def descriptor(feature: np.ndarray) -> np.ndarray:
     """Order-free summary of one feature: quantiles and mean of ``log(|x| + eps)``."""
     lf = np.log(np.abs(feature.astype(np.float64)) + 1e-8)
@@ -150,11 +159,30 @@ def hidden_size_of(model: Model) -> int | None:
     return None
 
 
-def extract_features(model: Model) -> ModelFeatures:
+def extract_features(
+    model: Model,
+    *,
+    gains: dict[str, np.ndarray] | None = None,
+    norm_features: bool = True,
+) -> ModelFeatures:
     """Stream ``model`` tensor by tensor and compute its per-coordinate features.
 
     Peak memory is one dequantized tensor (the embedding matrix is not read here; see
     :func:`embedding_rows`).
+
+    Parameters
+    ----------
+    model : Model
+        The model (or a view of it, e.g. a suspect mapped into a reference's residual basis).
+    gains : dict[str, numpy.ndarray], *optional*
+        Effective RMSNorm gains (already ``1 + w`` for Gemma) by full norm tensor name, used
+        instead of the model's own norm weights to weight the readers' column norms. A suspect
+        mapped into A's basis with its norms folded comes back unfolded with *A's* gains
+        (``W_B diag(g_B) R^T diag(1 / g_A)``); weighting by ``g_A`` again gives
+        ``W_B diag(g_B) R^T``, B's own effective reader, with nothing of A left in it.
+    norm_features : bool, *optional*, defaults to True
+        False leaves out the norm weights themselves (per layer and final): they carry no
+        information once folded into the readers.
     """
     infos = model.tensor_infos()
     d = hidden_size_of(model)
@@ -171,11 +199,14 @@ def extract_features(model: Model) -> ModelFeatures:
     for info in infos:
         layer, role = _role(info.name)
         if layer is None:
-            if info.name in _FINAL_NORM_NAMES and info.shape == (d,):
+            if norm_features and info.name in _FINAL_NORM_NAMES and info.shape == (d,):
                 feats.global_features["final_norm"] = model.tensor(info.name).astype(np.float32).reshape(-1)
             continue
         axis = _residual_axis(role, tuple(info.shape), d)
         if axis is None:
+            continue
+        if len(info.shape) == 1 and not norm_features and gains is not None:
+            per_layer.setdefault(layer, {})  # the readers' gains come from ``gains``
             continue
         w = model.tensor(info.name)
         if w.ndim == 1:
@@ -191,16 +222,24 @@ def extract_features(model: Model) -> ModelFeatures:
             slot[role] = sq
         del w, w64
     shifted = _norm_is_shifted(model)
+    prefixes = {layer: _layer_prefix(infos, layer) for layer in per_layer} if gains is not None else {}
     for layer in sorted(per_layer):
         out: dict[str, np.ndarray] = {}
         slot = per_layer[layer]
+        if gains is not None:
+            lookup = {**slot, **{k[len(prefixes[layer]):]: v for k, v in gains.items() if k.startswith(prefixes[layer])}}
+        else:
+            lookup = slot
         for role, v in slot.items():
+            if not norm_features and role in vector_roles:
+                continue
             value = v if role in vector_roles else np.sqrt(v)
             if role not in vector_roles and role.endswith(_READS_RESIDUAL):
-                norm = _input_norm(role, slot)
+                norm = _input_norm(role, lookup)
                 if norm is not None:
                     # what the matrix effectively sees: its column norm times the norm weight
-                    value = value * np.abs(norm + 1.0 if shifted else norm)
+                    effective = norm if gains is not None or not shifted else norm + 1.0
+                    value = value * np.abs(effective)
             out[role] = value.astype(np.float32)
         feats.layers.append(out)
         feats.descriptors.append({r: descriptor(v) for r, v in out.items()})
@@ -260,6 +299,9 @@ def embedding_rows(model: Model, name: str, ids: np.ndarray) -> np.ndarray:
     info = model.info(name)
     rows, cols = int(info.shape[0]), int(info.shape[-1])
     path = Path(str(info.file)) if info.file is not None else None
+    view = getattr(model, "inner", None) is not None  # a lazy view (mapped, transformed): its bytes are not its values
+    if view:
+        return np.asarray(model.tensor(name), dtype=np.float32)[ids]
     if (
         model.format in ("gguf", "safetensors", "hf")
         and path is not None

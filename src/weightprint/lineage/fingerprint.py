@@ -307,6 +307,8 @@ def build_fingerprint(
     max_tokens: int = 2048,
     label: str | None = None,
     weights: bool = True,
+    gains: dict[str, np.ndarray] | None = None,
+    norm_features: bool = True,
 ) -> Fingerprint:
     """Compute the full-precision fingerprint of ``model``, streaming its tensors.
 
@@ -323,9 +325,12 @@ def build_fingerprint(
         Name stored in the fingerprint; defaults to the file name.
     weights : bool, *optional*, defaults to True
         False skips every tensor (metadata, config and tokenizer evidence only).
+    gains, norm_features : *optional*
+        Passed to :func:`~weightprint.lineage.features.extract_features` (a suspect seen in a
+        reference's residual basis with its norms folded).
     """
     if weights:
-        feats = extract_features(model)
+        feats = extract_features(model, gains=gains, norm_features=norm_features)
     else:
         from weightprint.errors import NotComparableError
 
