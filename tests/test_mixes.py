@@ -15,11 +15,11 @@ import pytest
 
 from weightprint.constants import FileType, QType
 from weightprint.errors import ShapeMismatchError, UnsupportedQuantType, WeightprintError
+from weightprint.io.geometry import mix_hyperparameters
 from weightprint.quant.mixes import (
     choose_tensor_types,
-    mix_hyperparameters,
-    plan_tensor_types,
     tensor_allows_quantization,
+    tensor_type_plan,
 )
 from weightprint.testing.llama_ref import llama_available
 
@@ -129,7 +129,7 @@ def test_more_bits_layers_follow_numeric_layer_order() -> None:
 
 
 def test_output_and_fallbacks() -> None:
-    plan = plan_tensor_types("llama", _dense_llama(2, dim=576, ffn=1536, tied=False), FileType.Q4_K_M, n_layers=2)
+    plan = tensor_type_plan("llama", _dense_llama(2, dim=576, ffn=1536, tied=False), FileType.Q4_K_M, n_layers=2)
     assert plan.types["output.weight"] == QType.Q8_0  # 576 % 256 != 0
     assert plan.types["token_embd.weight"] == QType.Q5_0  # untied: base type, then fallback
     assert plan.types["blk.0.attn_q.weight"] == QType.Q5_0

@@ -75,30 +75,6 @@ class ConvertResult:
         }
 
 
-def _n_layers(model: Model) -> int:
-    cfg = model.config or {}
-    n = cfg.get("num_hidden_layers")
-    if n is None:
-        n = model.metadata.get(f"{model.architecture}.block_count", 0)
-    return int(n or 0)
-
-
-def _head_counts(model: Model) -> tuple[int | None, int | None, int]:
-    cfg, md, arch = model.config or {}, model.metadata or {}, model.architecture
-
-    def scalar(v: object) -> int | None:
-        if v is None:
-            return None
-        if isinstance(v, (list, tuple, np.ndarray)):  # per-layer arrays: llama.cpp uses layer 0
-            return int(v[0]) if len(v) else None
-        return int(v)
-
-    n_head = scalar(cfg.get("num_attention_heads", md.get(f"{arch}.attention.head_count")))
-    n_head_kv = scalar(cfg.get("num_key_value_heads", md.get(f"{arch}.attention.head_count_kv")))
-    n_expert = scalar(cfg.get("num_local_experts", md.get(f"{arch}.expert_count"))) or 0
-    return n_head, n_head_kv if n_head_kv is not None else n_head, n_expert
-
-
 def plan_tensor_types(model: Model, file_type: FileType) -> dict[str, QType]:
     """The type llama.cpp would give each tensor of ``model`` for ``file_type`` (canonical names)."""
     from weightprint.io.names import hf_to_gguf_name
@@ -107,22 +83,13 @@ def plan_tensor_types(model: Model, file_type: FileType) -> dict[str, QType]:
     infos = model.tensor_infos()
     arch = model.architecture
     gguf_names = {t.name: hf_to_gguf_name(t.name, arch) for t in infos}
-    n_head, n_head_kv, n_expert = _head_counts(model)
     # A GGUF source's un-quantized tensors keep their stored type, as in llama.cpp; other
     # sources write 1-D tensors as F32, as llama.cpp's converter does.
     tensors = [
-        (gguf_names[t.name], tuple(t.shape), t.qtype) if model.format == "gguf" else (gguf_names[t.name], tuple(t.shape))
+        (gguf_names[t.name], tuple(t.shape), t.qtype) if model.ggml_types else (gguf_names[t.name], tuple(t.shape))
         for t in infos
     ]
-    chosen = choose_tensor_types(
-        arch,
-        tensors,
-        file_type,
-        n_layers=_n_layers(model),
-        n_expert=n_expert,
-        n_head=n_head,
-        n_head_kv=n_head_kv,
-    )
+    chosen = choose_tensor_types(arch, tensors, file_type, **model.geometry.mix_params())
     return {t.name: QType(chosen[gguf_names[t.name]]) for t in infos}
 
 
@@ -180,14 +147,7 @@ def convert(
 
 
 def _gguf_metadata(model: Model, file_type: FileType) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    if model.format == "gguf":
-        from weightprint.io.gguf_file import copy_metadata_for_write
-
-        metadata, types = copy_metadata_for_write(model)
-    else:
-        from weightprint.io.hf_config import gguf_metadata_from_hf
-
-        metadata, types = gguf_metadata_from_hf(model.config, model.tokenizer, model.chat_template)
+    metadata, types = model.gguf_metadata()
     metadata = dict(metadata)
     types = dict(types) if types is not None else None
     from gguf import GGUFValueType
@@ -223,7 +183,7 @@ def _convert_to_gguf(
     def data(spec: TensorSpec) -> np.ndarray:
         name = by_stored[spec.stored_name]
         info = infos[name]
-        if transform is None and model.format == "gguf" and info.qtype == spec.qtype:
+        if transform is None and model.ggml_types and info.qtype == spec.qtype:
             result.copied_tensors += 1
             out_bytes = np.array(model.raw(name)).view(np.uint8)
             model.release(name)

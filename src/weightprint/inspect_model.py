@@ -115,8 +115,7 @@ def inspect_model(path: str | Path | Model, *, sha256: bool = False) -> InspectR
     sha256 : bool, *optional*, defaults to False
         Also hash the whole file (reads every byte; off by default).
     """
-    from weightprint.io import open_model
-    from weightprint.io import file_sha256
+    from weightprint.io import file_sha256, open_model
 
     model = path if isinstance(path, Model) else open_model(path)
     try:
@@ -127,8 +126,7 @@ def inspect_model(path: str | Path | Model, *, sha256: bool = False) -> InspectR
             s.count += 1
             s.n_elements += t.n_elements
             s.nbytes += t.nbytes
-        arch = model.architecture
-        md, cfg = model.metadata or {}, model.config or {}
+        md, cfg, geo = model.metadata or {}, model.config or {}, model.geometry
         tok = model.tokenizer
         file_type = md.get("general.file_type")
         if file_type is not None:
@@ -143,17 +141,17 @@ def inspect_model(path: str | Path | Model, *, sha256: bool = False) -> InspectR
         result = InspectResult(
             path=str(model.path),
             format=model.format,
-            architecture=arch,
+            architecture=model.architecture,
             name=_first(md, "general.name") or cfg.get("_name_or_path"),
             n_parameters=sum(t.n_elements for t in infos),
             n_tensors=len(infos),
             types=dict(sorted(types.items())),
-            context_length=_first(md, f"{arch}.context_length") or cfg.get("max_position_embeddings"),
-            n_layers=_first(md, f"{arch}.block_count") or cfg.get("num_hidden_layers"),
-            hidden_size=_first(md, f"{arch}.embedding_length") or cfg.get("hidden_size"),
+            context_length=geo.context_length,
+            n_layers=geo.n_layers,
+            hidden_size=geo.hidden_size,
             tokenizer_model=tok.model if tok else None,
             tokenizer_pre=tok.pre if tok else None,
-            vocab_size=tok.vocab_size if tok else cfg.get("vocab_size"),
+            vocab_size=tok.vocab_size if tok else geo.vocab_size,
             tokenizer_sha256=vocabulary_sha256(tok.tokens) if tok and tok.tokens else None,
             chat_template=model.chat_template,
             chat_template_family=chat_template_family(model.chat_template),
@@ -161,10 +159,6 @@ def inspect_model(path: str | Path | Model, *, sha256: bool = False) -> InspectR
             file_type=file_type,
             file_bytes=sum(f.stat().st_size for f in files),
         )
-        for k in ("context_length", "n_layers", "hidden_size"):
-            v = getattr(result, k)
-            if v is not None:
-                setattr(result, k, int(v))
         if sha256:
             result.file_sha256 = file_sha256(p) if p.is_file() else None
         return result

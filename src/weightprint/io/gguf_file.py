@@ -345,6 +345,7 @@ class GGUFModel(Model):
     """
 
     format = "gguf"
+    ggml_types = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -529,12 +530,18 @@ class GGUFModel(Model):
 
     @cached_property
     def config(self) -> dict[str, Any]:  # type: ignore[override]
-        try:
-            from weightprint.io.hf_config import hf_config_from_gguf
-        except ImportError:
-            return _minimal_config(self.metadata, self.architecture)
+        from weightprint.io.hf_config import hf_config_from_gguf
+
         tied = "output.weight" not in self._by_stored  # no lm_head: llama.cpp reuses token_embd
         return hf_config_from_gguf(self.metadata, tie_word_embeddings=tied)
+
+    def _read_geometry(self) -> Any:
+        from weightprint.io.geometry import geometry_from_gguf
+
+        return geometry_from_gguf(self.metadata, self.tensor_infos())
+
+    def gguf_metadata(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        return copy_metadata_for_write(self)
 
     def _buffer(self) -> Any:
         if self._mmap is None:
@@ -570,22 +577,9 @@ def dequantize_raw(raw: np.ndarray, qtype: QType, shape: tuple[int, ...]) -> np.
         return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
     if qtype in _PLAIN_TENSOR_DTYPES:
         return raw.astype(np.float32).reshape(shape)
-    try:
-        from weightprint.quant import dequantize as _dequantize  # the house kernels, when present
-    except ImportError:
-        from gguf.quants import dequantize as _gguf_dequantize
+    from weightprint.quant import dequantize
 
-        try:
-            out = _gguf_dequantize(raw, qtype)
-        except NotImplementedError as e:
-            raise UnsupportedQuantType(f"cannot dequantize {qtype.name}: not implemented") from e
-        return np.asarray(out, dtype=np.float32).reshape(shape)
-    return np.asarray(_dequantize(raw, qtype, shape), dtype=np.float32).reshape(shape)
-
-
-def _scalar(metadata: Mapping[str, Any], key: str) -> Any:
-    value = metadata.get(key)
-    return None if isinstance(value, (np.ndarray, StringArray, list)) else value
+    return np.asarray(dequantize(raw, qtype, shape), dtype=np.float32).reshape(shape)
 
 
 def tokenizer_from_gguf_metadata(metadata: Mapping[str, Any], label: str = "GGUF") -> TokenizerInfo | None:
@@ -637,28 +631,6 @@ def tokenizer_from_gguf_metadata(metadata: Mapping[str, Any], label: str = "GGUF
         add_bos=as_bool("tokenizer.ggml.add_bos_token"),
         add_eos=as_bool("tokenizer.ggml.add_eos_token"),
     )
-
-
-def _minimal_config(metadata: Mapping[str, Any], arch: str) -> dict[str, Any]:
-    config: dict[str, Any] = {"model_type": arch}
-    for gguf_key, hf_key in (
-        ("embedding_length", "hidden_size"),
-        ("block_count", "num_hidden_layers"),
-        ("feed_forward_length", "intermediate_size"),
-        ("attention.head_count", "num_attention_heads"),
-        ("attention.head_count_kv", "num_key_value_heads"),
-        ("context_length", "max_position_embeddings"),
-        ("rope.freq_base", "rope_theta"),
-        ("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
-        ("attention.key_length", "head_dim"),
-    ):
-        value = _scalar(metadata, f"{arch}.{gguf_key}")
-        if value is not None:
-            config[hf_key] = value
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    if tokens is not None:
-        config["vocab_size"] = len(tokens)
-    return config
 
 
 # --------------------------------------------------------------------------- writer

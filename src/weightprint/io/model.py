@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from weightprint.constants import QType
+
+if TYPE_CHECKING:
+    from weightprint.io.geometry import Geometry
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,31 @@ class Model(ABC):
     config: dict[str, Any]
     tokenizer: TokenizerInfo | None
     chat_template: str | None
+
+    ggml_types: bool = False
+    """True when ``TensorInfo.qtype`` are the GGML types a llama.cpp quantizer sees in this file
+    (GGUF): a GGUF writer keeps the type of tensors it does not quantize and may copy their
+    stored bytes unchanged. Otherwise 1-D tensors are written as F32, as llama.cpp's converter does."""
+
+    @cached_property
+    def geometry(self) -> "Geometry":
+        """Layers, widths, head counts, vocabulary and embedding/head names (computed once)."""
+        return self._read_geometry()
+
+    def _read_geometry(self) -> "Geometry":
+        from weightprint.io.geometry import geometry_from_config
+
+        return geometry_from_config(self.config, self.architecture, self.tensor_infos())
+
+    def gguf_metadata(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """``(metadata, value types)`` a GGUF file of this model starts from (no file type yet).
+
+        From the Hugging Face config, tokenizer and chat template; a GGUF model copies its own.
+        Value types are None where the writer infers them.
+        """
+        from weightprint.io.hf_config import gguf_metadata_from_hf
+
+        return gguf_metadata_from_hf(self.config, self.tokenizer, self.chat_template)
 
     @abstractmethod
     def tensor_infos(self) -> list[TensorInfo]:

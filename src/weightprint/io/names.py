@@ -17,17 +17,52 @@ Besides names, llama.cpp's converter (``convert_hf_to_gguf.py``) changes some *v
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import numpy as np
 
 from weightprint.errors import ShapeMismatchError
 
+# Canonical names of the tensors outside the blocks, and the aliases other checkpoints use.
+EMBED_NAME = "model.embed_tokens.weight"
+HEAD_NAME = "lm_head.weight"
+FINAL_NORM_NAME = "model.norm.weight"
+EMBED_NAMES: tuple[str, ...] = (EMBED_NAME, "embed_tokens.weight", "transformer.wte.weight")
+HEAD_NAMES: tuple[str, ...] = (HEAD_NAME,)
+FINAL_NORM_NAMES: tuple[str, ...] = (FINAL_NORM_NAME, "norm.weight", "transformer.ln_f.weight")
+
+# ``<prefix>layers.N.<rest>`` (also GPT-2's ``h.N.`` and ``blocks.N.``/``block.N.``).
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)\.")
+
+
+def split_layer(name: str) -> tuple[str, int, str] | None:
+    """``(prefix, layer, rest)`` of a block tensor's canonical name, or None outside the blocks.
+
+    Examples
+    --------
+    >>> split_layer("model.layers.3.mlp.up_proj.weight")
+    ('model.layers.', 3, 'mlp.up_proj.weight')
+    >>> split_layer("model.norm.weight") is None
+    True
+    """
+    m = _LAYER_RE.search(name)
+    if m is None:
+        return None
+    return name[: m.start(1)], int(m.group(1)), name[m.end():]
+
+
+def layer_of(name: str) -> int | None:
+    """The decoder-block number of a canonical tensor name (``model.layers.3.…`` -> 3), or None."""
+    m = _LAYER_RE.search(name)
+    return int(m.group(1)) if m else None
+
+
 # Tensors outside the blocks.
 _GLOBAL_GGUF_TO_HF: dict[str, str] = {
-    "token_embd": "model.embed_tokens",
-    "output_norm": "model.norm",
-    "output": "lm_head",
+    "token_embd": EMBED_NAME.removesuffix(".weight"),
+    "output_norm": FINAL_NORM_NAME.removesuffix(".weight"),
+    "output": HEAD_NAME.removesuffix(".weight"),
 }
 
 # Inside block N: ``blk.N.<gguf>`` <-> ``model.layers.N.<hf>``.
@@ -187,14 +222,6 @@ def _check_qk_rows(w: np.ndarray, n_head: int) -> int:
     return rows
 
 
-def _layer_index(hf_name: str) -> int | None:
-    if hf_name.startswith("model.layers."):
-        block = hf_name[len("model.layers."):].partition(".")[0]
-        if block.isdigit():
-            return int(block)
-    return None
-
-
 def _head_count(config: Mapping[str, Any], key: str, hf_name: str) -> int:
     value = config.get(key)
     if value is None and key == "num_key_value_heads":
@@ -202,7 +229,7 @@ def _head_count(config: Mapping[str, Any], key: str, hf_name: str) -> int:
     if value is None:
         raise ShapeMismatchError(f"tensor `{hf_name}`: config has no `{key}` to undo the q/k permutation")
     if isinstance(value, (list, tuple, np.ndarray)):  # per-layer head counts
-        layer = _layer_index(hf_name)
+        layer = layer_of(hf_name)
         if layer is None or layer >= len(value):
             raise ShapeMismatchError(f"tensor `{hf_name}`: no per-layer `{key}` for it")
         value = value[layer]

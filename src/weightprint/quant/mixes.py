@@ -59,9 +59,8 @@ from weightprint.errors import ShapeMismatchError, UnsupportedQuantType, Weightp
 __all__ = [
     "TensorTypePlan",
     "choose_tensor_types",
-    "plan_tensor_types",
+    "tensor_type_plan",
     "tensor_allows_quantization",
-    "mix_hyperparameters",
 ]
 
 _UNQUANTIZED_TYPES = frozenset({QType.F32, QType.F16, QType.BF16, QType.F64, QType.I8, QType.I16, QType.I32, QType.I64})
@@ -455,7 +454,7 @@ def _is_70b(arch: str, n_layers: int, n_head: int | None, n_head_kv: int | None)
     return True
 
 
-def _validate_plan_tensor_types(
+def _validate_tensor_type_plan(
     tensors: Iterable[Sequence[Any]],
     file_type: FileType | int,
     n_layers: int,
@@ -491,7 +490,7 @@ def _validate_plan_tensor_types(
     return ft, rows
 
 
-def plan_tensor_types(
+def tensor_type_plan(
     arch: str,
     tensors: Iterable[Sequence[Any]],
     file_type: FileType | int,
@@ -507,7 +506,7 @@ def plan_tensor_types(
 
     Same parameters as :func:`choose_tensor_types`; returns the whole :class:`TensorTypePlan`.
     """
-    ft, rows = _validate_plan_tensor_types(tensors, file_type, n_layers, n_expert, source_types)
+    ft, rows = _validate_tensor_type_plan(tensors, file_type, n_layers, n_expert, source_types)
     n_gqa = None
     if n_head is not None:
         kv = n_head if n_head_kv is None else n_head_kv
@@ -609,7 +608,7 @@ def choose_tensor_types(
     >>> {name: t.name for name, t in types.items()}
     {'token_embd.weight': 'Q6_K', 'blk.0.attn_norm.weight': 'F32', 'blk.0.attn_v.weight': 'Q6_K'}
     """
-    return plan_tensor_types(
+    return tensor_type_plan(
         arch,
         tensors,
         file_type,
@@ -620,51 +619,3 @@ def choose_tensor_types(
         source_types=source_types,
         quantize_output_tensor=quantize_output_tensor,
     ).types
-
-
-def _metadata_int(metadata: Mapping[str, Any], key: str) -> int | None:
-    value = metadata.get(key)
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):  # per-layer arrays: llama.cpp's hparams use layer 0
-        if not value:
-            return None
-        value = value[0]
-    try:
-        return int(value)
-    except (TypeError, ValueError) as e:
-        raise WeightprintError(f"metadata key `{key}`: expected an integer, got {value!r}") from e
-
-
-def mix_hyperparameters(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyword arguments for :func:`choose_tensor_types` from GGUF metadata.
-
-    Parameters
-    ----------
-    metadata : `Mapping[str, Any]`
-        GGUF key -> value (``general.architecture``, ``{arch}.block_count``, ...).
-
-    Returns
-    -------
-    dict
-        ``{"arch", "n_layers", "n_expert", "n_head", "n_head_kv"}``.
-
-    Raises
-    ------
-    WeightprintError
-        ``general.architecture`` or ``{arch}.block_count`` is missing.
-    """
-    arch = metadata.get("general.architecture")
-    if not arch:
-        raise WeightprintError("metadata has no `general.architecture`")
-    arch = str(arch)
-    n_layers = _metadata_int(metadata, f"{arch}.block_count")
-    if n_layers is None:
-        raise WeightprintError(f"metadata has no `{arch}.block_count`")
-    return {
-        "arch": arch,
-        "n_layers": n_layers,
-        "n_expert": _metadata_int(metadata, f"{arch}.expert_count") or 0,
-        "n_head": _metadata_int(metadata, f"{arch}.attention.head_count"),
-        "n_head_kv": _metadata_int(metadata, f"{arch}.attention.head_count_kv"),
-    }
