@@ -5,8 +5,6 @@ Each check runs real issuing processes on a tiny llama GGUF (seconds).
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,11 +16,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _fixtures_mark import write_tiny_llama  # noqa: E402
+from _fixtures_postgres import postgres_url  # noqa: E402,F401 - a pytest fixture
 
 from weightprint.mark import init_registry, issue_copy, trace_leak  # noqa: E402
 from weightprint.mark.api import STAGING_DIR  # noqa: E402
 from weightprint.mark.registry import open_registry  # noqa: E402
-from weightprint.testing.models import file_sha256  # noqa: E402
+from weightprint.io import file_sha256  # noqa: E402
 
 _ISSUER = textwrap.dedent(
     """
@@ -112,53 +111,26 @@ def test_sigkill_mid_write_leaves_no_orphan_row_and_no_partial_file(tmp_path):
     _check_consistent(url, outdir)
 
 
+def test_registry_accepts_a_plain_path_and_an_absent_file_stays_absent(tmp_path, monkeypatch):
+    from weightprint.errors import RegistryError
+
+    monkeypatch.chdir(tmp_path)
+    source = write_tiny_llama(tmp_path / "src.gguf")
+    info = init_registry("reg.db", tmp_path / "m.key")  # relative plain path: a SQLite file here
+    assert info.created_registry and (tmp_path / "reg.db").is_file()
+    issue_copy(source, "alice", "Q8_0", tmp_path / "alice.gguf", registry_url="reg.db", key_file=tmp_path / "m.key")
+    with open_registry(f"sqlite:///{tmp_path / 'reg.db'}") as reg:  # the same file by URL
+        assert [r.recipient for r in reg.copies()] == ["alice"]
+    again = init_registry(str(tmp_path / "reg.db"), tmp_path / "m.key")
+    assert not again.created_registry and again.registry_id == info.registry_id
+    with pytest.raises(RegistryError, match=r"^registry .*none\.db is not initialised \(no such file\)$"):
+        open_registry(str(tmp_path / "none.db"))
+    assert not (tmp_path / "none.db").exists()
+
+
 # --------------------------------------------------------------------------------------
-# PostgreSQL: a throwaway server from Debian's postgresql package when one is installed
+# PostgreSQL: a throwaway server (tests/_fixtures_postgres.py) when one is installed
 # --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory):
-    url = os.environ.get("WEIGHTPRINT_TEST_POSTGRES_URL")
-    if url:
-        yield url
-        return
-    pg_ctl = shutil.which("pg_ctl") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))), None)
-    if pg_ctl is None:
-        pytest.skip("PostgreSQL tests skipped: no server (set WEIGHTPRINT_TEST_POSTGRES_URL or install postgresql)")
-    bindir = Path(pg_ctl).resolve().parent
-    import tempfile
-
-    base = Path(tempfile.mkdtemp(prefix="weightprint-pg-"))  # pytest's tmp is 0700 root: not for `postgres`
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        if shutil.which("runuser") is None:
-            pytest.skip("PostgreSQL tests skipped: running as root without `runuser`")
-        import pwd
-
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("PostgreSQL tests skipped: running as root and no `postgres` user")
-        os.chmod(base, 0o755)
-        for d in (base, sock):
-            os.chown(d, pw.pw_uid, pw.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    run = lambda *a: subprocess.run([*prefix, *a], capture_output=True, text=True, timeout=120)  # noqa: E731
-    r = run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-    if r.returncode != 0:
-        pytest.skip(f"PostgreSQL tests skipped: initdb failed: {r.stderr.strip()[-200:]}")
-    r = run(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o",
-            f"-k {sock} -c listen_addresses='' -c fsync=off", "start")
-    if r.returncode != 0:
-        pytest.skip(f"PostgreSQL tests skipped: server did not start: {r.stderr.strip()[-200:]}")
-    try:
-        yield f"postgresql+psycopg://postgres@/postgres?host={sock}"
-    finally:
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def test_postgresql_registry_issue_trace_and_concurrency(tmp_path, postgres_url):
     pytest.importorskip("psycopg")
     from sqlalchemy import create_engine, text

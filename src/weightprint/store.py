@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 import zlib
@@ -130,8 +131,8 @@ def redact(url: str | Path) -> str:
         return s  # a plain path holds no password
     try:
         return make_url(s).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a malformed URL is reported by the caller
-        return "<malformed URL>"
+    except Exception:  # noqa: BLE001 - a malformed URL is reported by the caller; hide what looks like a password
+        return re.sub(r"(://[^/@:]*:)[^@]*@", r"\1***@", s)
 
 
 def sqlite_file(url: str | Path) -> Path | None:
