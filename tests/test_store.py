@@ -300,3 +300,21 @@ def test_fingerprint_table_is_versioned(tmp_path):
         list_fingerprints(f)
     with store.get_engine(f).connect() as conn:  # the old rows are untouched
         assert conn.execute(select(text("label")).select_from(text("weightprint_fingerprints"))).scalar() == "x"
+
+
+def test_a_forked_child_gets_its_own_engine(tmp_path):
+    import os
+
+    f = tmp_path / "fork.db"
+    cache = ResultCache(f, "ns")
+    cache.put("k", "parent")
+    parent_engine = store.get_engine(f)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: a fresh engine, and the parent's data is readable through it
+        ok = store.get_engine(f) is not parent_engine and ResultCache(f, "ns").get("k") == "parent"
+        os.write(w, b"1" if ok else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(r, 1) == b"1"
+    assert store.get_engine(f) is parent_engine and cache.get("k") == "parent"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -245,6 +246,19 @@ def dispose_engines() -> None:
         e.dispose()
 
 
+def _forget_engines_in_child() -> None:
+    """After ``fork()``: the parent's pooled connections must not be used by the child (scan workers)."""
+    global _engines_lock
+    _engines_lock = threading.Lock()
+    for e in _engines.values():
+        e.dispose(close=False)
+    _engines.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_engines_in_child)
+
+
 def _create_engine(url: str, *, what: str, error: type[WeightprintError]) -> Engine:
     try:
         u = make_url(url)
@@ -356,11 +370,7 @@ def migrate(
             recorded = conn.execute(select(t.c.version).where(t.c.component == component)).scalar()
             current = int(recorded) if recorded is not None else 0
             if current > latest:
-                raise error(
-                    f"{what} {where} holds `{component}` schema version {current}, newer than this weightprint "
-                    f"knows ({latest})",
-                    hint="upgrade weightprint",
-                )
+                raise _newer_schema(where, component, current, latest, what=what, error=error)
             if current == latest:
                 return current
             for v, apply in steps:
@@ -388,11 +398,16 @@ def check_schema(
     with db_errors(where, what=what, action="read", error=error):
         current = schema_version(engine, component)
     if current > latest:
-        raise error(
-            f"{what} {where} holds `{component}` schema version {current}, newer than this weightprint knows ({latest})",
-            hint="upgrade weightprint",
-        )
+        raise _newer_schema(where, component, current, latest, what=what, error=error)
     return current
+
+
+def _newer_schema(where: str, component: str, current: int, latest: int, *, what: str,
+                  error: type[WeightprintError]) -> WeightprintError:
+    return error(
+        f"{what} {where} holds `{component}` schema version {current}, newer than this weightprint knows ({latest})",
+        hint="upgrade weightprint",
+    )
 
 
 # ---------------------------------------------------------------------------------------
