@@ -15,6 +15,8 @@ QUANT_SIZES: dict[QType, tuple[int, int]] = dict(GGML_QUANT_SIZES)
 
 QK_K = 256  # super-block size of the k-quants
 
+GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
+
 
 class FileType(IntEnum):
     """llama.cpp ``llama_ftype`` values: a whole-file quantization recipe ("mix").

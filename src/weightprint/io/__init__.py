@@ -4,7 +4,7 @@ from weightprint.io.gguf_file import GGUFModel, StringArray, TensorSpec, copy_me
 from weightprint.io.geometry import Geometry
 from weightprint.io.hashing import file_sha256, model_sha256
 from weightprint.io.hf import HFModel, write_hf_dir
-from weightprint.io.model import Model, TensorInfo, TokenizerInfo
+from weightprint.io.model import Model, TensorInfo, TokenizerInfo, dequantize_raw
 from weightprint.io.names import (
     EMBED_NAME,
     EMBED_NAMES,
@@ -41,6 +41,7 @@ __all__ = [
     "TensorSpec",
     "TokenizerInfo",
     "copy_metadata_for_write",
+    "dequantize_raw",
     "file_sha256",
     "from_stored_layout",
     "gguf_to_hf_name",

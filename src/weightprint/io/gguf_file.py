@@ -30,7 +30,7 @@ from typing import Any, overload
 import numpy as np
 from gguf import GGUFValueType
 
-from weightprint.constants import QUANT_SIZES, QType
+from weightprint.constants import GGUF_MAGIC, QUANT_SIZES, QType
 from weightprint.errors import (
     GGUFFormatError,
     ShapeMismatchError,
@@ -38,11 +38,10 @@ from weightprint.errors import (
     UnsupportedQuantType,
     WeightprintError,
 )
-from weightprint.io.model import Model, TensorInfo, TokenizerInfo
-from weightprint.io.names import from_stored_layout, gguf_to_hf_name, layout_config_from_gguf
+from weightprint.io.model import STORED_DTYPES, Model, TensorInfo, TokenizerInfo, dequantize_raw
+from weightprint.io.names import from_stored_layout, gguf_to_hf_name, layout_config_from_gguf, needs_layout_change
 from weightprint.io.files import temp_file_beside
 
-GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -81,19 +80,6 @@ _DTYPE_TO_VALUE_TYPE: dict[np.dtype, GGUFValueType] = {
 }
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-
-# Tensor types stored as plain numbers, and their numpy dtype (BF16 as raw uint16).
-_PLAIN_TENSOR_DTYPES: dict[QType, np.dtype] = {
-    QType.F32: np.dtype("<f4"),
-    QType.F16: np.dtype("<f2"),
-    QType.BF16: np.dtype("<u2"),
-    QType.F64: np.dtype("<f8"),
-    QType.I8: np.dtype("<i1"),
-    QType.I16: np.dtype("<i2"),
-    QType.I32: np.dtype("<i4"),
-    QType.I64: np.dtype("<i8"),
-}
-
 
 def tensor_nbytes(shape: Sequence[int], qtype: QType) -> int:
     """Stored size in bytes of a tensor of numpy-order ``shape`` and type ``qtype``."""
@@ -346,6 +332,7 @@ class GGUFModel(Model):
 
     format = "gguf"
     ggml_types = True
+    rows_from_file = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -483,7 +470,7 @@ class GGUFModel(Model):
     def raw(self, name: str) -> np.ndarray:
         info = self.info(name)
         buf = self._buffer()
-        plain = _PLAIN_TENSOR_DTYPES.get(info.qtype)
+        plain = STORED_DTYPES.get(info.qtype)
         if plain is not None:
             return np.frombuffer(buf, dtype=plain, count=info.n_elements, offset=info.offset).reshape(info.shape)
         rows, row_bytes = _byte_shape(info.shape, info.qtype)
@@ -496,12 +483,13 @@ class GGUFModel(Model):
         values = from_stored_layout(info.name, values, self.architecture, self._layout_config)
         return values.astype(dtype, copy=False)
 
-    def stored_tensor(self, name: str, dtype: np.dtype | type = np.float32) -> np.ndarray:
-        """The tensor dequantized but in stored (GGUF) layout: q/k still permuted, Gemma norms + 1."""
-        info = self.info(name)
-        values = dequantize_raw(self.raw(name), info.qtype, info.shape).astype(dtype, copy=False)
-        self.release(name)
-        return values
+    def gguf_layout_tensor(self, name: str, arch: str, layout_config: Any) -> np.ndarray:
+        if arch == self.architecture:
+            return self.stored_tensor(name)  # already stored as a GGUF of this architecture
+        return super().gguf_layout_tensor(name, arch, layout_config)
+
+    def _rows_as_stored(self, name: str) -> bool:
+        return not needs_layout_change(self.info(name).name, self.architecture)
 
     def release(self, name: str) -> None:
         """Drop the tensor's mapped pages from this process's resident set (page cache keeps them).
@@ -569,17 +557,6 @@ def _byte_shape(shape: tuple[int, ...], qtype: QType) -> tuple[int, int]:
     for d in shape[:-1]:
         rows *= d
     return rows, cols // block_size * type_size
-
-
-def dequantize_raw(raw: np.ndarray, qtype: QType, shape: tuple[int, ...]) -> np.ndarray:
-    """Stored values (as :meth:`GGUFModel.raw` returns them) -> a new float32 array of ``shape``."""
-    if qtype == QType.BF16:
-        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
-    if qtype in _PLAIN_TENSOR_DTYPES:
-        return raw.astype(np.float32).reshape(shape)
-    from weightprint.quant import dequantize
-
-    return np.asarray(dequantize(raw, qtype, shape), dtype=np.float32).reshape(shape)
 
 
 def tokenizer_from_gguf_metadata(metadata: Mapping[str, Any], label: str = "GGUF") -> TokenizerInfo | None:

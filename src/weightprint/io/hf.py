@@ -92,6 +92,7 @@ class HFModel(Model):
     """
 
     format = "hf"
+    rows_from_file = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)

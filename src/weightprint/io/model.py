@@ -12,6 +12,7 @@ redoes it. ``Model.raw`` gives the stored bytes as they are (no un-permutation).
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,6 +25,56 @@ from weightprint.constants import QType
 
 if TYPE_CHECKING:
     from weightprint.io.geometry import Geometry
+
+# Tensor types stored as plain numbers, and their numpy dtype (BF16 as raw uint16).
+STORED_DTYPES: dict[QType, np.dtype] = {
+    QType.F32: np.dtype("<f4"),
+    QType.F16: np.dtype("<f2"),
+    QType.BF16: np.dtype("<u2"),
+    QType.F64: np.dtype("<f8"),
+    QType.I8: np.dtype("<i1"),
+    QType.I16: np.dtype("<i2"),
+    QType.I32: np.dtype("<i4"),
+    QType.I64: np.dtype("<i8"),
+}
+
+
+def dequantize_raw(raw: np.ndarray, qtype: QType, shape: tuple[int, ...]) -> np.ndarray:
+    """Stored values -> a new float32 array of ``shape``: the one decoder of stored tensor data.
+
+    Args:
+        raw (`np.ndarray`): what :meth:`Model.raw` returns (plain types in their stored dtype,
+            BF16 as ``uint16``, block types as ``uint8`` rows), or the same data as ``uint8``
+            bytes (e.g. rows read with ``pread``).
+        qtype (`QType`): the stored type.
+        shape (`tuple[int, ...]`): shape of the result; holds as many values as ``raw``.
+
+    Returns:
+        `np.ndarray`: float32 values in the stored layout (no q/k un-permutation).
+    """
+    plain = STORED_DTYPES.get(qtype)
+    if plain is not None:
+        if raw.dtype == np.uint8 and plain.itemsize > 1:
+            raw = np.ascontiguousarray(raw).view(plain)
+        if qtype == QType.BF16:
+            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        return raw.astype(np.float32).reshape(shape)
+    from weightprint.quant import dequantize
+
+    return np.asarray(dequantize(raw, qtype, shape), dtype=np.float32).reshape(shape)
+
+
+def _pread_rows(path: Path, offset: int, row_bytes: int, ids: np.ndarray) -> np.ndarray:
+    """Rows ``ids`` of a contiguous ``(rows, row_bytes)`` block read with ``pread`` (no mapping)."""
+    out = np.empty((len(ids), row_bytes), dtype=np.uint8)
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        for k, i in enumerate(ids.tolist()):
+            chunk = os.pread(fd, row_bytes, offset + i * row_bytes)
+            if len(chunk) != row_bytes:
+                raise OSError(f"{path}: short read at byte {offset + i * row_bytes}")
+            out[k] = np.frombuffer(chunk, dtype=np.uint8)
+    return out
 
 
 @dataclass(frozen=True)
@@ -183,6 +234,50 @@ class Model(ABC):
     @abstractmethod
     def tensor(self, name: str, dtype: np.dtype | type = np.float32) -> np.ndarray:
         """The tensor dequantized to ``dtype`` in Hugging Face layout (a new array)."""
+
+    def stored_tensor(self, name: str, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """The tensor dequantized but in the file's stored layout (GGUF: q/k still permuted,
+        Gemma norms + 1; other formats store Hugging Face layout)."""
+        info = self.info(name)
+        values = dequantize_raw(self.raw(name), info.qtype, info.shape).astype(dtype, copy=False)
+        self.release(name)
+        return values
+
+    def gguf_layout_tensor(self, name: str, arch: str, layout_config: Any) -> np.ndarray:
+        """float32 values of ``name`` in the layout a GGUF file of ``arch`` stores them.
+
+        ``layout_config`` holds the head counts of the q/k permutation
+        (:func:`weightprint.io.names.layout_config_from_gguf`).
+        """
+        from weightprint.io.names import to_stored_layout
+
+        values = self.tensor(name, np.float32)
+        return np.asarray(to_stored_layout(name, values, arch, layout_config), dtype=np.float32)
+
+    rows_from_file: bool = False
+    """True when the bytes of a 2-D tensor are one contiguous block of ``TensorInfo.file`` that
+    :meth:`read_rows` may read row by row (wrappers that change values leave it False)."""
+
+    def read_rows(self, name: str, ids: Any) -> np.ndarray:
+        """Rows ``ids`` of a 2-D tensor as float32 (Hugging Face layout), reading only those rows.
+
+        File-backed rows are read with ``pread`` rather than through the memory map, so a sample
+        of a few thousand rows of a large embedding does not fault most of it into the resident
+        set. Tensors whose stored rows differ from Hugging Face rows are read whole.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        info = self.info(name)
+        if self.rows_from_file and len(info.shape) == 2 and info.file is not None and self._rows_as_stored(name):
+            rows, cols = int(info.shape[0]), int(info.shape[1])
+            path = Path(str(info.file))
+            if path.is_file() and info.nbytes % rows == 0:
+                raw = _pread_rows(path, info.offset, info.nbytes // rows, ids)
+                return dequantize_raw(raw, info.qtype, (len(ids), cols))
+        return np.asarray(self.tensor(name), dtype=np.float32)[ids]
+
+    def _rows_as_stored(self, name: str) -> bool:
+        """The stored rows of ``name`` are its Hugging Face rows (no layout change)."""
+        return True
 
     def release(self, name: str) -> None:
         """Let the OS drop the memory-mapped pages of ``name`` from the resident set.

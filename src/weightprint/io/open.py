@@ -6,10 +6,9 @@ import os
 import struct
 from pathlib import Path
 
+from weightprint.constants import GGUF_MAGIC
 from weightprint.errors import ModelFormatError
 from weightprint.io.model import Model
-
-GGUF_MAGIC = b"GGUF"
 
 
 def _looks_like_safetensors(head: bytes, file_size: int) -> bool:

@@ -265,6 +265,7 @@ class SafetensorsModel(Model):
     """
 
     format = "safetensors"
+    rows_from_file = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)

@@ -120,21 +120,6 @@ def _as_bytes(raw: np.ndarray, rows: int) -> np.ndarray:
     return np.ascontiguousarray(raw).view(np.uint8).reshape(rows, -1)
 
 
-def _stored_values(src: Model, name: str, arch: str, layout_config: dict[str, Any]) -> np.ndarray:
-    """SOURCE's tensor as float32 in GGUF stored layout."""
-    from weightprint.io.names import to_stored_layout
-    from weightprint.quant import dequantize
-
-    info = src.info(name)
-    if src.format == "gguf":
-        raw = src.raw(name)
-        if info.qtype == QType.F32:
-            return np.asarray(raw, dtype=np.float32).reshape(info.shape)
-        return np.asarray(dequantize(raw, info.qtype, shape=info.shape), dtype=np.float32).reshape(info.shape)
-    values = src.tensor(name, np.float32)
-    return np.asarray(to_stored_layout(name, values, arch, layout_config), dtype=np.float32)
-
-
 def _file_type_name(model: Model) -> str | None:
     v = (model.metadata or {}).get("general.file_type")
     try:
@@ -177,7 +162,7 @@ def exact_derivation(source: str | Path | Model, quant: str | Path | Model) -> E
     try:
         q, close_q = open_or_borrow(quant)
         try:
-            if q.format != "gguf":
+            if not q.ggml_types:
                 raise WeightprintError(f"{q.path}: exact derivation needs a GGUF file as QUANT, got {q.format}")
             arch = q.architecture
             layout_config = layout_config_from_gguf(q.metadata, arch)
@@ -199,7 +184,7 @@ def exact_derivation(source: str | Path | Model, quant: str | Path | Model) -> E
                 if name not in src_names:
                     diffs.append(TensorDifference(name, qt.name, "missing in source"))
                     continue
-                values = _stored_values(src, name, arch, layout_config)
+                values = src.gguf_layout_tensor(name, arch, layout_config)
                 if tuple(values.shape) != tuple(info.shape):
                     diffs.append(TensorDifference(name, qt.name, f"shape differs ({list(values.shape)} vs {list(info.shape)})"))
                     continue

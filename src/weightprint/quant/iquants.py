@@ -1,4 +1,4 @@
-"""Dequantize-only types (IQ*, TQ*, MXFP4, NVFP4), delegated to gguf-py's numpy kernels.
+"""Dequantize-only types (IQ*, TQ*, MXFP4, NVFP4), delegated to gguf-py's public ``dequantize``.
 
 These kernels declare ``supports_quantize = False``; :func:`weightprint.quant.quantize` refuses
 them with :class:`~weightprint.errors.UnsupportedQuantType` before any work is done. Their block
@@ -8,9 +8,10 @@ layouts are those of llama.cpp's ``ggml-common.h`` (see gguf-py ``gguf/quants.py
 from __future__ import annotations
 
 import numpy as np
-from gguf import quants as _gguf_quants
+from gguf.quants import dequantize as gguf_dequantize
 
 from weightprint.constants import QType
+from weightprint.errors import UnsupportedQuantType
 from weightprint.quant.base import QuantKernel
 
 _DEQUANTIZE_ONLY = (
@@ -21,7 +22,10 @@ _DEQUANTIZE_ONLY = (
 
 def _make(qtype: QType) -> type[QuantKernel]:
     def dequantize_blocks(cls: type[QuantKernel], data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        flat = _gguf_quants.dequantize(np.ascontiguousarray(data, dtype=np.uint8), cls.qtype)
+        try:
+            flat = gguf_dequantize(np.ascontiguousarray(data, dtype=np.uint8), cls.qtype)
+        except NotImplementedError as e:  # a gguf-py other than the pinned one
+            raise UnsupportedQuantType(f"cannot dequantize {cls.qtype.name}: gguf-py does not implement it") from e
         values = np.asarray(flat, dtype=np.float32).reshape(-1, cls.block_size)
         if out is None:
             return values
@@ -38,7 +42,6 @@ def _make(qtype: QType) -> type[QuantKernel]:
 
 
 KERNELS: dict[QType, type[QuantKernel]] = {}
-for _name in _DEQUANTIZE_ONLY:
-    if hasattr(QType, _name) and QType[_name] in _gguf_quants._type_traits:
-        KERNELS[QType[_name]] = _make(QType[_name])
-        globals()[_name] = KERNELS[QType[_name]]
+for _name in _DEQUANTIZE_ONLY:  # all implemented by the pinned gguf-py (pyproject: gguf==0.19.0)
+    KERNELS[QType[_name]] = _make(QType[_name])
+    globals()[_name] = KERNELS[QType[_name]]
