@@ -164,37 +164,40 @@ _MIGRATOR = textwrap.dedent(
     import sys, time
     from sqlalchemy import text
     from weightprint.store import get_engine, migrate
-    url = sys.argv[1]
-    def v1(conn):
-        conn.execute(text("CREATE TABLE runs (pid INTEGER)"))
-    def v2(conn):
-        conn.execute(text("INSERT INTO runs VALUES (1)"))
-        time.sleep(0.3)  # widen the window in which a second migrator could slip in
-    print(migrate(get_engine(url), "race", [(1, v1), (2, v2)]))
+    url, order = sys.argv[1], sys.argv[2]
+    def steps(table):
+        def v1(conn):
+            conn.execute(text(f"CREATE TABLE {table} (pid INTEGER)"))
+        def v2(conn):
+            conn.execute(text(f"INSERT INTO {table} VALUES (1)"))
+            time.sleep(0.3)  # widen the window in which a second migrator could slip in
+        return [(1, v1), (2, v2)]
+    components = ["race_a", "race_b"] if order == "ab" else ["race_b", "race_a"]
+    print(*[migrate(get_engine(url), c, steps(c)) for c in components])
     """
 )
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_concurrent_migrators_apply_each_step_once(tmp_path, backend, request):
+    """Three processes migrate two components in opposite orders, from a database without any table."""
     if backend == "postgresql":
         pytest.importorskip("psycopg")
         url = request.getfixturevalue("postgres_url")
         with store.get_engine(url).begin() as conn:
-            conn.execute(text("DROP TABLE IF EXISTS runs"))
-            conn.execute(text("DELETE FROM wp_schema_version WHERE component = 'race'")
-                         if inspect(conn).has_table("wp_schema_version") else text("SELECT 1"))
+            conn.execute(text("DROP TABLE IF EXISTS race_a, race_b, wp_schema_version"))
     else:
         url = str(tmp_path / "race.db")
     script = tmp_path / "migrator.py"
     script.write_text(_MIGRATOR)
-    procs = [subprocess.Popen([sys.executable, str(script), url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(3)]
+    procs = [subprocess.Popen([sys.executable, str(script), url, order], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for order in ("ab", "ba", "ab")]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
-    assert [o[0].strip() for o in outs] == ["2"] * 3
+    assert [o[0].strip() for o in outs] == ["2 2"] * 3
     with store.get_engine(url).connect() as conn:
-        assert conn.execute(text("SELECT COUNT(*) FROM runs")).scalar() == 1
+        assert conn.execute(text("SELECT COUNT(*) FROM race_a")).scalar() == 1
+        assert conn.execute(text("SELECT COUNT(*) FROM race_b")).scalar() == 1
 
 
 # --------------------------------------------------------------------------------------

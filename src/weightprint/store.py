@@ -326,9 +326,9 @@ def schema_version(engine: Engine, component: str) -> int:
     return int(v) if v is not None else 0
 
 
-def _lock_key(component: str) -> int:
-    """A stable signed 63-bit key for PostgreSQL's advisory lock of ``component``'s migrations."""
-    return int.from_bytes(hashlib.sha256(f"weightprint:{component}".encode()).digest()[:8], "big") >> 1
+# One PostgreSQL advisory lock for every component's migrations: they also share the creation of
+# ``wp_schema_version``, which two concurrent CREATE TABLEs would race on. A stable 63-bit key.
+_MIGRATION_LOCK_KEY = int.from_bytes(hashlib.sha256(b"weightprint:schema").digest()[:8], "big") >> 1
 
 
 def migrate(
@@ -345,7 +345,7 @@ def migrate(
     Every pending step ``(version, apply)`` (those above the recorded version, in increasing
     order) runs in one transaction together with the update of ``wp_schema_version``: either
     all of them are applied or none. Concurrent callers are serialized (SQLite: ``BEGIN
-    IMMEDIATE``; PostgreSQL: an advisory transaction lock per component), so the second one finds
+    IMMEDIATE``; PostgreSQL: an advisory transaction lock), so the second one finds
     the work done. Steps must therefore be written for the version they upgrade from; version 1
     creates the tables (``checkfirst``, so databases made before versioning adopt version 1).
 
@@ -365,7 +365,7 @@ def migrate(
     with db_errors(where, what=what, action="open", error=error):
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(component)})
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
             _schema_metadata.create_all(conn, checkfirst=True)
             recorded = conn.execute(select(t.c.version).where(t.c.component == component)).scalar()
             current = int(recorded) if recorded is not None else 0
