@@ -15,7 +15,7 @@ import numpy as np
 
 from weightprint.errors import WeightprintError
 from weightprint.io.model import TensorInfo
-from weightprint.io.names import EMBED_NAMES, FINAL_NORM_NAMES, HEAD_NAMES, NORM_SHIFT_ARCHITECTURES
+from weightprint.io.names import EMBED_NAMES, FINAL_NORM_NAMES, HEAD_NAMES
 
 __all__ = ["Geometry", "geometry_from_config", "geometry_from_gguf", "mix_hyperparameters"]
 
@@ -132,6 +132,11 @@ def _width(declared: int | None, facts: Mapping[str, Any]) -> int | None:
     return int(shape[1]) if shape is not None and len(shape) == 2 else None
 
 
+def _gemma_norm(*names: str) -> bool:
+    """Gemma-family RMSNorm (``x * (1 + w)``) by architecture or model type (``gemma``, ``gemma3_text``...)."""
+    return any(n.lower().startswith("gemma") for n in names)
+
+
 def _head_dim(declared: int | None, hidden: int | None, n_heads: int | None) -> int | None:
     if declared:
         return declared
@@ -165,7 +170,7 @@ def geometry_from_gguf(metadata: Mapping[str, Any], infos: Iterable[TensorInfo])
         vocab_size=len(tokens) if tokens is not None else get("vocab_size"),
         context_length=get("context_length"),
         n_experts=get("expert_count") or 0,
-        norm_shifted=arch in NORM_SHIFT_ARCHITECTURES,
+        norm_shifted=_gemma_norm(arch),
         **facts,
     )
 
@@ -202,7 +207,7 @@ def geometry_from_config(config: Mapping[str, Any], architecture: str, infos: It
         vocab_size=_config_int(config, "vocab_size"),
         context_length=_config_int(config, "max_position_embeddings", "n_positions"),
         n_experts=_config_int(config, "num_local_experts", "num_experts") or 0,
-        norm_shifted=any(n.lower().startswith("gemma") for n in (architecture, model_type)),
+        norm_shifted=_gemma_norm(architecture, model_type),
         **facts,
     )
 
