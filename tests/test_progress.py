@@ -147,3 +147,21 @@ def test_heartbeat_repeats_a_silent_step() -> None:
     assert lines[-1] == "[35.0s] demo: leak: fine-tune 50 steps: still running"
     log.heartbeat(30.0)
     assert len(lines) == 2  # the heartbeat itself resets the silence
+
+
+def test_cli_heartbeat_thread_writes_during_a_silent_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from weightprint.cli import _common
+
+    monkeypatch.delenv("WEIGHTPRINT_QUIET", raising=False)
+    monkeypatch.setattr(_common, "PROGRESS_HEARTBEAT", 0.2)
+    buf = io.StringIO()
+    monkeypatch.setattr(_common, "err_console", Console(file=buf, force_terminal=False))
+    monkeypatch.setattr(_common.sys, "stderr", buf)
+    with _common.progress_bar("demo", steps=True) as progress:
+        progress(1, 1, "fine-tune")
+        time.sleep(0.6)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].endswith("demo: fine-tune (1/1)") and lines[-1].endswith("demo: done")
+    assert any(ln.endswith("demo: fine-tune: still running") for ln in lines[1:-1]), lines
