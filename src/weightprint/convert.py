@@ -167,7 +167,7 @@ def _convert_to_gguf(
     transform: TensorTransform | None,
     progress: ProgressCallback,
 ) -> ConvertResult:
-    from weightprint.io.gguf_file import TensorSpec, write_gguf
+    from weightprint.io.gguf_writer import TensorSpec, write_gguf
     from weightprint.io.names import hf_to_gguf_name, to_stored_layout
     from weightprint.quant import quantize
 

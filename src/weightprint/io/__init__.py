@@ -1,6 +1,7 @@
 """Reading and writing model files: GGUF, safetensors, Hugging Face directories."""
 
-from weightprint.io.gguf_file import GGUFModel, StringArray, TensorSpec, copy_metadata_for_write, write_gguf
+from weightprint.io.gguf_file import GGUFModel, StringArray, copy_metadata_for_write
+from weightprint.io.gguf_writer import TensorSpec, write_gguf
 from weightprint.io.geometry import Geometry
 from weightprint.io.hashing import file_sha256, model_sha256
 from weightprint.io.hf import HFModel, write_hf_dir
