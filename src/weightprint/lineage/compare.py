@@ -488,13 +488,64 @@ def _recover(ma: Model, mb: Model, fa: Fingerprint) -> tuple[Fingerprint | None,
     basis = rmap.to_dict()
     if rmap.kind in ("identity", "sign flip") and rmap.scale == 1.0 and not rmap.folded:
         return None, basis
-    # Readers are weighted by their effective gains: B's readers come back unfolded with A's
-    # gains when B's gains differ from A's, and weighting by A's gains again leaves B's own
-    # effective reader. The norm weights stay features only where they have a meaning in A's
-    # basis (permutations); a rotation folds them away.
-    fb = build_fingerprint(rmap.mapped(mb), tokens=[], gains=rmap.gains_a if rmap.folded else None,
-                           norm_features=rmap.perm is not None)
+    if rmap.perm is None:
+        # A rotation: B's effective readers and writers rotated back (the norms are folded away).
+        fb = build_fingerprint(_RotatedBack(mb, rmap), tokens=[], norm_features=False, metadata=False)
+    else:
+        # A signed permutation: B's readers come back unfolded with A's gains when B's gains
+        # differ from A's; weighting them by A's gains again leaves B's own effective reader.
+        fb = build_fingerprint(rmap.mapped(mb), tokens=[], gains=rmap.gains_a if rmap.folded else None,
+                               metadata=False)
     return fb, basis
+
+
+class _RotatedBack(Model):
+    """B's *effective* weights in A's basis for an orthogonal map ``h_B = s h_A R`` (float32, lazy).
+
+    Readers: ``W_B diag(g_B) R^T`` (B's own gains folded in, nothing of A); writers ``R W_B / s``;
+    other tensors as stored. Only the column/row norms of these are used, so float32 suffices.
+    """
+
+    def __init__(self, inner: Model, rmap: Any) -> None:
+        self.inner = inner
+        self.path, self.format, self.architecture = inner.path, inner.format, inner.architecture
+        self.metadata, self.config, self.tokenizer, self.chat_template = inner.metadata, inner.config, None, None
+        self._r = np.asarray(rmap.matrix, dtype=np.float32)
+        self._scale = np.float32(rmap.scale)
+        self._gains = {k: np.asarray(v, dtype=np.float32) for k, v in rmap.gains_b.items()}
+        self._hidden = int(rmap.hidden)
+        self._names = frozenset(inner.tensor_names())
+
+    def tensor_infos(self) -> list:
+        return self.inner.tensor_infos()
+
+    def info(self, name: str) -> Any:
+        return self.inner.info(name)
+
+    def raw(self, name: str) -> np.ndarray:
+        raise NotImplementedError("a rotated view has no stored bytes")
+
+    def release(self, name: str) -> None:
+        self.inner.release(name)
+
+    def close(self) -> None:
+        pass
+
+    def tensor(self, name: str, dtype: Any = np.float32) -> np.ndarray:
+        from weightprint.basis import residual_role
+
+        x = np.asarray(self.inner.tensor(name), dtype=np.float32)
+        role, norm = residual_role(name, tuple(x.shape), self._hidden, self._names)
+        if role == "read" and x.ndim == 2:
+            g = self._gains.get(norm) if norm else None
+            y = (x * g[None, :] if g is not None else x) @ self._r.T
+        elif role == "write" and x.ndim == 2:
+            y = (self._r @ x) / self._scale
+        elif role == "embed":
+            y = (x @ self._r.T) / self._scale
+        else:
+            y = x
+        return np.asarray(y, dtype=dtype)
 
 
 def _validate_compare_models(n_resamples: int, alpha: float) -> None:

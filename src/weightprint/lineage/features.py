@@ -181,8 +181,9 @@ def extract_features(
         (``W_B diag(g_B) R^T diag(1 / g_A)``); weighting by ``g_A`` again gives
         ``W_B diag(g_B) R^T``, B's own effective reader, with nothing of A left in it.
     norm_features : bool, *optional*, defaults to True
-        False leaves out the norm weights themselves (per layer and final): they carry no
-        information once folded into the readers.
+        False leaves out the norm weights (per layer and final) -- they carry no information
+        once folded into the readers -- and does not read them: readers are then weighted by
+        ``gains`` when given, else taken as they come (already effective).
     """
     infos = model.tensor_infos()
     d = hidden_size_of(model)
@@ -205,8 +206,8 @@ def extract_features(
         axis = _residual_axis(role, tuple(info.shape), d)
         if axis is None:
             continue
-        if len(info.shape) == 1 and not norm_features and gains is not None:
-            per_layer.setdefault(layer, {})  # the readers' gains come from ``gains``
+        if len(info.shape) == 1 and not norm_features:
+            per_layer.setdefault(layer, {})  # readers' gains from ``gains``, or already in the readers
             continue
         w = model.tensor(info.name)
         if w.ndim == 1:

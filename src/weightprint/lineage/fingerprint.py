@@ -309,6 +309,7 @@ def build_fingerprint(
     weights: bool = True,
     gains: dict[str, np.ndarray] | None = None,
     norm_features: bool = True,
+    metadata: bool = True,
 ) -> Fingerprint:
     """Compute the full-precision fingerprint of ``model``, streaming its tensors.
 
@@ -328,6 +329,9 @@ def build_fingerprint(
     gains, norm_features : *optional*
         Passed to :func:`~weightprint.lineage.features.extract_features` (a suspect seen in a
         reference's residual basis with its norms folded).
+    metadata : bool, *optional*, defaults to True
+        False skips the tokenizer MinHashes and the chat template (a second fingerprint of the
+        same model, e.g. in another residual basis, needs only the weights).
     """
     if weights:
         feats = extract_features(model, gains=gains, norm_features=norm_features)
@@ -339,7 +343,7 @@ def build_fingerprint(
             raise NotComparableError(f"{model.path}: cannot tell the hidden size (no config and no embedding)")
         feats = ModelFeatures(hidden_size=d0, n_parameters=model.n_parameters())
     d = feats.hidden_size
-    tok = model.tokenizer
+    tok = model.tokenizer if metadata else None
     vocab = list(tok.tokens) if tok is not None else []
     fp = Fingerprint(label=label or Path(str(model.path)).name, hidden_size=d, n_parameters=feats.n_parameters)
     fp.config = config_summary(model, hidden_size=d, n_layers=len(feats.layers))
@@ -355,8 +359,9 @@ def build_fingerprint(
         fp.tokenizer_model = tok.model
         fp.vocab_minhash = minhash(vocab)
         fp.merges_minhash = minhash(list(tok.merges)) if tok.merges else None
-    fp.chat_template_family = chat_template_family(model.chat_template)
-    fp.chat_template_sha256 = template_sha256(model.chat_template)
+    if metadata:
+        fp.chat_template_family = chat_template_family(model.chat_template)
+        fp.chat_template_sha256 = template_sha256(model.chat_template)
     if vocab and feats.embed_name is not None and weights:
         if tokens is None:
             chosen = sample_tokens(vocab, limit=max_tokens)

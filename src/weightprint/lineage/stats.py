@@ -75,19 +75,40 @@ NULL_RESIDUAL_EXCHANGEABLE = (
 def rank_transform(x: np.ndarray, axis: int = 0) -> np.ndarray:
     """Average ranks along ``axis`` mapped to ``(rank - 0.5) / n`` in ``(0, 1)`` (float32).
 
-    Tied values share their average rank (``scipy.stats.rankdata(method="average")``), so the
+    Tied values share their average rank (as ``scipy.stats.rankdata(method="average")``), so the
     transform is permutation-equivariant: ranking ``x[..., perm]`` gives the ranks of ``x``
     permuted the same way, exact ties included (norm weights all 1.0 at initialisation). A
     tie-break by index would favour the identity and break the exchangeability null.
     Rank-based profiles are robust to the few huge "massive activation" weights that trained
     LLMs carry.
     """
-    from scipy.stats import rankdata
-
     x = np.asarray(x)
+    moved = np.ascontiguousarray(np.moveaxis(x, axis, -1))
+    flat = moved.reshape(-1, moved.shape[-1])
+    ranks = _average_ranks_rows(flat).reshape(moved.shape)
     n = x.shape[axis]
-    ranks = rankdata(x, method="average", axis=axis)
-    return ((ranks - 0.5) / n).astype(np.float32)
+    return np.ascontiguousarray(np.moveaxis(((ranks - 0.5) / n).astype(np.float32), -1, axis))
+
+
+def _average_ranks_rows(x: np.ndarray) -> np.ndarray:
+    """1-based average ranks of each row of a 2-D array (float64), vectorised over rows."""
+    m, n = x.shape
+    order = np.argsort(x, axis=1, kind="stable")
+    xs = np.take_along_axis(x, order, axis=1)
+    pos = np.broadcast_to(np.arange(n, dtype=np.float64), (m, n))
+    if n > 1 and not np.any(xs[:, 1:] == xs[:, :-1]):  # no ties: ranks are positions
+        avg = pos + 1.0
+    else:
+        new = np.ones((m, n), dtype=bool)
+        new[:, 1:] = xs[:, 1:] != xs[:, :-1]
+        last = np.ones((m, n), dtype=bool)
+        last[:, :-1] = new[:, 1:]
+        start = np.maximum.accumulate(np.where(new, pos, 0.0), axis=1)
+        end = np.minimum.accumulate(np.where(last, pos, n - 1.0)[:, ::-1], axis=1)[:, ::-1]
+        avg = (start + end) / 2.0 + 1.0
+    ranks = np.empty((m, n), dtype=np.float64)
+    np.put_along_axis(ranks, order, avg, axis=1)
+    return ranks
 
 
 def standardize_columns(x: np.ndarray) -> np.ndarray:
