@@ -358,3 +358,62 @@ def test_leak_of_another_architecture(smol):
         pytest.skip(f"Gemma 3 model unavailable: {e}")
     with pytest.raises(NotComparableError, match=r"shares no weight matrix with source .*smollm2-f16.gguf"):
         _trace(smol, gemma)
+
+
+# --------------------------------------------------------------------------------------
+# issue 10: changes of residual basis, then requantization by llama.cpp and by weightprint
+# --------------------------------------------------------------------------------------
+_BASIS_RECIPIENT = {"sign_flip": 1, "permute": 2, "rotate": 3}
+_LLAMA_FTYPES = {"Q6_K": 18, "Q4_K_M": 15, "IQ4_XS": 30}
+
+
+def basis_leak(smol, kind: str, requant: str) -> Path:
+    """Recipient ``_BASIS_RECIPIENT[kind]``'s copy under the residual transform ``kind``, written
+    as F16 by weightprint, then requantized: ``llama:<type>`` by llama.cpp's own quantizer,
+    ``wp:<type>`` by weightprint's (from the transformed F32 values directly)."""
+    from weightprint.convert import convert
+    from weightprint.io import open_model
+    from weightprint.testing.symmetry import residual_transform
+
+    src = _copy(smol, _BASIS_RECIPIENT[kind])
+    tool, ftype = requant.split(":")
+
+    def transformed_f16(p: Path) -> None:
+        with open_model(src) as m:
+            convert(residual_transform(m, kind, seed=1), p, file_type="F16")
+
+    if tool == "wp":
+        def build(p: Path) -> None:
+            with open_model(src) as m:
+                convert(residual_transform(m, kind, seed=1), p, file_type=ftype)
+        return smol_attack(f"basis-{kind}-wp-{ftype}.gguf", build)
+    from weightprint.testing.llama_ref import llama_quantize
+
+    f16 = smol_attack(f"basis-{kind}-f16.gguf", transformed_f16)
+    return smol_attack(f"basis-{kind}-llama-{ftype}.gguf",
+                       lambda p: llama_quantize(f16, p, _LLAMA_FTYPES[ftype]))
+
+
+@pytest.mark.parametrize("requant", ["llama:Q6_K", "llama:Q4_K_M", "wp:Q4_K_M"])
+@pytest.mark.parametrize("kind", ["sign_flip", "permute", "rotate"])
+def test_basis_change_then_requantized(smol, kind, requant):
+    if requant.startswith("llama"):
+        pytest.importorskip("llama_cpp")
+    leak = basis_leak(smol, kind, requant)
+    v = _trace(smol, leak)
+    who = SMOL_RECIPIENTS[_BASIS_RECIPIENT[kind]]
+    _assert_right(v, who)
+    assert v.alignment["basis"]["kind"] == {"sign_flip": "sign flip", "permute": "permutation",
+                                            "rotate": "orthogonal"}[kind]
+    _record(f"basis-{kind}-{requant.replace(':', '-')}", v, [who], {"basis": v.alignment["basis"]})
+
+
+def test_iq4_xs_requantization(smol):
+    """IQ-type requantization by llama.cpp (IQ4_XS; rows of 576 fall back to IQ4_NL)."""
+    pytest.importorskip("llama_cpp")
+    from weightprint.testing.llama_ref import llama_quantize
+
+    out = smol_attack("r2-llama-IQ4_XS.gguf", lambda p: llama_quantize(_copy(smol, 2), p, _LLAMA_FTYPES["IQ4_XS"]))
+    v = _trace(smol, out)
+    _assert_right(v, SMOL_RECIPIENTS[2])
+    _record("requantized-llama-IQ4_XS", v, [SMOL_RECIPIENTS[2]])

@@ -255,12 +255,24 @@ class ResidualMap:
         return self._folds()
 
     def _folds(self) -> bool:
-        """Whether some reader needs its norm gains re-scaled (B's gains differ from A's, mapped)."""
-        for name, gb in self.gains_b.items():
-            ga = self.gains_a.get(name)
-            if ga is None or not np.array_equal(self._unpermute(gb), ga):
-                return True
-        return False
+        """Whether some reader needs its norm gains re-scaled (B's gains folded into its readers)."""
+        return any(self._norm_folded(name) for name in self.gains_b)
+
+    def _norm_folded(self, norm: str | None) -> bool:
+        """Whether ``B``'s norm ``norm`` was folded into the layers that read it.
+
+        Always under a rotation (the gains cannot stay elementwise); under a signed permutation
+        only when ``B``'s gain is constant and differs from ``A``'s: gains that merely drifted
+        (fine-tuning) or belong to another layer (layers reordered under their names) are left
+        alone, since rescaling by them would add error rather than remove it.
+        """
+        gb = self.gains_b.get(norm) if norm else None
+        ga = self.gains_a.get(norm) if norm else None
+        if gb is None or ga is None or gb.shape != ga.shape:
+            return False
+        if self.perm is None:
+            return True
+        return bool(np.ptp(gb) == 0) and not np.array_equal(self._unpermute(gb), ga)
 
     def _unpermute(self, v: np.ndarray) -> np.ndarray:
         """A residual vector of B's basis with its coordinates put back in A's order (no signs)."""
@@ -290,7 +302,14 @@ class ResidualMap:
             out = np.empty_like(x)
             out[..., self.perm] = x * self.signs
             return out
-        return (x.astype(np.float64) @ self.matrix.T).astype(np.float32)
+        return x @ self._r32.T
+
+    @property
+    def _r32(self) -> np.ndarray:
+        r = getattr(self, "_r32_cache", None)
+        if r is None:
+            r = self._r32_cache = np.ascontiguousarray(self.matrix, dtype=np.float32)
+        return r
 
     def _cols_to_a(self, x: np.ndarray) -> np.ndarray:
         """``R x`` for column vectors of B's basis (the residual on axis 0)."""
@@ -299,7 +318,7 @@ class ResidualMap:
             s = self.signs.reshape((-1,) + (1,) * (x.ndim - 1))
             out[self.perm] = x * s
             return out
-        return (self.matrix @ x.astype(np.float64)).astype(np.float32)
+        return self._r32 @ x
 
     def to_a(self, name: str, array: np.ndarray) -> np.ndarray:
         """``B``'s tensor ``name`` (canonical HF name and layout) expressed in ``A``'s basis.
@@ -320,13 +339,12 @@ class ResidualMap:
         if role == "write":
             y = self._cols_to_a(x)
             return y if self.scale == 1.0 else (y / np.float32(self.scale)).astype(np.float32)
-        gb = self.gains_b.get(norm) if norm else None
-        ga = self.gains_a.get(norm) if norm else None
-        if gb is None or ga is None or (self.perm is not None and np.array_equal(self._unpermute(gb), ga)):
-            return self._rows_to_a(x)  # same gains (mapped): a pure coordinate change, exact
-        y = self._rows_to_a((x.astype(np.float64) * gb[None, :]).astype(np.float32)).astype(np.float64)
-        safe = np.where(np.abs(ga) > 1e-12, ga, np.inf)
-        return (y / safe[None, :]).astype(np.float32)
+        if not self._norm_folded(norm):
+            return self._rows_to_a(x)  # a pure coordinate change (exact for signed permutations)
+        gb, ga = self.gains_b[norm], self.gains_a[norm]
+        y = self._rows_to_a(x * gb[None, :].astype(np.float32))
+        inv = np.where(np.abs(ga) > 1e-12, 1.0 / np.where(ga == 0, 1.0, ga), 0.0).astype(np.float32)
+        return y * inv[None, :]
 
     def mapped(self, b: Model) -> Model:
         """``b`` seen in ``A``'s basis: a :class:`Model` whose ``tensor(name)`` is ``to_a(name, b.tensor(name))``."""

@@ -49,6 +49,7 @@ class AlignmentReport:
     missing: list[str] = field(default_factory=list)
     shape_mismatch: list[str] = field(default_factory=list)
     mean_tensor_cosine: float = float("nan")
+    basis: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +62,7 @@ class AlignmentReport:
             "shape_mismatch": list(self.shape_mismatch),
             "mean_tensor_cosine": (None if math.isnan(self.mean_tensor_cosine)
                                    else round(self.mean_tensor_cosine, 6)),
+            "basis": self.basis,
         }
 
 

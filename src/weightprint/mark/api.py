@@ -422,6 +422,7 @@ def trace_leak(
     key_file: str | Path | None = None,
     alpha: float = DEFAULT_ALPHA,
     undo_permutations: bool = True,
+    recover_basis: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> TraceVerdict:
     """Test a leaked model against every copy of ``source`` in the registry.
@@ -439,6 +440,9 @@ def trace_leak(
         The original the copies were issued from (checked by sha256 against the registry).
     alpha : float, *optional*, defaults to 1e-9
         Family-wise false-accusation level.
+    recover_basis : bool, *optional*, defaults to True
+        Map the leak back into the original's residual basis first (sign flips, permutations,
+        rotations with folded norms; :mod:`weightprint.basis`; uses no key).
 
     Raises
     ------
@@ -471,7 +475,8 @@ def trace_leak(
               for r in records]
     t0 = time.perf_counter()
     with _open_model(source) as original, _open_model(leaked) as leak:
-        stats = correlate_leak(original, leak, copies, undo_permutations=undo_permutations, progress=progress)
+        stats = correlate_leak(original, leak, copies, undo_permutations=undo_permutations,
+                               recover_basis=recover_basis, progress=progress)
     log_alpha = math.log10(alpha)
     tests = []
     for cp, res in zip(copies, stats.tests):

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from weightprint.basis import recover_residual_map
 from weightprint.constants import QType, parse_file_type
 from weightprint.convert import plan_tensor_types
 from weightprint.errors import NotComparableError
@@ -98,10 +99,17 @@ def correlate_leak(
     copies: Sequence[CopyTest],
     *,
     undo_permutations: bool = True,
+    recover_basis: bool = True,
     tensor_filter: Callable[[str], bool] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> TraceStatistics:
     """Correlate the leak's residual with every copy's signs.
+
+    With ``recover_basis`` the leak is first brought back into the original's residual basis
+    (:func:`weightprint.basis.recover_residual_map`: sign flips, permutations and rotations of
+    the residual stream, with folded norms). The map is a function of the original and the
+    leak only, never of a key, so under H0 the mapped leak is still independent of each copy's
+    signs and the bound below stays valid.
 
     H0 (per copy): the leak was not produced from this copy, so the copy's signs are
     independent of the residual scores; the p-value is a bound on ``P(T >= t)`` valid
@@ -116,6 +124,14 @@ def correlate_leak(
     """
     t0 = time.perf_counter()
     report = AlignmentReport()
+    if recover_basis:
+        try:
+            rmap = recover_residual_map(original, leaked)
+        except NotComparableError as e:
+            report.basis = {"kind": "not recovered", "reason": str(e)}
+        else:
+            report.basis = rmap.to_dict()
+            leaked = rmap.mapped(leaked)
     accs = [Accumulator() for _ in copies]
     groups: dict[tuple[str, float], list[int]] = {}
     for k, copy in enumerate(copies):
