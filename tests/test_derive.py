@@ -17,11 +17,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from weightprint.errors import WeightprintError  # noqa: E402
-from weightprint.testing import derive  # noqa: E402
+from weightprint.testing import cache, derive, hfdir  # noqa: E402
 from weightprint.testing.derive import (  # noqa: E402
     add_noise,
     calibrate_noise_for_perplexity,
     derived,
+    derived_key,
     drop_layer,
     extend_vocab,
     finetune,
@@ -39,7 +40,7 @@ TOKENS = [5, 17, 99, 230, 512, 7, 1000, 44, 301, 12, 640, 3]
 
 
 def _tensors(path: Path) -> dict[str, np.ndarray]:
-    h = derive._HFDir(path)
+    h = hfdir.HFSource(path)
     return {n: h.tensor(n) for n in h.names}
 
 
@@ -82,13 +83,13 @@ def test_permutation_preserves_logits(fixture, request, tmp_path):
 
 
 def test_permutation_keeps_query_heads_with_their_kv_head(tiny):
-    h = derive._HFDir(tiny)
-    g = derive._geometry(h)
+    h = hfdir.HFSource(tiny)
+    g = hfdir.geometry_of(h)
     group = g.n_heads // g.n_kv_heads
     perms = hidden_unit_permutations(tiny, seed=3)
     assert len(perms) == g.n_layers
     for p in perms:
-        assert sorted(p.mlp) == list(range(g.intermediate))
+        assert sorted(p.mlp) == list(range(g.intermediate_size))
         assert sorted(p.heads) == list(range(g.n_heads))
         for new_head, old_head in enumerate(p.heads):
             assert old_head // group == p.kv_heads[new_head // group]
@@ -98,7 +99,7 @@ def test_permutation_ground_truth_matches_output(tiny, tmp_path):
     out = permute_hidden_units(tiny, tmp_path / "perm", seed=11)
     config = json.loads((tiny / "config.json").read_text())
     p = hidden_unit_permutations(config, seed=11)[1]
-    s, o = derive._HFDir(tiny), derive._HFDir(out)
+    s, o = hfdir.HFSource(tiny), hfdir.HFSource(out)
     up, down = "model.layers.1.mlp.up_proj.weight", "model.layers.1.mlp.down_proj.weight"
     assert np.array_equal(o.tensor(up), s.tensor(up)[p.mlp])
     assert np.array_equal(o.tensor(down), s.tensor(down)[:, p.mlp])
@@ -106,16 +107,16 @@ def test_permutation_ground_truth_matches_output(tiny, tmp_path):
 
 def test_wrong_permutation_breaks_logits(tiny, tmp_path):
     # The logits check can fail: permuting q heads without their o_proj columns changes outputs.
-    h = derive._HFDir(tiny)
+    h = hfdir.HFSource(tiny)
     t = _tensors(tiny)
     name = "model.layers.0.self_attn.o_proj.weight"
-    d = derive._geometry(h).head_dim
+    d = hfdir.geometry_of(h).head_dim
     cols = np.r_[d:2 * d, 0:d, 2 * d:t[name].shape[1]]
-    plan = [derive._Planned(n, h.shapes[n], (lambda n=n: t[n][:, cols] if n == name else t[n])) for n in h.names]
+    plan = [hfdir._Planned(n, h.shapes[n], (lambda n=n: t[n][:, cols] if n == name else t[n])) for n in h.names]
     out = tmp_path / "broken"
     out.mkdir()
-    derive._write_safetensors(out / "model.safetensors", plan)
-    derive._copy_tokenizer_files(tiny, out)
+    hfdir._write_safetensors(out / "model.safetensors", plan)
+    hfdir._copy_tokenizer_files(tiny, out)
     (out / "config.json").write_text((tiny / "config.json").read_text())
     assert np.abs(_logits(tiny, TOKENS) - _logits(out, TOKENS)).max() > 1e-3
 
@@ -166,7 +167,7 @@ def test_extend_vocab(fixture, request, tmp_path):
 
     src = request.getfixturevalue(fixture)
     out = extend_vocab(src, tmp_path / "ext", n_new=100, seed=0)
-    s, o = derive._HFDir(src), derive._HFDir(out)
+    s, o = hfdir.HFSource(src), hfdir.HFSource(out)
     v = s.shapes["model.embed_tokens.weight"][0]
     assert o.shapes["model.embed_tokens.weight"] == (v + 100, s.shapes["model.embed_tokens.weight"][1])
     assert o.config["vocab_size"] == v + 100
@@ -264,13 +265,13 @@ def test_derived_is_cached_and_keyed(tiny):
 def test_derived_concurrent_callers_build_once(tiny, monkeypatch, tmp_path):
     monkeypatch.setenv("WEIGHTPRINT_CACHE", str(tmp_path))  # an empty cache: the build must happen
     calls = []
-    real = derive._RECIPES["noise"]
+    real = cache._RECIPES["noise"]
 
     def counting(source, out, **kw):
         calls.append(1)
         return real(source, out, **kw)
 
-    monkeypatch.setitem(derive._RECIPES, "noise", counting)
+    monkeypatch.setitem(cache._RECIPES, "noise", counting)
     results = []
     threads = [threading.Thread(target=lambda: results.append(derived("noise", tiny, sigma_rel=0.001, seed=0)))
                for _ in range(3)]
@@ -283,6 +284,21 @@ def test_derived_concurrent_callers_build_once(tiny, monkeypatch, tmp_path):
     assert results[0].parent == tmp_path / "derived"
     leftovers = [p for p in results[0].parent.iterdir() if p.name.startswith(f".{results[0].name}.") and p.suffix == ".build"]
     assert not leftovers  # the lock file stays (removing it would race); no build directory does
+
+
+def test_key_follows_recipe_code(tiny, monkeypatch):
+    # H0: editing a recipe's code leaves the cached outputs it made in use.
+    base = derived_key("noise", tiny, sigma_rel=0.01, seed=5)
+    src = (Path(cache.__file__).parent / "recipes.py").read_text()
+    assert cache.code_digest(src) == cache.code_digest(src.replace('"""Model transforms', '"""Transforms of models'))
+    assert cache.code_digest(src) != cache.code_digest(src.replace("sigma_rel * float(w.std())", "sigma_rel * float(w.std()) * 2"))
+    real = cache.code_digest
+    monkeypatch.setattr(cache, "_code_memo", {})
+    monkeypatch.setattr(cache, "code_digest", lambda text: real(text + "\nx = 1\n"))
+    assert derived_key("noise", tiny, sigma_rel=0.01, seed=5) != base
+    monkeypatch.setattr(cache, "code_digest", real)
+    monkeypatch.setattr(cache, "_code_memo", {})
+    assert derived_key("noise", tiny, sigma_rel=0.01, seed=5) == base
 
 
 def test_unknown_recipe():

@@ -79,7 +79,7 @@ def run_demo(
     from weightprint.mark.api import init_registry, issue_copy, trace_leak
     from weightprint.report import Report, Section
     from weightprint.report.sections import section
-    from weightprint.testing.derive import finetune
+    from weightprint.testing.finetune import finetune
     from weightprint.testing.models import gemma3_path, smollm2_path
 
     if leaker not in recipients:

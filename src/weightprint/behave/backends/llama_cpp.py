@@ -72,9 +72,9 @@ class LlamaCppBackend(Backend):
     n_ctx : int, *optional*, defaults to 2048
         Context window (tokens of prompt plus completion, or of a scored text).
     n_threads : int, *optional*, defaults to 2
-    n_batch : int, *optional*, defaults to 256
-        Tokens per ``llama_decode`` call; with ``logits_all`` llama.cpp keeps ``n_batch x vocab``
-        floats of output.
+    n_batch : int, *optional*, defaults to 512
+        Tokens per ``llama_decode`` call (at most ``n_ctx``); with ``logits_all`` llama.cpp keeps
+        ``n_batch x vocab`` floats of output (512 MiB for Gemma 3's 262,144 tokens).
     seed : int, *optional*, defaults to 0
         Sampling seed of requests that give none.
     reuse_kv : bool, *optional*, defaults to True
@@ -84,7 +84,7 @@ class LlamaCppBackend(Backend):
 
     name = "llama_cpp"
 
-    def __init__(self, ref: str | Path, *, n_ctx: int = 2048, n_threads: int = 2, n_batch: int = 256,
+    def __init__(self, ref: str | Path, *, n_ctx: int = 2048, n_threads: int = 2, n_batch: int = 512,
                  seed: int = 0, reuse_kv: bool = True, verbose: bool = False) -> None:
         path = Path(ref)
         if not path.is_file():

@@ -94,6 +94,9 @@ class TransformersBackend(Backend):
     ----------
     ref : str or Path
         The directory (``config.json``, weights, tokenizer files).
+    n_ctx : int, *optional*
+        Longest sequence accepted (a longer one raises, as in the llama.cpp backend); default:
+        no limit beyond the model's own.
     n_threads : int, *optional*, defaults to 2
         torch threads during each call (restored afterwards).
     seed : int, *optional*, defaults to 0
@@ -102,12 +105,13 @@ class TransformersBackend(Backend):
 
     name = "transformers"
 
-    def __init__(self, ref: str | Path, *, n_threads: int = 2, seed: int = 0) -> None:
+    def __init__(self, ref: str | Path, *, n_ctx: int | None = None, n_threads: int = 2, seed: int = 0) -> None:
         path = Path(ref)
         if not _is_hf_dir(str(path)):
             raise ModelFormatError(f"{path}: not a Hugging Face directory (no config.json)")
         self.path = path
         self.label = path.name
+        self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.seed = seed
         self._lm, self._tok = load_causal_lm(path)
@@ -132,6 +136,9 @@ class TransformersBackend(Backend):
 
         if not ids:
             raise WeightprintError(f"{self.label}: nothing to evaluate (empty token sequence)")
+        if self.n_ctx is not None and len(ids) > self.n_ctx:
+            raise WeightprintError(f"{self.label}: {len(ids)} tokens exceed the context window of {self.n_ctx}",
+                                   hint="open the backend with a larger n_ctx")
         with torch_threads(self.n_threads), torch.no_grad():
             out = self._lm(input_ids=torch.tensor([ids], dtype=torch.long))
         return out.logits[0].float().numpy()
