@@ -55,8 +55,8 @@ def _component(r, name: str) -> float | None:
     return None if c is None else c.log10_pvalue
 
 
-def run_pairs(n: int, *, steps: int, offset: int, label: str) -> list[dict]:
-    rows = []
+def run_pairs(n: int, *, steps: int, offset: int, label: str, on_row=None) -> list[dict]:
+    rows: list[dict] = []
     for i in range(n):
         t0 = time.perf_counter()
         a, b = tiny_llama_pair(offset + i, steps=steps, **ARCH)
@@ -68,6 +68,8 @@ def run_pairs(n: int, *, steps: int, offset: int, label: str) -> list[dict]:
             "basis_kind": r.basis.get("kind"), "fit_quality": r.basis.get("fit_quality"),
             "seconds_compare": round(r.seconds, 3), "seconds_build": round(t_build, 2),
         })
+        if on_row is not None:
+            on_row(rows)
         print(f"{label} {i + 1}/{n}: {r.verdict} p={10 ** r.log10_pvalue:.3g} basis={r.basis.get('kind')} "
               f"(build {t_build:.1f} s, compare {r.seconds:.2f} s)", flush=True)
     return rows
@@ -127,19 +129,27 @@ def main() -> None:
     drift = relative_drift(a0, a1)
     power_tiny = power(args.steps)
     init_rows = run_pairs(args.init_pairs, steps=0, offset=5000, label="init")
-    trained_rows = run_pairs(args.pairs, steps=args.steps, offset=7000, label="trained")
-    record = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "default_alpha": DEFAULT_ALPHA,
-        "architecture": {"hidden_size": 64, "intermediate_size": 128, "n_heads": 4, "n_kv_heads": 2, **ARCH},
-        "steps": args.steps,
-        "drift_from_init": drift,
-        "trained": {"summary": summarize(trained_rows), "pairs": trained_rows},
-        "init_exact_ties": {"summary": summarize(init_rows), "pairs": init_rows},
-        "all": summarize(trained_rows + init_rows),
-        "power_tiny": power_tiny,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
+
+    def partial(rows: list[dict]) -> None:  # a long run records what it has after every pair
+        write_result(args.name, build(rows, complete=False))
+
+    def build(trained_rows: list[dict], *, complete: bool) -> dict:
+        return {
+            "complete": complete,
+            "machine": {"platform": platform.platform(), "python": platform.python_version()},
+            "default_alpha": DEFAULT_ALPHA,
+            "architecture": {"hidden_size": 64, "intermediate_size": 128, "n_heads": 4, "n_kv_heads": 2, **ARCH},
+            "steps": args.steps,
+            "drift_from_init": drift,
+            "trained": {"summary": summarize(trained_rows), "pairs": trained_rows},
+            "init_exact_ties": {"summary": summarize(init_rows), "pairs": init_rows},
+            "all": summarize(trained_rows + init_rows),
+            "power_tiny": power_tiny,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+
+    trained_rows = run_pairs(args.pairs, steps=args.steps, offset=7000, label="trained", on_row=partial)
+    record = build(trained_rows, complete=True)
     path = write_result(args.name, record)
     print(json.dumps({k: record[k] for k in ("drift_from_init", "all", "seconds")}, indent=2))
     print(f"wrote {path}")

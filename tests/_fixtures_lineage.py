@@ -148,6 +148,19 @@ def permute_hidden(t: dict[str, np.ndarray], seed: int, *, n_heads: int, n_kv: i
     return out
 
 
+def merge_lora(t: dict[str, np.ndarray], rank: int, rel: float, seed: int) -> dict[str, np.ndarray]:
+    """Every 2-D block matrix plus a merged LoRA update ``B A`` of rank ``rank`` whose Frobenius
+    norm is ``rel`` times the matrix's own (what ``merge_and_unload`` leaves behind)."""
+    rng = np.random.default_rng(seed)
+    out = dict(t)
+    for k, v in t.items():
+        if v.ndim != 2 or "layers." not in k:
+            continue
+        delta = rng.normal(size=(v.shape[0], rank)) @ rng.normal(size=(rank, v.shape[1]))
+        out[k] = (v + rel * np.linalg.norm(v) / np.linalg.norm(delta) * delta).astype(np.float32)
+    return out
+
+
 def drop_layer(t: dict[str, np.ndarray], layer: int) -> dict[str, np.ndarray]:
     """Remove decoder layer ``layer`` and renumber the ones above it."""
     out: dict[str, np.ndarray] = {}
@@ -265,6 +278,27 @@ def smollm2_derivatives() -> dict[str, Path]:
         "drop_layer": derived("drop_layer", src, layer=15),
         "permuted+finetune+q4_k_m": our_quant(perm_tuned, "Q4_K_M", "smollm2-perm-ft-q4km"),
     }
+
+
+SYMMETRY_DERIVATIVES = {
+    # name: (residual transform of testing.symmetry, file type); each on top of SmolLM2 with its
+    # MLP units and attention heads permuted (derive's "permute" recipe)
+    "sign_flip+mlp_perm+q4_k_m": ("sign_flip", "Q4_K_M"),
+    "residual_perm+mlp_perm+q8_0": ("permute", "Q8_0"),
+    "rotation+folded+untied+mlp_perm+q8_0": ("rotate", "Q8_0"),
+}
+
+
+def smollm2_symmetry_derivatives() -> dict[str, Path]:
+    """SmolLM2 under each free change of residual basis, combined with a hidden-unit/head
+    permutation, (for the rotation) folded norms and an untied head, and requantization.
+    Built once per machine (``testing.symmetry.transformed`` caches by source and recipe)."""
+    from weightprint.testing.derive import derived
+    from weightprint.testing.models import smollm2_path
+    from weightprint.testing.symmetry import transformed
+
+    mlp_perm = derived("permute", smollm2_path(), seed=4)
+    return {name: transformed(mlp_perm, kind, seed=11, file_type=ft) for name, (kind, ft) in SYMMETRY_DERIVATIVES.items()}
 
 
 def modified_copy(source: Path, out: Path, tensor: str, *, n_bytes: int = 16) -> Path:

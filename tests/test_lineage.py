@@ -18,6 +18,7 @@ from _fixtures_lineage import (
     array_model,
     plant_outliers,
     drop_layer,
+    merge_lora,
     permute_hidden,
     random_llama,
     rescale_norms,
@@ -142,7 +143,7 @@ def base():
 
 @pytest.mark.parametrize(
     "name",
-    ["identical", "noise-10%", "noise-30%", "permuted", "dropped-layer", "permuted+noise+dropped"],
+    ["identical", "noise-10%", "noise-30%", "permuted", "dropped-layer", "permuted+noise+dropped", "lora-r8-50%"],
 )
 def test_derived_models_are_detected(base, name):
     t = {
@@ -152,6 +153,7 @@ def test_derived_models_are_detected(base, name):
         "permuted": lambda: permute_hidden(base, 2, n_heads=4, n_kv=2),
         "dropped-layer": lambda: drop_layer(base, 1),
         "permuted+noise+dropped": lambda: drop_layer(add_relative_noise(permute_hidden(base, 3, n_heads=4, n_kv=2), 0.2, 4), 2),
+        "lora-r8-50%": lambda: merge_lora(base, 8, 0.5, 6),
     }[name]()
     r = compare_models(array_model(base, label="A"), array_model(t, label="B"))
     assert r.verdict == "derived", r.reason

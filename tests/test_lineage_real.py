@@ -23,7 +23,7 @@ from weightprint.lineage.fingerprint import fingerprint_budget_bytes
 pytestmark = pytest.mark.slow
 
 DERIVATIVES = ["f16", "q8_0", "q4_k_m", "finetune", "permuted", "vocab+100", "drop_layer", "permuted+finetune+q4_k_m"]
-N_CALIBRATION_PAIRS = 20
+N_CALIBRATION_PAIRS = 12
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +66,31 @@ def test_smollm2_derivative_is_derived(name, reference, derivative_fingerprints)
         assert direct.alignment["unmatched_a"] == [15]
 
 
+@pytest.fixture(scope="session")
+def symmetry_derivatives(smollm2):
+    from _fixtures_lineage import smollm2_symmetry_derivatives
+
+    return smollm2_symmetry_derivatives()
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "words"),
+    [
+        ("sign_flip+mlp_perm+q4_k_m", "sign flip", "sign-flipped"),
+        ("residual_perm+mlp_perm+q8_0", "permutation", "residual coordinates permuted"),
+        ("rotation+folded+untied+mlp_perm+q8_0", "orthogonal", "rotated"),
+    ],
+)
+def test_smollm2_under_a_change_of_residual_basis_is_derived(name, kind, words, smollm2, symmetry_derivatives):
+    """The thief's free edits (issue 9): before, `independent` with p = 1.0 / 0.52 / a note."""
+    r = compare_models(smollm2, symmetry_derivatives[name])
+    assert r.verdict == "derived", r.reason
+    assert r.log10_pvalue < -8
+    assert r.basis["kind"] == kind
+    assert words in r.reason
+    assert r.basis["fit_quality"] < 0.2  # held-out embedding residual: quantization noise only
+
+
 def test_stored_fingerprint_fits_budget(reference):
     full, _ = reference
     blob = full.compact().to_bytes()
@@ -73,11 +98,15 @@ def test_stored_fingerprint_fits_budget(reference):
 
 
 def test_finetune_drift_is_reported(derivatives):
+    """The 200-step fine-tune moved the weights measurably (drift well above float noise) and
+    stays within the range the power statement in "no evidence" reasons quotes."""
+    from weightprint.lineage.compare import MEASURED_DETECTABLE_DRIFT
     from weightprint.testing.derive import read_derive_info
 
     info = read_derive_info(derivatives["finetune"])
     drift = info.get("relative_drift") or info.get("result", {}).get("relative_drift")
-    assert drift is not None and drift > 0
+    assert drift is not None and 0.002 < drift < 0.2
+    assert float(MEASURED_DETECTABLE_DRIFT.rstrip("%")) / 100 >= drift * 0.99
 
 
 def test_compare_models_end_to_end(smollm2, derivatives):
@@ -90,7 +119,7 @@ def test_compare_models_end_to_end(smollm2, derivatives):
     json.dumps(r.to_dict())
 
 
-def test_smollm2_vs_gemma_is_not_comparable(smollm2, gemma3):
+def test_smollm2_vs_gemma_is_not_derived(smollm2, gemma3):
     r = compare_models(smollm2, gemma3)
     assert r.verdict == "not comparable"
     assert "hidden sizes differ (576 vs 640)" in r.reason
@@ -110,28 +139,37 @@ def test_fingerprint_database_search(tmp_path, smollm2, gemma3, derivatives):
     assert hits[1].verdict == "not comparable"
 
 
-def test_tiny_independent_pairs_are_calibrated():
-    """H0 true: pairs initialised with different seeds and trained briefly; p ~ U(0,1)."""
+TINY_ARCH = {"n_layers": 4}
+TINY_STEPS = 150  # relative L2 distance from init ~1: trained, not near initialisation
+
+
+def test_tiny_independent_trained_pairs_are_calibrated():
+    """H0 true: pairs initialised from different seeds and trained on different data orders
+    (the same cached models as bench/bench_lineage_calibration.py, which runs >= 100 pairs).
+    The whole pipeline runs, basis recovery included; no pair may look derived."""
     from weightprint.testing.derive import tiny_llama_pair
 
-    ps = []
-    for seed in range(N_CALIBRATION_PAIRS):
-        a, b = tiny_llama_pair(seed, threads=1)
+    ps, rec = [], []
+    for seed in range(7000, 7000 + N_CALIBRATION_PAIRS):
+        a, b = tiny_llama_pair(seed, steps=TINY_STEPS, threads=1, **TINY_ARCH)
         r = compare_models(a, b, n_resamples=999, rng=seed)
-        ps.append(r.combined.pvalue)
-    ps = np.array(ps)
-    assert stats.kstest(ps, "uniform").pvalue > 0.01, np.round(np.sort(ps), 3)
-    assert np.count_nonzero(ps <= 0.05) <= 4  # Binomial(20, 0.05): P(>= 5) < 0.003
+        assert r.verdict == "no evidence", r.reason
+        ps.append(next(c for c in r.components if c.name == "identity-basis").pvalue)
+        rec.append(next(c for c in r.components if c.name == "recovered-basis").pvalue)
+    for name, p in (("identity-basis", np.array(ps)), ("recovered-basis", np.array(rec))):
+        assert stats.kstest(p, "uniform", alternative="greater").pvalue > 0.01, (name, np.round(np.sort(p), 3))
+        assert np.count_nonzero(p <= 0.01) <= 2, (name, np.round(np.sort(p), 3))
 
 
 def test_tiny_derived_is_detected():
     """Power on the same tiny models: a noisy copy of a trained tiny model is derived."""
     from weightprint.testing.derive import derived, tiny_llama_pair
 
-    a, _ = tiny_llama_pair(0, threads=1)
+    a, _ = tiny_llama_pair(7000, steps=TINY_STEPS, threads=1, **TINY_ARCH)
     b = derived("noise", a, sigma_rel=0.2, seed=0)
     r = compare_models(a, b)
     assert r.verdict == "derived", r.reason
+    assert r.log10_pvalue < -8
 
 
 def test_exact_derivation(derivatives, tmp_path, llama_cpp_module):
