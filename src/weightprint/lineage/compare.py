@@ -15,7 +15,7 @@ Two tests decide the verdict (Bonferroni over both):
   permutation or a rotation with folded norms, what a thief applies for free). The map is
   fitted on the same models, so this p-value is not exact; it is calibrated by simulation
   (``bench/bench_lineage_calibration.py``).
-""""""
+"""
 
 from __future__ import annotations
 
