@@ -366,13 +366,14 @@ def issue_copy(
         issue_id = str(uuid.uuid4())
         salt = new_salt()
         key = master.derive(salt, issue_id)
+        code_key = master.code_key()
         counts = {"tensors": 0, "weights": 0}
 
         def transform(name, values, qtype):
             if is_marked_tensor(name, tuple(values.shape)):
                 counts["tensors"] += 1
                 counts["weights"] += int(values.size)
-            return embed_tensor(name, values, qtype, key, delta=delta)
+            return embed_tensor(name, values, qtype, key, code_key, delta=delta)
 
         _clean_stale_staging(out.parent)
         staging = out.parent / STAGING_DIR / f"{os.getpid()}-{issue_id}"
@@ -475,7 +476,7 @@ def trace_leak(
               for r in records]
     t0 = time.perf_counter()
     with _open_model(source) as original, _open_model(leaked) as leak:
-        stats = correlate_leak(original, leak, copies, undo_permutations=undo_permutations,
+        stats = correlate_leak(original, leak, copies, code_key=master.code_key(), undo_permutations=undo_permutations,
                                recover_basis=recover_basis, progress=progress)
     log_alpha = math.log10(alpha)
     tests = []

@@ -6,6 +6,8 @@ The master secret is 32 random bytes kept in a key file readable by its owner on
     key = HKDF-SHA256(ikm=master, salt=copy_salt, info=b"weightprint-mark-v1|" + issue_id)
 
 where ``copy_salt`` (16 random bytes) and ``issue_id`` are public and stored in the registry.
+The *code key* (the Tardos biases shared by every copy of a registry) is
+``HKDF-SHA256(ikm=master, salt="", info=b"weightprint-tardos-bias-v3")``.
 Neither the master secret nor a derived key is ever written anywhere but the key file;
 the registry holds a *fingerprint* of the master (an HMAC of a fixed label) so that a wrong
 key file is detected before any test is run.
@@ -30,6 +32,7 @@ KEY_BYTES = 32
 SALT_BYTES = 16
 _HEADER = "weightprint-master-key-v1"
 _INFO_PREFIX = b"weightprint-mark-v1|"
+_CODE_INFO = b"weightprint-tardos-bias-v3"
 
 
 class MasterKey:
@@ -57,6 +60,11 @@ class MasterKey:
             salt=salt,
             info=_INFO_PREFIX + issue_id.encode("utf-8"),
         )
+        return CopyKey(hkdf.derive(self._secret))
+
+    def code_key(self) -> "CopyKey":
+        """The key of the Tardos code's per-weight biases (the same for every copy of this master)."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=_CODE_INFO)
         return CopyKey(hkdf.derive(self._secret))
 
 

@@ -1,44 +1,61 @@
-"""The watermark: key-chosen rounding inside the quantizer, detected at the steered weights.
+"""The watermark: key-chosen rounding inside the quantizer, a Tardos code over the steered weights.
 
-Embedding (scheme ``wp-round-v2``)
+Embedding (scheme ``wp-round-v3``)
 ----------------------------------
 For every marked tensor (a weight matrix with at least ``MIN_ELEMENTS`` entries) the copy's
-key seeds a ChaCha20 stream that gives one sign ``s_i`` in {-1, +1} per entry (HF layout, row
-major). The tensor is quantized to its target type by llama.cpp's algorithm, unchanged except
-for the last step, the rounding of each weight's level coordinate ``v_i`` (its value in units of
+key seeds a ChaCha20 stream that gives one byte ``u_i`` per entry (HF layout, row major); the
+registry's *code key* (derived from the master secret, the same for every copy) seeds another
+stream that gives each entry a bias threshold ``k_i`` in 1..255, distributed as the arcsine
+law (the quantiles ``256 sin^2(pi/2 (j + 1/2) / 256)`` rounded): ``p_i = k_i / 256``. The copy's
+symbol at entry ``i`` is ``X_i = [u_i < k_i]``, so ``P(X_i = 1) = p_i`` exactly, independently
+across copies given the biases. That is the symmetric Tardos code (Tardos 2003; Skoric et al.
+2008) with a cutoff ``t = 1/256``.
+
+The tensor is quantized to its target type by llama.cpp's algorithm, unchanged except for
+the last step, the rounding of each weight's level coordinate ``v_i`` (its value in units of
 the block's step, after the block's scale and minimum are fixed): when ``v_i`` lies within
-``delta`` of a rounding boundary, strictly off the exact tie, the weight takes the neighbouring
-level on the side ``s_i`` names (:func:`weightprint.quant.base.keyed_level`). These are the
-*candidate* weights: a fraction about ``2 delta`` of a fixed-scale type's weights, half of
-which llama.cpp would have rounded the other way. Scales, minimums, ties and all other weights
-are llama.cpp's, so a copy differs from the unmarked quantization in about a fraction ``delta``
-of its weights, by one level each. Float targets (F16/BF16/F32) are marked on the Q8_0 grid:
-candidate weights take the value of their key-side Q8_0 level.
+``delta`` of a rounding boundary, strictly off the exact tie, the weight takes the upper
+neighbouring level for ``X_i = 1`` and the lower one for ``X_i = 0``
+(:func:`weightprint.quant.base.keyed_level`). These are the *candidate* weights: a fraction
+about ``2 delta`` of a fixed-scale type's weights, half of which llama.cpp would have rounded
+the other way. Scales, minimums, ties and all other weights are llama.cpp's.
+
+Float targets (F16/BF16/F32) are issued on the Q8_0 grid: *every* weight of a marked tensor
+is the dequantized value of its keyed Q8_0 quantization, so the copy alone does not tell the
+candidates from the other weights (all sit on the grid).
 
 Detection (non-blind)
 ---------------------
 The candidates and their two levels depend only on the original ``x``, the copy's target type
-per tensor and ``delta`` (never on a key): quantizing ``x`` with every direction +1 and with
-every direction -1 gives ``y_up`` and ``y_dn``, which differ exactly at the candidates. For a
+per tensor and ``delta`` (never on a key): quantizing ``x`` with every direction up and with
+every direction down gives ``y_up`` and ``y_dn``, which differ exactly at the candidates. For a
 leak ``y`` aligned to the original, each candidate scores where ``y`` sits between its two
 levels::
 
     c_i = clip((y_i - (y_up_i + y_dn_i) / 2) / ((y_up_i - y_dn_i) / 2), -1, 1)
 
-(``+1`` at the level ``s_i = +1`` picks, ``-1`` at the other), and 0 elsewhere. The statistic is
-``T = sum_i c_i s_i``: for the copy itself every term is +1, so ``z = sqrt(#candidates)``.
+(``+1`` at the upper level, ``-1`` at the lower) and the copy's statistic is the symmetric
+Tardos score with soft symbols::
 
-H0: the leak was not produced from this copy. Then the key's signs are independent of ``c``
-(the signs are a pseudo-random function of a key the leak never saw), so conditionally on
-``c`` the statistic is a sum of independent symmetric terms ``+-c_i`` and
+    T = sum_i c_i h_i,    h_i = (X_i - p_i) / sqrt(p_i (1 - p_i))
 
-- ``P(T >= t) <= exp(-t^2 / (2 sum c_i^2))`` (Hoeffding), and
-- ``P(T >= t) <= 1 - Phi(t / sqrt(sum c_i^2)) + 0.56 sum |c_i|^3 / (sum c_i^2)^(3/2)``
-  (Berry-Esseen, Shevtsova's constant).
+H0: the leak was not produced from this copy. Then the copy's symbols are independent of
+``c`` given the biases (they come from a key the leak never saw), so conditionally on ``c``
+and ``p`` the terms ``c_i h_i`` are independent, with mean 0, variance ``c_i^2`` and
+``c_i h_i <= b = max_i |c_i| max(sqrt((1-p_i)/p_i), sqrt(p_i/(1-p_i)))``. With
+``V = sum c_i^2`` and ``T = t``, each of these bounds ``P(T >= t)``:
 
-The p-value is the smaller of the two bounds: valid whatever the leak (no approximation),
-close to uniform under H0 for p above ~1e-3 (Berry-Esseen term) and astronomically small in
-the tail (Hoeffding) when the copy is the source of the leak.
+- Bernstein: ``exp(-t^2 / (2 (V + b t / 3)))``;
+- Hoeffding: ``exp(-2 t^2 / sum_i c_i^2 / (p_i (1 - p_i)))`` (term ranges ``|c_i| / sqrt(p_i(1-p_i))``);
+- Berry-Esseen: ``1 - Phi(t / sqrt V) + 0.56 sum_i |c_i|^3 E|h_i|^3 / V^(3/2)`` (Shevtsova's
+  constant; ``E|h|^3 = ((1-p)^2 + p^2) / sqrt(p (1-p))``).
+
+The p-value is the smallest: valid whatever the leak, close to uniform under H0 above ~1e-2
+and astronomically small when the copy is the source. With ``p_i = 1/2`` everywhere this is
+the earlier fair-sign scheme; the biases are what defeats collusion: ``k`` colluders who keep
+the weights where their copies agree and blur the rest still share a total expected score of
+at least ``2/pi`` per candidate whatever they do where they differ, so each is accused with
+``z ~ sqrt(n) / k`` rather than ``sqrt(n 2^(1-k))`` (docs/watermark.md has the measurements).
 """
 
 from __future__ import annotations
@@ -46,7 +63,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from scipy import special
@@ -56,10 +72,16 @@ from weightprint.errors import UnsupportedQuantType
 from weightprint.mark.keys import CopyKey
 from weightprint.quant import KeyedRounding, dequantize, kernel, quantize
 
-SCHEME_VERSION = "wp-round-v2"
+SCHEME_VERSION = "wp-round-v3"
 DEFAULT_DELTA = DEFAULT_MARK_DELTA
 MIN_ELEMENTS = 4096
 BERRY_ESSEEN_C = 0.56
+CODE_LEVELS = 256
+#: bias thresholds ``k`` (``p = k / 256``): the 256 quantiles of the arcsine law on [0, 1], rounded, cut to 1..255
+BIAS_THRESHOLDS: np.ndarray = np.clip(
+    np.rint(CODE_LEVELS * np.sin(np.pi / 2 * (np.arange(CODE_LEVELS) + 0.5) / CODE_LEVELS) ** 2), 1, CODE_LEVELS - 1
+).astype(np.uint8)
+BIAS_THRESHOLDS.setflags(write=False)
 LN10 = math.log(10.0)
 FLOAT_GRID = QType.Q8_0  # the grid a float (F16/BF16/F32) copy is marked on
 _FLOAT_TYPES = (QType.F32, QType.F16, QType.BF16)
@@ -89,23 +111,27 @@ def grid_type(qtype: QType | None, cols: int) -> QType | None:
     return grid
 
 
-def sign_bits(key: CopyKey, name: str, n: int) -> np.ndarray:
-    """``ceil(n/8)`` packed sign bytes for tensor ``name`` (bit 1 = +1, MSB first), from ChaCha20."""
-    nbytes = (n + 7) // 8
+def key_stream(key: CopyKey, name: str, n: int) -> np.ndarray:
+    """``n`` bytes (uint8) of the ChaCha20 stream seeded by ``key`` for tensor ``name``."""
     enc = Cipher(algorithms.ChaCha20(key.tensor_seed(name), b"\0" * 16), mode=None).encryptor()
-    return np.frombuffer(enc.update(bytes(nbytes)), dtype=np.uint8)
+    return np.frombuffer(enc.update(bytes(int(n))), dtype=np.uint8)
 
 
-def _directions(key: CopyKey, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The key's rounding directions (int8 ±1) of tensor ``name``, in its Hugging Face ``shape``."""
+def bias_thresholds(code_key: CopyKey, name: str, n: int) -> np.ndarray:
+    """The Tardos bias thresholds ``k_i`` (uint8, 1..255, ``p_i = k_i / 256``) of tensor ``name``."""
+    return BIAS_THRESHOLDS[key_stream(code_key, name, n)]
+
+
+def symbols(key: CopyKey, code_key: CopyKey, name: str, n: int) -> np.ndarray:
+    """The copy's code symbols ``X_i = [u_i < k_i]`` (bool, length ``n``) of tensor ``name``."""
+    return key_stream(key, name, n) < bias_thresholds(code_key, name, n)
+
+
+def _directions(key: CopyKey, code_key: CopyKey, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The copy's rounding directions (int8: +1 up for ``X = 1``, -1 down) in its Hugging Face ``shape``."""
     n = int(np.prod(shape))
-    bits = np.unpackbits(sign_bits(key, name, n), count=n).view(np.int8)
-    return (bits * 2 - 1).reshape(shape)
-
-
-def signs(key: CopyKey, name: str, n: int) -> np.ndarray:
-    """The ±1 pattern (float32, length ``n``) of tensor ``name`` under ``key``."""
-    return _directions(key, name, (n,)).astype(np.float32)
+    x = symbols(key, code_key, name, n).view(np.int8)
+    return (x * 2 - 1).astype(np.int8).reshape(shape)
 
 
 def level_pair(values: np.ndarray, grid: QType, delta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -121,13 +147,14 @@ def level_pair(values: np.ndarray, grid: QType, delta: float) -> tuple[np.ndarra
     return up, dn
 
 
-def embed_tensor(name: str, values: np.ndarray, qtype: QType | None, key: CopyKey,
+def embed_tensor(name: str, values: np.ndarray, qtype: QType | None, key: CopyKey, code_key: CopyKey,
                  *, delta: float = DEFAULT_DELTA) -> np.ndarray | KeyedRounding:
     """Mark one tensor of a copy whose target type for it is ``qtype``.
 
     Returns the values unchanged for tensors the scheme does not mark (1-D, norms, small,
-    no grid); a :class:`~weightprint.quant.KeyedRounding` (the key's directions) for a grid
-    target, which the quantizer applies; marked float values for a float target.
+    no grid); a :class:`~weightprint.quant.KeyedRounding` (the copy's directions) for a grid
+    target, which the quantizer applies; for a float target, the dequantized keyed Q8_0
+    quantization of the whole tensor (every weight on the grid, candidates hidden among them).
 
     Parameters
     ----------
@@ -138,7 +165,9 @@ def embed_tensor(name: str, values: np.ndarray, qtype: QType | None, key: CopyKe
     qtype : QType or None
         The tensor's target storage type; None means a float target.
     key : CopyKey
-        The copy's key.
+        The copy's key (its code symbols).
+    code_key : CopyKey
+        The registry's code key (the Tardos biases, shared by every copy).
     delta : float, *optional*, defaults to ``DEFAULT_DELTA``
         Width of the steered band around each rounding boundary, in level units.
     """
@@ -148,118 +177,131 @@ def embed_tensor(name: str, values: np.ndarray, qtype: QType | None, key: CopyKe
     if grid is None:
         return values
     x = np.asarray(values, dtype=np.float32)
-    dirs = _directions(key, name, x.shape)
+    dirs = _directions(key, code_key, name, x.shape)
     if qtype is not None and qtype not in _FLOAT_TYPES:
         return KeyedRounding(x, dirs, float(delta))
-    up, dn = level_pair(x, grid, delta)
-    return np.where(up != dn, np.where(dirs > 0, up, dn), x).astype(np.float32, copy=False)
+    return dequantize(quantize(x, grid, rounding=dirs, delta=float(delta)), grid, shape=x.shape)
 
 
-def keyed_scores(original: np.ndarray, leaked: np.ndarray, grid: QType, delta: float) -> tuple[np.ndarray, int]:
-    """Scores ``c`` (float32, flat) of a leaked tensor and the number of candidates.
+def candidate_scores(original: np.ndarray, leaked: np.ndarray, grid: QType, delta: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``(idx, c)``: the flat indices of the original's candidates on ``grid`` and the leak's scores there.
 
-    ``c_i = clip((y_i - mid_i) / half_i, -1, 1)`` at the candidates of the original on
-    ``grid`` (``mid``, ``half``: centre and half-distance of the up and down levels), 0
-    elsewhere and where the leak is not finite. Depends on the original, the leak, the grid and
-    ``delta`` only (never on a key).
+    ``c_i = clip((y_i - mid_i) / half_i, -1, 1)`` (float64; ``mid``, ``half``: centre and
+    half-distance of the up and down levels), 0 where the leak is not finite. Depends on the
+    original, the leak, the grid and ``delta`` only (never on a key).
     """
     up, dn = level_pair(original, grid, delta)
-    y = np.asarray(leaked, dtype=np.float32).reshape(-1)
     up = up.reshape(-1)
     dn = dn.reshape(-1)
     idx = np.flatnonzero(up != dn)
-    c = np.zeros(y.size, dtype=np.float32)
     if idx.size == 0:
-        return c, 0
-    u = up[idx]
-    d = dn[idx]
+        return idx, np.zeros(0, np.float64)
+    y = np.asarray(leaked, dtype=np.float32).reshape(-1)[idx].astype(np.float64)
+    u = up[idx].astype(np.float64)
+    d = dn[idx].astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        v = (y[idx] - (u + d) * np.float32(0.5)) / ((u - d) * np.float32(0.5))
+        v = (y - (u + d) * 0.5) / ((u - d) * 0.5)
     v[~np.isfinite(v)] = 0.0
     np.clip(v, -1.0, 1.0, out=v)
-    c[idx] = v
-    return c, int(idx.size)
+    return idx, v
 
 
-@numba.njit(cache=True, nogil=True)
-def _signed_sum(c: np.ndarray, bits: np.ndarray) -> float:  # pragma: no cover - numba
-    n = c.shape[0]
-    acc = 0.0
-    full = n // 8
-    for j in range(full):
-        b = bits[j]
-        base = j * 8
-        part = np.float32(0.0)
-        for k in range(8):
-            sign = np.float32(((b >> (7 - k)) & 1) * 2 - 1)
-            part += c[base + k] * sign
-        acc += part
-    for i in range(full * 8, n):
-        sign = np.float32(((bits[i >> 3] >> (7 - (i & 7))) & 1) * 2 - 1)
-        acc += c[i] * sign
-    return acc
+@dataclass
+class CodeTable:
+    """One tensor's candidates with their scores and biases: what every copy's score is made of.
+
+    A copy's statistic on the tensor is ``base + sum(gain[X])`` over its symbols ``X`` at
+    ``idx`` (``base = sum c_i h0_i``, ``gain = c_i (h1_i - h0_i)``), so scoring a key costs one
+    stream, one gather and one masked sum. The power sums depend on ``c`` and the biases only.
+    """
+
+    name: str
+    size: int
+    idx: np.ndarray
+    thresholds: np.ndarray
+    base: float
+    gain: np.ndarray
+    sum_sq: float
+    sum_cube: float
+    bound: float
+    range_sq: float
+
+    @property
+    def n(self) -> int:
+        return int(self.idx.size)
 
 
-@numba.njit(cache=True, nogil=True)
-def _power_sums(c: np.ndarray) -> tuple[float, float]:  # pragma: no cover - numba
-    s2 = 0.0
-    s3 = 0.0
-    for i in range(c.shape[0]):
-        v = np.float64(c[i])
-        a = abs(v)
-        s2 += v * v
-        s3 += a * a * a
-    return s2, s3
+def code_table(name: str, size: int, idx: np.ndarray, c: np.ndarray, code_key: CopyKey) -> CodeTable:
+    """The :class:`CodeTable` of tensor ``name`` (``size`` weights) at candidates ``idx`` with scores ``c``."""
+    k = bias_thresholds(code_key, name, size)[idx]
+    p = k.astype(np.float64) / CODE_LEVELS
+    q = 1.0 - p
+    h1 = np.sqrt(q / p)
+    h0 = -np.sqrt(p / q)
+    c = np.asarray(c, dtype=np.float64)
+    a = np.abs(c)
+    e3 = (q * q + p * p) / np.sqrt(p * q)
+    return CodeTable(
+        name=name, size=int(size), idx=idx, thresholds=k, base=float(np.dot(c, h0)), gain=c * (h1 - h0),
+        sum_sq=float(np.dot(c, c)), sum_cube=float(np.dot(a * a * a, e3)),
+        bound=float(np.max(a * np.maximum(h1, -h0))) if c.size else 0.0,
+        range_sq=float(np.dot(c * c, 1.0 / (p * q))),
+    )
 
 
-def power_sums(c: np.ndarray) -> tuple[float, float]:
-    """``(sum c_i^2, sum |c_i|^3)`` in float64."""
-    s2, s3 = _power_sums(c)
-    return float(s2), float(s3)
-
-
-def correlate(c: np.ndarray, key: CopyKey, name: str) -> float:
-    """``sum_i c_i s_i`` for the key's signs of tensor ``name``."""
-    return float(_signed_sum(c, sign_bits(key, name, c.size)))
+def tardos_score(table: CodeTable, stream: np.ndarray) -> float:
+    """``sum_i c_i h_i`` of one copy, given its key stream for the tensor (:func:`key_stream`)."""
+    x = stream[table.idx] < table.thresholds
+    return table.base + float(table.gain[x].sum())
 
 
 @dataclass
 class Accumulator:
-    """Running sums of one key's statistic over tensors: T, sum c^2, sum |c|^3, n."""
+    """Running sums of one copy's statistic over tensors: T, V, the Berry-Esseen and range sums, b, n."""
 
     statistic: float = 0.0
     sum_sq: float = 0.0
     sum_cube: float = 0.0
+    bound: float = 0.0
+    range_sq: float = 0.0
     n: int = 0
     per_tensor: dict[str, float] = field(default_factory=dict)
 
-    def add(self, name: str, t: float, sum_sq: float, sum_cube: float, n: int) -> None:
+    def add(self, t: float, table: CodeTable) -> None:
         self.statistic += t
-        self.sum_sq += sum_sq
-        self.sum_cube += sum_cube
-        self.n += n
-        if sum_sq > 0:
-            self.per_tensor[name] = t / math.sqrt(sum_sq)
+        self.sum_sq += table.sum_sq
+        self.sum_cube += table.sum_cube
+        self.bound = max(self.bound, table.bound)
+        self.range_sq += table.range_sq
+        self.n += table.n
+        if table.sum_sq > 0:
+            self.per_tensor[table.name] = self.per_tensor.get(table.name, 0.0) + t / math.sqrt(table.sum_sq)
 
     @property
     def z(self) -> float:
         return self.statistic / math.sqrt(self.sum_sq) if self.sum_sq > 0 else 0.0
 
     def log10_pvalue(self) -> float:
-        return log10_pvalue(self.statistic, self.sum_sq, self.sum_cube)
+        return log10_pvalue(self.statistic, self.sum_sq, self.sum_cube, self.bound, self.range_sq)
 
 
-def log10_pvalue(statistic: float, sum_sq: float, sum_cube: float) -> float:
-    """log10 of min(Hoeffding bound, normal tail + Berry-Esseen term) for ``P(T >= t)``.
+def log10_pvalue(statistic: float, sum_sq: float, sum_cube: float, bound: float, range_sq: float) -> float:
+    """log10 of min(Bernstein, Hoeffding, normal tail + Berry-Esseen) for ``P(T >= t)``.
 
-    Both are upper bounds on the tail of a sum of independent ``±c_i`` with fair signs,
-    so their minimum is a valid p-value for H0 (signs independent of the scores).
+    Each is an upper bound on the tail of a sum of independent zero-mean terms with variances
+    ``c_i^2`` (sum ``sum_sq``), one-sided bound ``bound``, squared ranges summing to ``range_sq``
+    and third absolute moments summing to ``sum_cube``; their minimum is a valid p-value for H0.
     """
     if sum_sq <= 0:
         return 0.0
-    z = statistic / math.sqrt(sum_sq)
-    hoeffding = -(z * z) / 2.0 / LN10 if z > 0 else 0.0
+    t = statistic
+    z = t / math.sqrt(sum_sq)
+    bern = hoef = 0.0
+    if t > 0:
+        bern = -(t * t) / (2.0 * (sum_sq + bound * t / 3.0)) / LN10
+        hoef = -2.0 * t * t / range_sq / LN10 if range_sq > 0 else 0.0
     be = BERRY_ESSEEN_C * sum_cube / sum_sq ** 1.5
     normal_tail = float(special.ndtr(-z))
     berry = math.log10(min(1.0, normal_tail + be)) if normal_tail + be > 0 else -math.inf
-    return float(min(0.0, hoeffding, berry))
+    return float(min(0.0, bern, hoef, berry))

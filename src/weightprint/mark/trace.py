@@ -2,10 +2,10 @@
 
 The work is one pass over the tensors the leak shares with the original: align a layer,
 score the leak at the original's candidate weights for each distinct (file type, delta) among
-the copies (:func:`weightprint.mark.scheme.keyed_scores`), and add ``sum c_i s_i`` for every
-copy's key. Peak memory is one layer; time is one dequantization of each model, two keyed
-quantizations of the original per distinct file type, and one ChaCha20 stream and one dot
-product per copy and tensor.
+the copies (:func:`weightprint.mark.scheme.candidate_scores`), and add the copy's Tardos score
+``sum c_i h_i`` for every copy's key. Peak memory is one layer; time is one dequantization of
+each model, two keyed quantizations of the original per distinct file type, one bias stream per
+tensor and file type, and one ChaCha20 stream (a byte per weight) per copy and tensor.
 """
 
 from __future__ import annotations
@@ -26,19 +26,21 @@ from weightprint.mark.scheme import (
     DEFAULT_DELTA,
     SCHEME_VERSION,
     Accumulator,
-    correlate,
+    candidate_scores,
+    code_table,
     grid_type,
     is_marked_tensor,
-    keyed_scores,
-    power_sums,
+    key_stream,
+    tardos_score,
 )
 from weightprint.results import TestResult, format_pvalue
 
 NULL_HYPOTHESIS = (
-    "the leaked model was not produced from this copy: the copy's key-derived rounding "
-    "directions are independent of where the leak sits between the original's two candidate levels"
+    "the leaked model was not produced from this copy: the copy's key-derived code symbols "
+    "are independent of where the leak sits between the original's two candidate levels"
 )
-METHOD = "min(Hoeffding, normal + Berry-Esseen) bound on a sum of fair random signs, conditional on the residual"
+METHOD = ("symmetric Tardos score with soft symbols; min(Bernstein, Hoeffding, normal + Berry-Esseen) "
+          "bound on a sum of independent zero-mean terms, conditional on the scores and the biases")
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,9 @@ def copy_test_result(copy: CopyTest, acc: Accumulator, n_copies: int) -> TestRes
             "delta": copy.delta,
             "scheme_version": SCHEME_VERSION,
             "n_candidates": acc.n,
-            "sum_scores_signs": acc.statistic,
+            "tardos_score": acc.statistic,
             "sum_scores_squared": acc.sum_sq,
+            "max_term_bound": acc.bound,
             "z": acc.z,
             "n_copies_tested": n_copies,
             "log10_pvalue_bonferroni": corrected,
@@ -98,6 +101,7 @@ def correlate_leak(
     leaked: Model,
     copies: Sequence[CopyTest],
     *,
+    code_key: CopyKey,
     undo_permutations: bool = True,
     recover_basis: bool = True,
     tensor_filter: Callable[[str], bool] | None = None,
@@ -151,13 +155,17 @@ def correlate_leak(
             grid = grid_type(plans[ft].get(name), int(x.shape[-1]))
             if grid is not None:
                 by_grid.setdefault((grid, delta), []).extend(members)
+        tables = []
         for (grid, delta), members in by_grid.items():
-            c, n_cand = keyed_scores(x, y, grid, delta)
-            if n_cand == 0:
-                continue
-            sum_sq, sum_cube = power_sums(c)
-            for k in members:
-                accs[k].add(name, correlate(c, copies[k].key, name), sum_sq, sum_cube, n_cand)
+            idx, c = candidate_scores(x, y, grid, delta)
+            if idx.size:
+                tables.append((code_table(name, x.size, idx, c, code_key), members))
+        scored = sorted({k for _, members in tables for k in members})
+        for k in scored:
+            stream = key_stream(copies[k].key, name, x.size)  # one stream per copy and tensor
+            for table, members in tables:
+                if k in members:
+                    accs[k].add(tardos_score(table, stream), table)
     if progress is not None:
         progress(n_total, n_total, "done")
     if report.n_tensors == 0:
