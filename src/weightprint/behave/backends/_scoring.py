@@ -1,8 +1,9 @@
-"""Shared numerics of the local backends: log-softmax statistics of next-token logits, in numpy.
+"""What the local backends share: :class:`LocalBackend` and the numerics of next-token logits.
 
 Both :mod:`~weightprint.behave.backends.llama_cpp` and :mod:`~weightprint.behave.backends.transformers`
-hand raw logits here, so a number they report (a token's log-probability, the Min-K%++ mean and
-standard deviation) is computed by one piece of code in float64.
+subclass :class:`LocalBackend`, which turns their raw logits into answers, so a number they report
+(a token's log-probability, the Min-K%++ mean and standard deviation) is computed by one piece of
+code, in float64.
 """
 
 from __future__ import annotations
@@ -11,7 +12,16 @@ from typing import Sequence
 
 import numpy as np
 
-from weightprint.behave.backends.base import LoglikelihoodResult, TokenScores
+from weightprint.behave.backends.base import (
+    Backend,
+    GenerateRequest,
+    Generation,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    TokenScores,
+)
+from weightprint.errors import WeightprintError
+from weightprint.progress import ProgressCallback, no_progress
 
 #: rows of logits converted to float64 at a time (bounds the temporary to ~rows x vocab x 8 bytes)
 _CHUNK_ROWS = 64
@@ -104,3 +114,82 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """``text`` cut before the first occurrence of any stop string, and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class LocalBackend(Backend):
+    """A backend that holds the model in this process and sees its logits.
+
+    Subclasses provide :meth:`tokenize`, :meth:`_encode` (ids with the model's own BOS
+    convention), :meth:`_bos`, :meth:`_start_token`, :meth:`_logits` (logits at every position of
+    a token sequence) and :meth:`_generate_one`; the batch methods are written once here.
+    """
+
+    #: longest token sequence accepted (None: no limit of ours)
+    n_ctx: int | None = None
+
+    def _encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _check_length(self, ids: Sequence[int]) -> None:
+        """Refuse an empty sequence, or one longer than ``n_ctx``, with a one-line error."""
+        if not ids:
+            raise WeightprintError(f"{self.label}: nothing to evaluate (empty token sequence)")
+        if self.n_ctx is not None and len(ids) > self.n_ctx:
+            raise WeightprintError(f"{self.label}: {len(ids)} tokens exceed the context window of {self.n_ctx}",
+                                   hint="open the backend with a larger n_ctx")
+
+    def _bos(self) -> int | None:
+        """The BOS token id, or None."""
+        raise NotImplementedError
+
+    def _start_token(self) -> int:
+        """The token an empty context stands for: BOS, else EOS."""
+        raise NotImplementedError
+
+    def _logits(self, ids: list[int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _generate_one(self, r: GenerateRequest) -> Generation:
+        raise NotImplementedError
+
+    def token_scores(self, texts: Sequence[str], progress: ProgressCallback | None = None, *,
+                     max_tokens: int | None = None) -> list[TokenScores]:
+        """Per-token log-probabilities, and the model's mean/std of log p, of each text.
+
+        Each text is tokenized with the model's own BOS convention and cut to ``max_tokens``.
+        """
+        progress = progress or no_progress
+        out = []
+        for i, text in enumerate(texts):
+            ids = self._encode(text)[:max_tokens]
+            out.append(token_scores_from_logits(ids, self._logits(ids) if len(ids) > 1 else np.empty((0, 0))))
+            progress(i + 1, len(texts), "token scores")
+        return out
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
+                      progress: ProgressCallback | None = None) -> list[LoglikelihoodResult]:
+        """log p(continuation | context); an empty context is the BOS (or EOS) token alone."""
+        progress = progress or no_progress
+        out = []
+        for i, r in enumerate(requests):
+            ctx = self._encode(r.context) if r.context else []
+            if not ctx or ctx == [self._bos()]:
+                ctx = [self._start_token()]
+                whole = ctx + self.tokenize(r.continuation)
+            else:
+                whole = self._encode(r.context + r.continuation)
+            ids, n = split_continuation(ctx, whole, self.tokenize(r.continuation))
+            if len(ids) == n:
+                raise WeightprintError(f"{self.label}: empty continuation in loglikelihood request {i}")
+            out.append(loglikelihood_from_logits(ids, n, self._logits(ids)))
+            progress(i + 1, len(requests), "loglikelihood")
+        return out
+
+    def generate(self, requests: Sequence[GenerateRequest], progress: ProgressCallback | None = None) -> list[Generation]:
+        """Complete each request (see the subclass for how sampling is set up)."""
+        progress = progress or no_progress
+        out = []
+        for i, r in enumerate(requests):
+            out.append(self._generate_one(r))
+            progress(i + 1, len(requests), "generate")
+        return out

@@ -13,9 +13,14 @@ the cache is cut at the prefix (``kv_cache_seq_rm``) and the remaining tokens ar
 logits of the shared prefix are those the previous evaluation left in ``scores``; by causality
 they are the logits of the new sequence at those positions too. Batch methods thus run fastest
 when requests that share a context are consecutive (the order of answers is the order of
-requests either way). The SWA cache of sliding-window models (Gemma 3) is made full-size
-(``swa_full=True``) so that cutting it keeps every position a suffix may attend to; when llama.cpp
-refuses a cut, the sequence is evaluated from scratch. ``reuse_kv=False`` always starts fresh.
+requests either way). When llama.cpp refuses a cut, the sequence is evaluated from scratch;
+``reuse_kv=False`` always starts fresh.
+
+Models with sliding-window attention (``{arch}.attention.sliding_window`` in the metadata, e.g.
+Gemma 3) never reuse the cache: measured on Gemma 3 270M with llama-cpp-python 0.3.36, cutting its
+interleaved SWA cache and evaluating a different suffix gave log-probabilities up to 0.05 nats
+(0.4 after a cut to the BOS alone) away from a fresh evaluation, even with a full-size SWA cache.
+On SmolLM2 (no SWA) reuse gives exactly the fresh numbers (tests/test_backends_local.py).
 
 Generation goes through ``create_completion`` / ``create_chat_completion`` (whose own prefix
 matching uses the same cache). ``temperature=0`` is greedy; otherwise sampling is plain: top-k,
@@ -28,29 +33,13 @@ llama-cpp-python is imported when a backend is created.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from weightprint.behave.backends._scoring import (
-    common_prefix,
-    loglikelihood_from_logits,
-    split_continuation,
-    token_scores_from_logits,
-)
-from weightprint.behave.backends.base import (
-    Backend,
-    BackendCapabilityError,
-    Capabilities,
-    GenerateRequest,
-    Generation,
-    LoglikelihoodRequest,
-    LoglikelihoodResult,
-    TokenScores,
-    register_backend,
-)
+from weightprint.behave.backends._scoring import LocalBackend, common_prefix
+from weightprint.behave.backends.base import BackendCapabilityError, Capabilities, GenerateRequest, Generation, register_backend
 from weightprint.errors import ModelFormatError, WeightprintError
-from weightprint.progress import ProgressCallback, no_progress
 
 __all__ = ["LlamaCppBackend"]
 
@@ -62,7 +51,7 @@ def _is_gguf(ref: str) -> bool:
 
 
 @register_backend(matches=_is_gguf)
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(LocalBackend):
     """A GGUF file run by llama.cpp on CPU.
 
     Parameters
@@ -79,7 +68,7 @@ class LlamaCppBackend(Backend):
         Sampling seed of requests that give none.
     reuse_kv : bool, *optional*, defaults to True
         Evaluate only the suffix after the prefix shared with the previous sequence (see the
-        module docstring).
+        module docstring); always off for sliding-window models.
     """
 
     name = "llama_cpp"
@@ -96,13 +85,14 @@ class LlamaCppBackend(Backend):
         try:
             self._llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx),
                                         n_ubatch=min(n_batch, n_ctx), logits_all=True, n_threads=n_threads,
-                                        n_threads_batch=n_threads, seed=seed, swa_full=True, verbose=verbose)
+                                        n_threads_batch=n_threads, seed=seed, verbose=verbose)
         except (ValueError, RuntimeError) as e:
             raise ModelFormatError(f"{path}: llama.cpp cannot load this GGUF: {e}") from e
         self.path = path
         self.label = path.name
         self.seed = seed
-        self.reuse_kv = reuse_kv
+        self.sliding_window = any(k.endswith(".attention.sliding_window") for k in self._llm.metadata)
+        self.reuse_kv = reuse_kv and not self.sliding_window
         self.n_ctx = n_ctx
         self._has_template = any(k.startswith("tokenizer.chat_template") for k in self._llm.metadata)
         self.capabilities = Capabilities(chat=self._has_template)
@@ -117,19 +107,19 @@ class LlamaCppBackend(Backend):
         # add_bos=True means "add what the vocabulary asks for"
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
 
-    def _start_token(self) -> int:
+    def _bos(self) -> int | None:
         bos = self._llm.token_bos()
-        return bos if bos >= 0 else self._llm.token_eos()
+        return bos if bos >= 0 else None
+
+    def _start_token(self) -> int:
+        bos = self._bos()
+        return bos if bos is not None else self._llm.token_eos()
 
     # ------------------------------------------------------------------ evaluation
     def _logits(self, tokens: list[int]) -> np.ndarray:
         """Logits at every position of ``tokens`` (a view into ``Llama.scores``), reusing the cache."""
         llm = self._llm
-        if len(tokens) > self.n_ctx:
-            raise WeightprintError(f"{self.label}: {len(tokens)} tokens exceed the context window of {self.n_ctx}",
-                                   hint="open the backend with a larger n_ctx")
-        if not tokens:
-            raise WeightprintError(f"{self.label}: nothing to evaluate (empty token sequence)")
+        self._check_length(tokens)
         keep = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens) if self.reuse_kv else 0
         if keep < len(tokens):
             if keep > 0 and llm._ctx.kv_cache_seq_rm(-1, keep, -1):
@@ -138,49 +128,6 @@ class LlamaCppBackend(Backend):
                 llm.reset()
             llm.eval(tokens[llm.n_tokens:])
         return llm.scores[: len(tokens)]
-
-    def token_scores(self, texts: Sequence[str], progress: ProgressCallback | None = None, *,
-                     max_tokens: int | None = None) -> list[TokenScores]:
-        """Per-token log-probabilities, and the model's mean/std of log p, of each text.
-
-        Each text is tokenized with the BOS the vocabulary asks for and cut to ``max_tokens``.
-        """
-        progress = progress or no_progress
-        out = []
-        for i, text in enumerate(texts):
-            ids = self._encode(text)[:max_tokens]
-            out.append(token_scores_from_logits(ids, self._logits(ids)) if len(ids) > 1
-                       else token_scores_from_logits(ids, np.empty((0, 0))))
-            progress(i + 1, len(texts), "token scores")
-        return out
-
-    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
-                      progress: ProgressCallback | None = None) -> list[LoglikelihoodResult]:
-        """log p(continuation | context); an empty context is the BOS (or EOS) token alone."""
-        progress = progress or no_progress
-        out = []
-        for i, r in enumerate(requests):
-            ctx = self._encode(r.context) if r.context else []
-            if not ctx or (len(ctx) == 1 and ctx[0] == self._llm.token_bos()):
-                ctx = [self._start_token()]
-                whole = ctx + self.tokenize(r.continuation)
-            else:
-                whole = self._encode(r.context + r.continuation)
-            ids, n = split_continuation(ctx, whole, self.tokenize(r.continuation))
-            if len(ids) == n:
-                raise WeightprintError(f"{self.label}: empty continuation in loglikelihood request {i}")
-            out.append(loglikelihood_from_logits(ids, n, self._logits(ids)))
-            progress(i + 1, len(requests), "loglikelihood")
-        return out
-
-    # ------------------------------------------------------------------ generation
-    def generate(self, requests: Sequence[GenerateRequest], progress: ProgressCallback | None = None) -> list[Generation]:
-        progress = progress or no_progress
-        out = []
-        for i, r in enumerate(requests):
-            out.append(self._generate_one(r))
-            progress(i + 1, len(requests), "generate")
-        return out
 
     def _generate_one(self, r: GenerateRequest) -> Generation:
         knobs: dict[str, Any] = dict(

@@ -17,30 +17,13 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 
-from weightprint.behave.backends._scoring import (
-    logit_stats,
-    loglikelihood_from_logits,
-    split_continuation,
-    token_scores_from_logits,
-    truncate_at_stop,
-)
-from weightprint.behave.backends.base import (
-    Backend,
-    BackendCapabilityError,
-    Capabilities,
-    GenerateRequest,
-    Generation,
-    LoglikelihoodRequest,
-    LoglikelihoodResult,
-    TokenScores,
-    register_backend,
-)
+from weightprint.behave.backends._scoring import LocalBackend, logit_stats, truncate_at_stop
+from weightprint.behave.backends.base import BackendCapabilityError, Capabilities, GenerateRequest, Generation, register_backend
 from weightprint.errors import ModelFormatError, WeightprintError
-from weightprint.progress import ProgressCallback, no_progress
 
 __all__ = ["TransformersBackend", "load_causal_lm", "torch_threads"]
 
@@ -87,7 +70,7 @@ def load_causal_lm(path: str | Path) -> tuple[Any, Any]:
 
 
 @register_backend(matches=_is_hf_dir)
-class TransformersBackend(Backend):
+class TransformersBackend(LocalBackend):
     """A Hugging Face directory run by transformers (float32, CPU).
 
     Parameters
@@ -126,6 +109,9 @@ class TransformersBackend(Backend):
         """Token ids with the tokenizer's own special tokens (its BOS convention)."""
         return list(self._tok(text)["input_ids"])
 
+    def _bos(self) -> int | None:
+        return self._tok.bos_token_id
+
     def _start_token(self) -> int:
         tok = self._tok
         return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -134,56 +120,10 @@ class TransformersBackend(Backend):
     def _logits(self, ids: list[int]) -> np.ndarray:
         import torch
 
-        if not ids:
-            raise WeightprintError(f"{self.label}: nothing to evaluate (empty token sequence)")
-        if self.n_ctx is not None and len(ids) > self.n_ctx:
-            raise WeightprintError(f"{self.label}: {len(ids)} tokens exceed the context window of {self.n_ctx}",
-                                   hint="open the backend with a larger n_ctx")
+        self._check_length(ids)
         with torch_threads(self.n_threads), torch.no_grad():
             out = self._lm(input_ids=torch.tensor([ids], dtype=torch.long))
         return out.logits[0].float().numpy()
-
-    def token_scores(self, texts: Sequence[str], progress: ProgressCallback | None = None, *,
-                     max_tokens: int | None = None) -> list[TokenScores]:
-        """Per-token log-probabilities, and the model's mean/std of log p, of each text.
-
-        Each text is tokenized with the tokenizer's special tokens and cut to ``max_tokens``.
-        """
-        progress = progress or no_progress
-        out = []
-        for i, text in enumerate(texts):
-            ids = self._encode(text)[:max_tokens]
-            out.append(token_scores_from_logits(ids, self._logits(ids) if len(ids) > 1 else np.empty((0, 0))))
-            progress(i + 1, len(texts), "token scores")
-        return out
-
-    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
-                      progress: ProgressCallback | None = None) -> list[LoglikelihoodResult]:
-        """log p(continuation | context); an empty context is the BOS (or EOS) token alone."""
-        progress = progress or no_progress
-        out = []
-        for i, r in enumerate(requests):
-            ctx = self._encode(r.context) if r.context else []
-            if not ctx or ctx == [self._tok.bos_token_id]:
-                ctx = [self._start_token()]
-                whole = ctx + self.tokenize(r.continuation)
-            else:
-                whole = self._encode(r.context + r.continuation)
-            ids, n = split_continuation(ctx, whole, self.tokenize(r.continuation))
-            if len(ids) == n:
-                raise WeightprintError(f"{self.label}: empty continuation in loglikelihood request {i}")
-            out.append(loglikelihood_from_logits(ids, n, self._logits(ids)))
-            progress(i + 1, len(requests), "loglikelihood")
-        return out
-
-    # ------------------------------------------------------------------ generation
-    def generate(self, requests: Sequence[GenerateRequest], progress: ProgressCallback | None = None) -> list[Generation]:
-        progress = progress or no_progress
-        out = []
-        for i, r in enumerate(requests):
-            out.append(self._generate_one(r))
-            progress(i + 1, len(requests), "generate")
-        return out
 
     def _prompt_ids(self, r: GenerateRequest) -> list[int]:
         if not r.chat:
