@@ -609,3 +609,22 @@ def test_basis_recovery_keeps_the_false_accusation_bound(tiny):
 def _tiny_code_key(tiny) -> CopyKey:
     """The registry's code key: innocent keys are tested against the biases the copies were issued with."""
     return keys.load_key_file(tiny["key_file"]).code_key()
+
+
+def test_copies_of_an_older_scheme_are_refused_in_one_line(tiny, tmp_path):
+    """A registry holding wp-round-v2 copies (fair signs) cannot be traced with the v3 code: a clear error."""
+    import shutil
+    import sqlite3
+
+    from weightprint.mark import SCHEME_VERSION
+
+    assert SCHEME_VERSION == "wp-round-v3"
+    db = tmp_path / "old.db"
+    shutil.copy(tiny["dir"] / "reg.db", db)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE wp_copies SET scheme_version = 'wp-round-v2'")
+    with pytest.raises(RegistryError) as e:
+        trace_leak(tiny["copies"]["alice"].output, source=tiny["source"], registry_url=f"sqlite:///{db}",
+                   key_file=tiny["key_file"])
+    msg = str(e.value)
+    assert "\n" not in msg and "wp-round-v2" in msg and "wp-round-v3" in msg
