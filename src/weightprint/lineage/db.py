@@ -164,7 +164,7 @@ class SearchResult(VerdictResult):
                 log10_pvalue=adj,
                 null_hypothesis=f"the suspect was trained independently of reference `{r.a}` ({c.null_hypothesis})",
                 alternative=c.alternative,
-                method=f"{c.method}; Bonferroni-corrected over {self.n_tested} references",
+                method=f"{c.method}; Bonferroni-corrected over {self._n_refs_text()}",
                 n=c.n,
                 n_resamples=c.n_resamples,
                 seed=c.seed,
@@ -172,6 +172,9 @@ class SearchResult(VerdictResult):
                           "correction": self.CORRECTION},
             ))
         return out
+
+    def _n_refs_text(self) -> str:
+        return f"{self.n_tested} reference{'' if self.n_tested == 1 else 's'}"
 
     def summary(self) -> str:
         best = self.best
@@ -183,10 +186,10 @@ class SearchResult(VerdictResult):
         if self.verdict == "derived":
             n_derived = sum(r.verdict == "derived" for r in self.ranking)
             more = f"; {n_derived - 1} more reference(s) also significant" if n_derived > 1 else ""
-            return (f"derived from `{best.a}` ({adj} after Bonferroni correction over {self.n_tested} references, "
+            return (f"derived from `{best.a}` ({adj} after Bonferroni correction over {self._n_refs_text()}, "
                     f"raw {raw}){more}")
         return (f"no evidence at alpha={self.alpha:g}: closest reference `{best.a}`, {adj} after Bonferroni "
-                f"correction over {self.n_tested} references (raw {raw})")
+                f"correction over {self._n_refs_text()} (raw {raw})")
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable({
