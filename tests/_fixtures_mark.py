@@ -209,3 +209,59 @@ def smol_attack(name: str, build) -> Path:
         if not out.exists():
             build(out)
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Collusion: k copies combined weight by weight, lazily (a Model view; nothing written)
+# --------------------------------------------------------------------------------------
+COLLUSION_STRATEGIES = ("agree-keep/midpoint", "average", "majority", "random-pick")
+
+
+def collude(values: list[np.ndarray], strategy: str, rng: np.random.Generator) -> np.ndarray:
+    """One tensor of a colluded copy from the colluders' (dequantized) values of it.
+
+    ``agree-keep/midpoint``: keep a weight where every copy agrees, else the midpoint of the
+    extremes; ``average``: the mean; ``majority``: the value most copies hold (between the two
+    extremes; a tie is broken at random); ``random-pick``: each weight from a random copy.
+    """
+    stack = np.stack([np.asarray(v, dtype=np.float32) for v in values])
+    if strategy == "average":
+        return stack.mean(axis=0)
+    lo, hi = stack.min(axis=0), stack.max(axis=0)
+    if strategy == "agree-keep/midpoint":
+        return np.where(lo == hi, lo, (lo + hi) * np.float32(0.5))
+    if strategy == "majority":
+        k = stack.shape[0]
+        n_hi = (stack == hi).sum(axis=0)
+        tie = rng.random(lo.shape) < 0.5
+        return np.where(2 * n_hi > k, hi, np.where(2 * n_hi < k, lo, np.where(tie, hi, lo)))
+    if strategy == "random-pick":
+        pick = rng.integers(0, stack.shape[0], size=lo.shape)
+        return np.take_along_axis(stack, pick[None], axis=0)[0]
+    raise ValueError(f"unknown collusion strategy {strategy!r}")
+
+
+def collusion_model(models: list, strategy: str, seed: int = 0):
+    """A lazy :class:`~weightprint.io.model.Model` whose tensors are :func:`collude` of ``models``'."""
+    from weightprint.io.model import Model
+
+    class Colluded(Model):
+        def __init__(self) -> None:
+            first = models[0]
+            for k in ("path", "format", "architecture", "metadata", "config", "tokenizer", "chat_template"):
+                setattr(self, k, getattr(first, k))
+
+        def tensor_infos(self):
+            return models[0].tensor_infos()
+
+        def info(self, name):
+            return models[0].info(name)
+
+        def raw(self, name):
+            raise NotImplementedError("a colluded view has no stored bytes")
+
+        def tensor(self, name, dtype=np.float32):
+            rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")])
+            return collude([m.tensor(name) for m in models], strategy, rng).astype(dtype)
+
+    return Colluded()

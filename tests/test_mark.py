@@ -628,3 +628,33 @@ def test_copies_of_an_older_scheme_are_refused_in_one_line(tiny, tmp_path):
                    key_file=tiny["key_file"])
     msg = str(e.value)
     assert "\n" not in msg and "wp-round-v2" in msg and "wp-round-v3" in msg
+
+
+@pytest.mark.parametrize("strategy", ["agree-keep/midpoint", "average", "majority", "random-pick"])
+def test_collusion_of_three_accuses_all_three(tiny, strategy):
+    """All three recipients collude (tiny model: ~4k candidates); each is accused, and 100 fresh
+    never-issued keys (the innocents) are not."""
+    from _fixtures_mark import collusion_model
+
+    from weightprint.io import open_model
+    from weightprint.mark.trace import CopyTest, correlate_leak
+
+    master = keys.load_key_file(tiny["key_file"])
+    from weightprint.mark.registry import open_registry
+
+    with open_registry(tiny["url"]) as reg:
+        records = [r for r in reg.copies() if r.recipient in RECIPIENTS]
+    guilty = [CopyTest(r.issue_id, r.recipient, r.file_type, master.derive(bytes.fromhex(r.key_salt), r.issue_id))
+              for r in records]
+    innocent = [CopyTest(f"k{i}", f"innocent-{i}", "Q4_K_M", CopyKey.random()) for i in range(100)]
+    models = [open_model(tiny["copies"][r].output) for r in RECIPIENTS]
+    try:
+        with open_model(tiny["source"]) as o:
+            st = correlate_leak(o, collusion_model(models, strategy), guilty + innocent, code_key=master.code_key())
+    finally:
+        for m in models:
+            m.close()
+    corrected = {t.evidence["recipient"]: t.evidence["log10_pvalue_bonferroni"] for t in st.tests}
+    for r in RECIPIENTS:
+        assert corrected[r] < -9, (strategy, r, corrected[r])
+    assert min(v for k, v in corrected.items() if k.startswith("innocent")) > -3
