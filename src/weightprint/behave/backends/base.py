@@ -135,8 +135,10 @@ class Backend(ABC):
         """log p(continuation | context) for each request."""
         raise BackendCapabilityError(f"{self.label or self.name}: backend `{self.name}` cannot score given text")
 
-    def token_scores(self, texts: Sequence[str], progress: ProgressCallback | None = None) -> list[TokenScores]:
-        """Per-token log-probabilities (and vocabulary mean/std where available) of each text."""
+    def token_scores(self, texts: Sequence[str], progress: ProgressCallback | None = None, *,
+                     max_tokens: int | None = None) -> list[TokenScores]:
+        """Per-token log-probabilities (and vocabulary mean/std where available) of each text,
+        each cut to its first ``max_tokens`` tokens when given."""
         raise BackendCapabilityError(f"{self.label or self.name}: backend `{self.name}` cannot score tokens")
 
     def tokenize(self, text: str) -> list[int]:
