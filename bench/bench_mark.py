@@ -1,6 +1,6 @@
 """Benchmark mark/trace on SmolLM2-135M: issue vs plain quantization, trace vs 8 recipients.
 
-Targets (issue #3): issuing a 135M Q4_K_M copy < 2x the time of plain quantization; tracing a
+Targets (issues #3, #10): issuing a 135M Q4_K_M copy <= 1.5x the time of plain quantization; tracing a
 135M leak against 8 recipients < 30 s on 2 cores. Writes ``bench/results/mark.json``.
 
 Usage: ``python bench/bench_mark.py [--repeats N]``. The 8 issued copies come from the test
@@ -82,7 +82,7 @@ def main() -> int:
         "plain_quantize_seconds": min(plain_times),
         "issue_seconds": min(issue_times),
         "issue_over_plain": min(issue_times) / min(plain_times),
-        "issue_target": "< 2x plain quantization",
+        "issue_target": "<= 1.5x plain quantization",
         "plain_quantize_all": plain_times,
         "issue_all": issue_times,
         "trace_seconds_8_recipients": t_trace,

@@ -63,6 +63,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from scipy import special
@@ -127,11 +128,18 @@ def symbols(key: CopyKey, code_key: CopyKey, name: str, n: int) -> np.ndarray:
     return key_stream(key, name, n) < bias_thresholds(code_key, name, n)
 
 
+@numba.njit(cache=True, nogil=True)
+def _directions_kernel(u: np.ndarray, b: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    for i in range(u.shape[0]):
+        out[i] = 1 if u[i] < table[b[i]] else -1
+
+
 def _directions(key: CopyKey, code_key: CopyKey, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """The copy's rounding directions (int8: +1 up for ``X = 1``, -1 down) in its Hugging Face ``shape``."""
     n = int(np.prod(shape))
-    x = symbols(key, code_key, name, n).view(np.int8)
-    return (x * 2 - 1).astype(np.int8).reshape(shape)
+    out = np.empty(n, dtype=np.int8)
+    _directions_kernel(key_stream(key, name, n), key_stream(code_key, name, n), BIAS_THRESHOLDS, out)
+    return out.reshape(shape)
 
 
 def level_pair(values: np.ndarray, grid: QType, delta: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,120 @@
+"""Float copies and the stripping attack on SmolLM2-135M.
+
+An F16 copy is issued (scheme v3: every weight of a marked tensor on the keyed Q8_0 grid). The
+attacker holds the copy only and flags the weights that sit on the Q8_0 grid (its own Q8_0
+round trip leaves them unchanged). We score that flag as a detector of the candidates (the
+weights the key steered, known from the original) by its AUROC, for the v3 copy and for the
+v2-style copy (candidates snapped to the grid, every other weight left as it was), and trace
+the v3 copy and its Q8_0 requantization. Writes ``bench/results/mark_float.json``.
+
+Usage: ``python bench/bench_mark_float.py [--ftype F16]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def auroc(score: np.ndarray, label: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for ``label`` (Mann-Whitney, ties counted half)."""
+    from scipy.stats import rankdata
+
+    pos = int(label.sum())
+    neg = label.size - pos
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[label].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ftype", default="F16")
+    args = ap.parse_args()
+
+    from _fixtures_mark import smol_issued
+    from _results import write_result
+
+    from weightprint.constants import QType
+    from weightprint.convert import convert
+    from weightprint.io import open_model
+    from weightprint.mark import DEFAULT_DELTA, init_registry, issue_copy, trace_leak
+    from weightprint.mark.scheme import is_marked_tensor, level_pair
+    from weightprint.quant import dequantize, quantize
+
+    info = smol_issued()
+    source = info["source"]
+    out: dict = {"model": "SmolLM2-135M-Instruct", "ftype": args.ftype, "delta": DEFAULT_DELTA}
+    with tempfile.TemporaryDirectory(dir=info["dir"]) as tmp:
+        tmp = Path(tmp)
+        url = f"sqlite:///{tmp / 'float.db'}"
+        key = tmp / "float.key"
+        init_registry(url, key)
+        t0 = time.perf_counter()
+        res = issue_copy(source, "float-recipient", args.ftype, tmp / "copy.gguf", registry_url=url, key_file=key)
+        out["issue_seconds"] = time.perf_counter() - t0
+        flags_v3, flags_v2, labels = [], [], []
+        on_grid = lambda v: dequantize(quantize(v, QType.Q8_0), QType.Q8_0, shape=v.shape) == v  # noqa: E731
+        store = np.float16 if args.ftype == "F16" else np.float32
+        with open_model(source) as o, open_model(res.output) as c:
+            for t in o.tensor_infos():
+                if not is_marked_tensor(t.name, tuple(t.shape)) or t.shape[-1] % 32:
+                    continue
+                x = o.tensor(t.name)
+                y = c.tensor(t.name)
+                up, dn = level_pair(x, QType.Q8_0, DEFAULT_DELTA)
+                cand = up != dn
+                v2 = np.where(cand, np.where(np.random.default_rng(0).random(x.shape) < 0.5, up, dn), x)
+                v2 = v2.astype(store).astype(np.float32)
+                labels.append(cand.reshape(-1))
+                flags_v3.append(on_grid(y).reshape(-1))
+                flags_v2.append(on_grid(v2).reshape(-1))
+        lab = np.concatenate(labels)
+        f3 = np.concatenate(flags_v3)
+        f2 = np.concatenate(flags_v2)
+        out["stripping_attack"] = {
+            "detector": "flag weights on the Q8_0 grid (unchanged by a Q8_0 round trip of the copy)",
+            "n_weights": int(lab.size), "candidate_fraction": float(lab.mean()),
+            "v3_flagged_fraction": float(f3.mean()), "v3_auroc": auroc(f3.astype(float), lab),
+            "v2_style_flagged_fraction": float(f2.mean()), "v2_style_auroc": auroc(f2.astype(float), lab),
+            "target_auroc": 0.55,
+        }
+        print(json.dumps(out["stripping_attack"], indent=2), flush=True)
+        v = trace_leak(res.output, source=source, registry_url=url, key_file=key)
+        out["trace_copy"] = {"accused": v.accused_recipient, "log10_p": v.tests[0].result.log10_pvalue,
+                             "z": v.tests[0].result.statistic}
+        q8 = tmp / "copy-q8.gguf"
+        convert(res.output, q8, file_type="Q8_0")
+        v = trace_leak(q8, source=source, registry_url=url, key_file=key)
+        out["trace_requantized_q8_0"] = {"accused": v.accused_recipient, "log10_p": v.tests[0].result.log10_pvalue,
+                                         "z": v.tests[0].result.statistic}
+        try:
+            from weightprint.testing.derive import heldout_text, perplexity
+
+            text = heldout_text()
+            out["perplexity"] = {"source_f16": perplexity(source, text, threads=2),
+                                 "issued_copy": perplexity(res.output, text, threads=2),
+                                 "inference": "llama.cpp"}
+        except Exception as e:  # noqa: BLE001 - llama.cpp may be absent
+            out["perplexity"] = {"error": str(e)}
+    out["load_average"] = os.getloadavg()
+    out["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path = write_result("mark_float", out)
+    print(json.dumps(out, indent=2))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
