@@ -161,6 +161,67 @@ def merge_lora(t: dict[str, np.ndarray], rank: int, rel: float, seed: int) -> di
     return out
 
 
+def prune_width(t: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """Width pruning: keep only the residual coordinates ``keep`` in every tensor (Minitron-style)."""
+    d = t["model.embed_tokens.weight"].shape[1]
+    out: dict[str, np.ndarray] = {}
+    for k, v in t.items():
+        if v.ndim == 1 and v.shape[0] == d:
+            out[k] = v[keep]
+        elif k.endswith(("o_proj.weight", "down_proj.weight")):
+            out[k] = v[keep]
+        elif v.ndim == 2 and v.shape[1] == d:
+            out[k] = v[:, keep]
+        else:
+            out[k] = v
+    return out
+
+
+class WidthPrunedView(Model):
+    """A lazy view of a real model with only the residual coordinates ``keep`` (width pruning)."""
+
+    def __init__(self, inner: Model, keep: np.ndarray) -> None:
+        from weightprint.basis import residual_role  # noqa: F401  (imported for tensor())
+
+        self.inner = inner
+        self.keep = np.asarray(keep, dtype=np.int64)
+        self.path, self.format, self.architecture = Path(f"{inner.path}-width{self.keep.size}"), inner.format, inner.architecture
+        self.metadata, self.tokenizer, self.chat_template = inner.metadata, inner.tokenizer, inner.chat_template
+        self.config = {**(inner.config or {}), "hidden_size": int(self.keep.size)}
+        self._d = int(inner.info("model.embed_tokens.weight").shape[1])
+        self._names = frozenset(inner.tensor_names())
+        self._infos = []
+        for i in inner.tensor_infos():
+            shape = tuple(self._slice(i.name, np.empty(i.shape, dtype=np.uint8)).shape)
+            self._infos.append(TensorInfo(i.name, i.name, shape, QType.F32, 0, int(np.prod(shape)) * 4, None))
+        self._by = {i.name: i for i in self._infos}
+
+    def _slice(self, name: str, x: np.ndarray) -> np.ndarray:
+        from weightprint.basis import residual_role
+
+        role, _ = residual_role(name, tuple(x.shape), self._d, self._names)
+        if role in ("embed", "read"):
+            return x[:, self.keep]
+        if role in ("write", "norm"):
+            return x[self.keep]
+        return x
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return list(self._infos)
+
+    def info(self, name: str) -> TensorInfo:
+        return self._by[name]
+
+    def raw(self, name: str) -> np.ndarray:
+        raise NotImplementedError("a width-pruned view has no stored bytes")
+
+    def tensor(self, name: str, dtype=np.float32) -> np.ndarray:
+        return np.ascontiguousarray(self._slice(name, self.inner.tensor(name))).astype(dtype, copy=False)
+
+    def close(self) -> None:
+        pass
+
+
 def drop_layer(t: dict[str, np.ndarray], layer: int) -> dict[str, np.ndarray]:
     """Remove decoder layer ``layer`` and renumber the ones above it."""
     out: dict[str, np.ndarray] = {}

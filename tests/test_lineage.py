@@ -19,6 +19,7 @@ from _fixtures_lineage import (
     plant_outliers,
     drop_layer,
     merge_lora,
+    prune_width,
     permute_hidden,
     random_llama,
     rescale_norms,
@@ -229,12 +230,28 @@ def test_independent_models_with_shared_outlier_coordinates_are_not_derived():
     assert min(lps) > -3, lps
 
 
+def test_width_pruning_is_derived(base):
+    """80 of 96 residual channels kept (and 10% noise): the kept coordinates are found from the
+    embedding columns and A's layer features, restricted to them, match B's."""
+    keep = np.sort(np.random.default_rng(3).choice(96, 80, replace=False))
+    b = array_model(prune_width(add_relative_noise(base, 0.1, 5), keep), label="B")
+    r = compare_models(array_model(base, label="A"), b)
+    assert r.verdict == "derived", r.reason
+    assert r.log10_pvalue < -8
+    assert r.basis["kind"] == "width pruned" and r.basis["kept"] == 80
+    assert "width pruning" in r.reason
+
+
 def test_different_hidden_sizes_are_not_comparable():
     r = compare_models(array_model(random_llama(1, d=64)), array_model(random_llama(2, d=96)))
     assert r.verdict == "not comparable"
     assert r.combined is None
     assert "hidden sizes differ (64 vs 96)" in r.reason
     assert r.config["differ"]["hidden_size"] == [64, 96]
+    # an independent *narrower* model: no coordinate of A matches B's, so nothing to test
+    r2 = compare_models(array_model(random_llama(1, d=96)), array_model(random_llama(2, d=64)))
+    assert r2.verdict == "not comparable", r2.reason
+    assert "no residual coordinate of A matches B's" in r2.reason
 
 
 def test_independent_random_models_are_calibrated():

@@ -91,6 +91,19 @@ def test_smollm2_under_a_change_of_residual_basis_is_derived(name, kind, words, 
     assert r.basis["fit_quality"] < 0.2  # held-out embedding residual: quantization noise only
 
 
+def test_smollm2_width_pruned_to_512_is_derived(smollm2):
+    """576 -> 512 residual channels, same tokenizer (issue 9: `not comparable` before)."""
+    from _fixtures_lineage import WidthPrunedView
+
+    keep = np.sort(np.random.default_rng(0).choice(576, 512, replace=False))
+    with open_model(smollm2) as m:
+        r = compare_models(m, WidthPrunedView(m, keep))
+    assert r.verdict == "derived", r.reason
+    assert r.log10_pvalue < -8
+    assert r.basis["kind"] == "width pruned" and r.basis["kept"] == 512
+    assert "width pruning" in r.reason
+
+
 def test_stored_fingerprint_fits_budget(reference):
     full, _ = reference
     blob = full.compact().to_bytes()
@@ -134,6 +147,9 @@ def test_smollm2_vs_gemma_is_not_derived(smollm2, gemma3):
     assert r.verdict == "not comparable"
     assert "hidden sizes differ (576 vs 640)" in r.reason
     assert r.tokenizer["vocab_jaccard"] < 0.5
+    r2 = compare_models(gemma3, smollm2)  # the narrower one as suspect: the width-pruning check runs
+    assert r2.verdict != "derived", r2.reason
+    assert r2.basis.get("median_matched_abs_corr", 0.0) < 0.5
 
 
 def test_fingerprint_database_search(tmp_path, smollm2, gemma3, derivatives):

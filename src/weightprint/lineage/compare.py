@@ -352,6 +352,7 @@ def _basis_text(basis: dict[str, Any] | None) -> str:
         "permutation": "residual coordinates permuted",
         "signed permutation": "residual coordinates permuted with sign flips",
         "orthogonal": "residual basis rotated (orthogonal map)",
+        "width pruned": "residual channels dropped (width pruning)",
     }.get(str(kind), f"residual map {kind}")
     fold = ", norms folded into the layers" if basis.get("folded_norms") and kind == "orthogonal" else ""
     return f"{words}{fold} (held-out fit residual {basis.get('fit_quality', float('nan')):.3f})"
@@ -379,6 +380,7 @@ def compare_fingerprints(
     tokenizer_evidence: dict[str, Any] | None = None,
     components: bool = True,
     recovered: Fingerprint | None = None,
+    restricted: Fingerprint | None = None,
     basis: dict[str, Any] | None = None,
 ) -> LineageResult:
     """Lineage test between two fingerprints (full or stored). See :func:`compare_models`.
@@ -387,7 +389,9 @@ def compare_fingerprints(
     database search over many references needs. ``recovered`` is B's fingerprint in A's
     residual basis (``basis`` describes the recovered map, :meth:`ResidualMap.to_dict`): its
     layer features are tested too, and the verdict rests on the Bonferroni combination of the
-    identity-basis and recovered-basis tests.
+    identity-basis and recovered-basis tests. ``restricted`` is A's fingerprint restricted to
+    the residual coordinates a narrower B kept (width pruning, :func:`_recover_width`): then the
+    recovered-basis test alone decides.
     """
     t0 = time.perf_counter()
     # One seed for every component: they share the cached Monte Carlo permutations.
@@ -404,9 +408,25 @@ def compare_fingerprints(
                            config=cfg, tokenizer=tok, chat_template=chat)
     context = _context_text(tok, chat)
     if a.hidden_size != b.hidden_size:
-        result.reason = (
-            f"hidden sizes differ ({a.hidden_size} vs {b.hidden_size}): no shared residual stream to compare weights; {context}"
-        )
+        result.basis = dict(basis or {})
+        rec = _recovered_test(restricted, b, result.basis, n_resamples=n_resamples, rng=gen) if restricted else None
+        if rec is None:
+            why = f" ({basis['not_recovered']})" if basis and basis.get("not_recovered") else ""
+            result.reason = (
+                f"hidden sizes differ ({a.hidden_size} vs {b.hidden_size}): no shared residual stream to compare "
+                f"weights{why}; {context}"
+            )
+        else:
+            result.components = [rec] if components else []
+            result.combined = TestResult(**{**rec.__dict__, "name": "white-box-combined"})
+            kept = f"B keeps {b.hidden_size} of A's {a.hidden_size} residual coordinates (width pruning)"
+            if result.combined.significant(alpha):
+                result.verdict = "derived"
+                result.reason = f"{kept}: {rec.pvalue_text()} ({rec.name}, z = {rec.evidence.get('z', 0.0):.1f}); {context}"
+            else:
+                result.verdict = "no evidence"
+                result.reason = (f"hidden sizes differ ({a.hidden_size} vs {b.hidden_size}) and no evidence that B keeps "
+                                 f"A's residual coordinates at alpha={alpha:g}: {rec.pvalue_text()}; {POWER_NOTE}; {context}")
         result.seconds = time.perf_counter() - t0
         return result
     combined, comps, per_layer, alignment, notes = _weight_tests(a, b, n_resamples=n_resamples, rng=gen, components=components)
@@ -486,6 +506,48 @@ def _recover(ma: Model, mb: Model, fa: Fingerprint) -> tuple[Fingerprint | None,
         fb = build_fingerprint(rmap.mapped(mb), tokens=[], gains=rmap.gains_a if rmap.folded else None,
                                metadata=False)
     return fb, basis
+
+
+WIDTH_MATCH_MIN_CORR = 0.5  # median |corr| of matched embedding columns below which no injection is claimed
+
+
+def _recover_width(fa: Fingerprint, fb: Fingerprint) -> tuple[Fingerprint | None, dict[str, Any]]:
+    """A's fingerprint restricted to the residual coordinates a narrower (width-pruned) B kept.
+
+    Each of B's coordinates is matched to one of A's by the ``|corr|`` of their embedding columns
+    over the shared sample tokens (Hungarian, rectangular); when the median matched ``|corr|``
+    reaches :data:`WIDTH_MATCH_MIN_CORR`, A's layer features are restricted to the matched
+    coordinates, in B's order. Only B narrower than A is handled (channels dropped, not added).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if fa.embedding is None or fb.embedding is None or not fa.layer_features or not fb.layer_features:
+        return None, {"kind": None, "not_recovered": "no embedding sample to match the residual coordinates"}
+    if fb.hidden_size > fa.hidden_size:
+        return None, {"kind": None, "not_recovered": "B is wider than A: only dropped residual channels are recovered"}
+    index_b = {t: k for k, t in enumerate(fb.tokens)}
+    pairs = [(k, index_b[t]) for k, t in enumerate(fa.tokens) if t in index_b]
+    if len(pairs) < 2 * fa.hidden_size:
+        return None, {"kind": None, "not_recovered": f"{len(pairs)} shared sample tokens, fewer than 2 x {fa.hidden_size}"}
+    ia, ib = (np.array(x) for x in zip(*pairs))
+    c = np.abs(correlation_matrix(fa.embedding[ia], fb.embedding[ib]))  # (d_a, d_b)
+    rows, cols = linear_sum_assignment(-c.T.astype(np.float64))  # rows: B's coordinates, cols: A's
+    perm = np.empty(fb.hidden_size, dtype=np.int64)
+    perm[rows] = cols
+    strength = float(np.median(c[perm, np.arange(fb.hidden_size)]))
+    basis = {"kind": "width pruned", "kept": int(fb.hidden_size), "of": int(fa.hidden_size),
+             "median_matched_abs_corr": strength, "n_tokens": len(pairs)}
+    if strength < WIDTH_MATCH_MIN_CORR:
+        basis["not_recovered"] = (f"no residual coordinate of A matches B's (median matched |corr| {strength:.2f} "
+                                  f"< {WIDTH_MATCH_MIN_CORR})")
+        return None, basis
+    sub = Fingerprint(
+        label=fa.label, hidden_size=fb.hidden_size, n_parameters=fa.n_parameters, config=dict(fa.config),
+        layer_roles=[list(r) for r in fa.layer_roles], layer_features=[f[:, perm] for f in fa.layer_features],
+        descriptors=fa.descriptors, global_features={k: v[perm] for k, v in fa.global_features.items()},
+        levels=fa.levels,
+    )
+    return sub, basis
 
 
 class _RotatedBack(Model):
@@ -612,13 +674,20 @@ def compare_models(
             tokens = sample_tokens(vocab_a, limit=max_tokens, among=shared) if shared else []
             da, db = hidden_size_of(ma), hidden_size_of(mb)
             # Nothing to compare in the weights when the widths differ: skip reading them, keep the metadata evidence.
-            weights = not (da is not None and db is not None and da != db)
+            same_width = not (da is not None and db is not None and da != db)
+            # Different widths (width pruning): worth reading the weights only when enough shared
+            # tokens can tell which of A's residual coordinates B kept.
+            weights = same_width or (recover and len(shared) >= 2 * max(da or 0, db or 0))
             progress(0, 4, f"fingerprint {Path(str(ma.path)).name}")
             fa = build_fingerprint(ma, tokens=tokens if weights else [], weights=weights)
             progress(1, 4, f"fingerprint {Path(str(mb.path)).name}")
             fb = build_fingerprint(mb, tokens=tokens if weights else [], weights=weights)
             progress(2, 4, "recover the residual basis")
-            recovered, basis = _recover(ma, mb, fa) if weights and recover else (None, None)
+            recovered = restricted = basis = None
+            if weights and recover and same_width:
+                recovered, basis = _recover(ma, mb, fa)
+            elif weights:
+                restricted, basis = _recover_width(fa, fb)
             merges_a = set(ma.tokenizer.merges or []) if ma.tokenizer is not None else set()
             merges_b = set(mb.tokenizer.merges or []) if mb.tokenizer is not None else set()
             tok = {
@@ -640,7 +709,7 @@ def compare_models(
             ma.close()
     progress(3, 4, "tests")
     result = compare_fingerprints(fa, fb, n_resamples=n_resamples, rng=rng, alpha=alpha, tokenizer_evidence=tok,
-                                  recovered=recovered, basis=basis)
+                                  recovered=recovered, restricted=restricted, basis=basis)
     result.a = str(a.path if isinstance(a, Model) else a)
     result.b = str(b.path if isinstance(b, Model) else b)
     result.seconds = time.perf_counter() - t0
