@@ -7,6 +7,8 @@ import. A new command group is a new module here, imported below.
 
 from __future__ import annotations
 
+import sys
+
 from weightprint.cli._common import app
 from weightprint.cli import model as _model  # noqa: F401  (registers commands, in --help order)
 from weightprint.cli import mark as _mark  # noqa: F401
@@ -18,5 +20,19 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Commands turn every error into one line themselves (:func:`~weightprint.cli._common.handles_errors`);
+    this catches what escapes outside a command (argument parsing, start-up) the same way.
+    """
+    try:
+        app()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as e:  # noqa: BLE001 - the last resort: one line and exit 2, never a traceback
+        from weightprint.cli._common import _fail, _show_traceback, debug_enabled, internal_error_message
+
+        if debug_enabled():
+            _show_traceback()
+        _fail(internal_error_message(e))
+        sys.exit(2)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -44,32 +45,98 @@ def _fail(message: str, hint: str | None = None) -> None:
         err_console.print(f"hint: {hint}", markup=False, highlight=False, soft_wrap=True)
 
 
+def debug_enabled() -> bool:
+    """Whether tracebacks are shown: the global ``--debug`` option or ``WEIGHTPRINT_DEBUG=1``."""
+    return _debug["on"] or os.environ.get("WEIGHTPRINT_DEBUG", "") not in ("", "0")
+
+
+_debug = {"on": False}
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show the Python traceback of an internal error (also WEIGHTPRINT_DEBUG=1).")] = False,
+) -> None:
+    _debug["on"] = debug
+
+
+_MAX_INTERNAL_MESSAGE = 300
+
+
+def _subject(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The file(s) a command works on, for an error without a file of its own: its Path arguments."""
+    paths = [str(v) for v in (*args, *kwargs.values()) if isinstance(v, Path)]
+    return ", ".join(dict.fromkeys(paths))
+
+
+def _with_subject(filename: Any, subject: str) -> str:
+    name = os.fsdecode(filename) if isinstance(filename, (str, bytes, os.PathLike)) else ""
+    return name or subject or "<unknown file>"
+
+
+def internal_error_message(e: BaseException, subject: str = "") -> str:
+    """``<file>: internal error (<type>): <message>``, one line (the last-resort error of the CLI)."""
+    if isinstance(e, MemoryError):
+        text = str(e) or "out of memory"
+    elif isinstance(e, RecursionError):
+        text = str(e) or "maximum recursion depth exceeded"
+    else:
+        text = str(e)
+    text = " ".join(text.split()) or "(no message)"
+    if len(text) > _MAX_INTERNAL_MESSAGE:
+        text = text[: _MAX_INTERNAL_MESSAGE - 3] + "..."
+    where = _with_subject(getattr(e, "filename", None), subject)
+    return f"{where}: internal error ({type(e).__name__}): {text}"
+
+
 def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn expected errors into one stderr line and exit code 2."""
+    """Turn errors into one stderr line and exit code 2.
+
+    Expected errors (:class:`WeightprintError`, OS errors) print their message; anything else
+    is a bug or an input nothing checked, and gets the last-resort line
+    ``error: <file>: internal error (<type>): <message>`` (the traceback too under ``--debug``).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except typer.Exit:
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
             raise
         except WeightprintError as e:
+            _show_traceback()
             _fail(e.message, e.hint)
             raise typer.Exit(EXIT_ERROR) from None
         except FileNotFoundError as e:
-            _fail(f"{e.filename}: no such file or directory")
+            _show_traceback()
+            _fail(f"{_with_subject(e.filename, _subject(args, kwargs))}: no such file or directory")
             raise typer.Exit(EXIT_ERROR) from None
         except PermissionError as e:
-            _fail(f"{e.filename}: permission denied")
+            _show_traceback()
+            _fail(f"{_with_subject(e.filename, _subject(args, kwargs))}: permission denied")
             raise typer.Exit(EXIT_ERROR) from None
         except OSError as e:
-            _fail(f"{getattr(e, 'filename', None) or ''}: {e.strerror or e}".lstrip(": "))
+            _show_traceback()
+            _fail(f"{_with_subject(e.filename, _subject(args, kwargs))}: {e.strerror or e}")
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
             _fail("interrupted")
             raise typer.Exit(130) from None
+        except (Exception, RecursionError, MemoryError) as e:  # the last resort: a bug, or input nothing checked
+            _show_traceback()
+            _fail(internal_error_message(e, _subject(args, kwargs)),
+                  "rerun with --debug for the traceback, and please report it" if not debug_enabled() else None)
+            raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper
+
+
+def _show_traceback() -> None:
+    if debug_enabled():
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 PROGRESS_LOG_INTERVAL = 5.0
