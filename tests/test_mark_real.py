@@ -204,28 +204,31 @@ def test_two_collusion_average(smol):
 # quality and calibration
 # --------------------------------------------------------------------------------------
 def test_calibration_unmarked_copy_and_random_keys(smol):
-    """H0 for 1,000 never-issued (seeded) keys on the unmarked Q4_K_M copy: uniform p-values, none < 1e-6.
+    """H0 for 200 fresh (unseeded) never-issued keys on the unmarked Q4_K_M copy: uniform p-values, none < 1e-6.
 
-    The random keys are tested on the first 6 decoder layers (21M weights; the same code path
-    as a full trace) to keep CI time; the 8 registered keys are tested on the whole model.
+    The keys are tested on the first 6 decoder layers (the same code path as a full trace) with
+    the registry's code key, to keep CI time; the 8 registered keys are tested on the whole
+    model. Fresh keys each run: a KS p-value below 1e-3 fails (0.1% of runs by chance);
+    bench/bench_mark_calibration.py runs 10,000.
     """
     from weightprint.io import open_model
-    from weightprint.mark.keys import CopyKey
+    from weightprint.mark.keys import CopyKey, load_key_file
     from weightprint.mark.trace import CopyTest, correlate_leak
 
     v = _trace(smol, smol["plain"])
     assert v.accused == []
     assert min(t.result.pvalue for t in v.tests) > 1e-3
-    keys = [CopyTest(f"random-{i}", f"random-{i}", "Q4_K_M", CopyKey(hashlib.sha256(f"calibration-{i}".encode()).digest()))
-            for i in range(1000)]
+    keys = [CopyTest(f"random-{i}", f"random-{i}", "Q4_K_M", CopyKey.random()) for i in range(200)]
     subset = lambda name: any(f".layers.{i}." in name for i in range(6))  # noqa: E731
+    code = load_key_file(smol["key_file"]).code_key()
     with open_model(smol["source"]) as o, open_model(smol["plain"]) as leak:
-        st = correlate_leak(o, leak, keys, tensor_filter=subset)
+        st = correlate_leak(o, leak, keys, code_key=code, tensor_filter=subset)
     ps = np.array([t.pvalue for t in st.tests])
     ks = stats.kstest(ps, "uniform")
-    RESULTS["calibration"] = {"n_keys": 1000, "n_weights_per_key": st.tests[0].n, "ks_pvalue": float(ks.pvalue),
-                              "min_p": float(ps.min()), "registered_min_p_on_unmarked": min(t.result.pvalue for t in v.tests)}
-    assert ks.pvalue > 0.01
+    RESULTS["calibration"] = {"n_keys": len(keys), "keys": "fresh", "n_weights_per_key": st.tests[0].n,
+                              "ks_pvalue": float(ks.pvalue), "min_p": float(ps.min()),
+                              "registered_min_p_on_unmarked": min(t.result.pvalue for t in v.tests)}
+    assert ks.pvalue > 1e-3
     assert ps.min() > 1e-6
 
 
