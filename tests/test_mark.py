@@ -658,3 +658,38 @@ def test_collusion_of_three_accuses_all_three(tiny, strategy):
     for r in RECIPIENTS:
         assert corrected[r] < -9, (strategy, r, corrected[r])
     assert min(v for k, v in corrected.items() if k.startswith("innocent")) > -3
+
+
+def test_float_copy_hides_its_candidates(tiny, tmp_path):
+    """The stripping attack on an F16 copy: flag the weights on the Q8_0 grid. v3 puts every weight of
+    a marked tensor on it, so the flag cannot tell candidates (AUROC 0.5, target <= 0.55); the copy
+    and its Q8_0 requantization still trace to the recipient."""
+    from weightprint.convert import convert
+    from weightprint.io import open_model
+    from weightprint.quant import dequantize, quantize
+
+    url = f"sqlite:///{tmp_path / 'float.db'}"
+    init_registry(url, tiny["key_file"])
+    out = tmp_path / "dora-f16.gguf"
+    issue_copy(tiny["source"], "dora", "F16", out, registry_url=url, key_file=tiny["key_file"])
+    flags, labels = [], []
+    with open_model(tiny["source"]) as o, open_model(out) as c:
+        for t in o.tensor_infos():
+            if not scheme.is_marked_tensor(t.name, tuple(t.shape)):
+                continue
+            x, y = o.tensor(t.name), c.tensor(t.name)
+            up, dn = scheme.level_pair(x, QType.Q8_0, scheme.DEFAULT_DELTA)
+            labels.append((up != dn).reshape(-1))
+            flags.append((dequantize(quantize(y, QType.Q8_0), QType.Q8_0, shape=y.shape) == y).reshape(-1))
+    lab, flag = np.concatenate(labels), np.concatenate(flags).astype(float)
+    assert 0 < lab.sum() < lab.size
+    ranks = stats.rankdata(flag)
+    pos, neg = int(lab.sum()), int((~lab).sum())
+    auroc = (ranks[lab].sum() - pos * (pos + 1) / 2) / (pos * neg)
+    assert abs(auroc - 0.5) <= 0.05, auroc
+    trace = lambda p: trace_leak(p, source=tiny["source"], registry_url=url, key_file=tiny["key_file"])  # noqa: E731
+    v = trace(out)
+    assert v.accused_recipient == "dora" and v.false_accusation_bound < 1e-9
+    q8 = tmp_path / "dora-q8.gguf"
+    convert(out, q8, file_type="Q8_0")
+    assert trace(q8).accused_recipient == "dora"
