@@ -1,0 +1,481 @@
+"""Black-box comparison: do two models (files, directories or endpoints) behave as one model?
+
+Both sides complete the same prompts (:mod:`weightprint.behave.suites`). Two regimes:
+
+- **greedy** (both sides deterministic): one greedy continuation per prompt. Statistics: exact
+  agreement (identical continuations), token-level agreement (common token prefix where both
+  sides give tokens, else common word prefix), and, where both give log-probabilities, the
+  log-prob distance (mean ``|log p_A(t) - log p_B(t)|`` of the chosen tokens over the shared
+  prefix) and the raw arg-max agreement there (from the reported top log-probabilities, which
+  are the model's own, before any repetition penalty the server applies).
+- **sampled** (an endpoint samples even when asked for ``temperature=0``, or ``sampled=True``):
+  ``n_samples`` completions per prompt from each side at ``temperature``, as in Model
+  Provenance Testing (Nikolić et al. 2025): per-prompt match rates between the two sides
+  (cross) and within each side (within).
+
+**The same-model test.** Per prompt, ``s_i`` in [0, 1] is the prefix similarity of the two
+sides' continuations (greedy: of the two continuations; sampled: averaged over all cross pairs),
+measured on their first ``prefix_pieces`` words (CJK characters count as words). H0: *A and B
+are unrelated models*, i.e. the average over prompts of ``E[s_i]`` is at most ``c0``, the
+largest suite-mean similarity measured over known-different pairs (real models and
+independently initialised tiny models; ``bench/bench_compare.py``) plus a margin. The prompts'
+similarities are independent and bounded, so the Chernoff-Hoeffding bound in KL form,
+``P(mean >= m) <= exp(-N KL(m || c0))``, is a valid p-value whatever the per-prompt means.
+
+**Verdict.** ``different`` when that p-value is not below ``alpha``; otherwise ``same`` when
+the sides are indistinguishable at the precision the regime allows (greedy with log-probs: the
+arg-max agrees at >= 97% of the shared positions and the log-prob distance is <= 0.1 nats;
+greedy text only: mean similarity >= 0.9; sampled: cross/within ratio >= 0.8), else
+``related`` (a fine-tune, a different quantization, a merge), with the drift statistics as
+evidence. A sampled regime also reports a permutation test of H0 *both sides sample the same
+distribution* (labels exchanged within each prompt).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from weightprint.behave.backends.base import Backend, GenerateRequest, Generation, open_backend
+from weightprint.behave.suites import Prompt, load_prompts
+from weightprint.errors import WeightprintError
+from weightprint.progress import ProgressCallback, no_progress, substep
+from weightprint.results import LN10, TestResult, VerdictResult, format_pvalue, to_jsonable
+
+__all__ = [
+    "C0_GREEDY", "C0_SAMPLED", "CompareResult", "Side", "collect_answers", "compare_answers", "compare_models",
+    "chernoff_log10_pvalue", "prefix_similarity", "text_pieces",
+]
+
+#: calibrated null bounds of the mean prefix similarity of unrelated models (see module docstring)
+C0_GREEDY = 0.25
+C0_SAMPLED = 0.25
+#: default significance level of "not unrelated"
+DEFAULT_ALPHA = 1e-3
+SAME_ARGMAX_AGREEMENT = 0.97
+SAME_LOGPROB_DISTANCE = 0.1
+SAME_TEXT_SIMILARITY = 0.9
+SAME_SAMPLED_RATIO = 0.8
+
+_PIECE_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]+|[^\w\s]")
+
+
+def text_pieces(text: str) -> list[str]:
+    """Words, single CJK characters and single punctuation marks of ``text``, in order.
+
+    Whitespace is dropped, so two tokenizers that split a text differently give the same pieces.
+    """
+    return _PIECE_RE.findall(text)
+
+
+def prefix_similarity(a: str, b: str, n: int) -> float:
+    """Common-prefix length of the first ``n`` pieces of two texts, over ``n`` (a shorter text is
+    padded with an end marker, so two texts that both stop early still agree there)."""
+    pa, pb = text_pieces(a)[:n], text_pieces(b)[:n]
+    pa += [None] * (n - len(pa))  # type: ignore[list-item]
+    pb += [None] * (n - len(pb))  # type: ignore[list-item]
+    k = 0
+    for x, y in zip(pa, pb):
+        if x != y:
+            break
+        k += 1
+    return k / n
+
+
+def chernoff_log10_pvalue(mean: float, c0: float, n: int) -> float:
+    """log10 of ``exp(-n KL(mean || c0))``: the Chernoff-Hoeffding bound on P(mean of n independent
+    [0, 1] variables >= ``mean``) when their average expectation is at most ``c0`` (0 when mean <= c0)."""
+    if n <= 0 or mean <= c0:
+        return 0.0
+    m = min(mean, 1.0)
+    kl = m * math.log(m / c0) + ((1 - m) * math.log((1 - m) / (1 - c0)) if m < 1 else 0.0)
+    return float(-n * kl / LN10)
+
+
+# ----------------------------------------------------------------------------------------------
+# Collecting answers
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One side's answers: per prompt, a list of generations (one in greedy mode)."""
+
+    label: str
+    answers: list[list[Generation]]
+    logprobs: bool
+    queries: int
+
+
+def collect_answers(backend: Backend, prompts: Sequence[Prompt], *, sampled: bool, max_tokens: int,
+                    n_samples: int, temperature: float, top_logprobs: int, seed: int,
+                    progress: ProgressCallback | None = None) -> Side:
+    """Ask ``backend`` for greedy continuations (or ``n_samples`` samples) of every prompt."""
+    progress = progress or no_progress
+    caps = backend.capabilities
+    k = min(top_logprobs, caps.max_top_logprobs) if (caps.logprobs and top_logprobs and not sampled) else 0
+    reqs: list[GenerateRequest] = []
+    for p in prompts:
+        if sampled:
+            reqs += [GenerateRequest(prompt=p.prompt, max_tokens=max_tokens, temperature=temperature,
+                                     seed=seed + j, chat=p.chat) for j in range(n_samples)]
+        else:
+            reqs.append(GenerateRequest(prompt=p.prompt, max_tokens=max_tokens, temperature=0.0, seed=seed,
+                                        chat=p.chat, top_logprobs=k))
+    gens = backend.generate(reqs, progress=progress)
+    per = n_samples if sampled else 1
+    answers = [gens[i * per:(i + 1) * per] for i in range(len(prompts))]
+    has_lp = bool(k) and all(g.token_logprobs is not None for g in gens)
+    return Side(label=backend.label or backend.name, answers=answers, logprobs=has_lp, queries=len(reqs))
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompareResult(VerdictResult):
+    """Verdict of :func:`compare_models`: ``same``, ``related`` or ``different``."""
+
+    EVIDENCE_VERDICTS: ClassVar[frozenset[str]] = frozenset({"same", "related"})
+
+    a: str
+    b: str
+    verdict: str
+    mode: str
+    n_prompts: int
+    tests: tuple[TestResult, ...]
+    statistics: dict[str, Any]
+    per_prompt: tuple[dict[str, Any], ...] = ()
+    queries: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    alpha: float = DEFAULT_ALPHA
+
+    @property
+    def evidence(self) -> list[TestResult]:
+        return list(self.tests)
+
+    @property
+    def unrelated_test(self) -> TestResult:
+        return self.tests[0]
+
+    def summary(self) -> str:
+        s = self.statistics
+        bits = [f"{self.verdict}: {self.a} vs {self.b}", f"{self.mode}, {self.n_prompts} prompts",
+                f"similarity {s['mean_similarity']:.3f}", self.unrelated_test.pvalue_text() + " (H0: unrelated)"]
+        if s.get("logprob_distance") is not None:
+            bits.append(f"log-prob distance {s['logprob_distance']:.3g}")
+        if s.get("cross_within_ratio") is not None:
+            bits.append(f"cross/within {s['cross_within_ratio']:.2f}")
+        return "; ".join(bits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable({
+            "kind": "compare", "a": self.a, "b": self.b, "verdict": self.verdict, "mode": self.mode,
+            "n_prompts": self.n_prompts, "alpha": self.alpha, "statistics": self.statistics,
+            "tests": [t.to_dict() for t in self.tests], "per_prompt": list(self.per_prompt),
+            "queries": self.queries, "seconds": self.seconds,
+        })
+
+
+def _logprob_stats(ga: Generation, gb: Generation) -> tuple[int, float, int, int] | None:
+    """(shared positions, sum |dlogp|, arg-max agreements, positions with both top lists) over the common token prefix."""
+    if ga.tokens is None or gb.tokens is None or ga.token_logprobs is None or gb.token_logprobs is None:
+        return None
+    n = 0
+    dist = 0.0
+    agree = tops = 0
+    for j, (ta, tb) in enumerate(zip(ga.tokens, gb.tokens)):
+        if ta != tb:
+            break
+        n += 1
+        dist += abs(ga.token_logprobs[j] - gb.token_logprobs[j])
+        if ga.top_logprobs and gb.top_logprobs and j < len(ga.top_logprobs) and j < len(gb.top_logprobs):
+            da, db = ga.top_logprobs[j], gb.top_logprobs[j]
+            if da and db:
+                tops += 1
+                agree += max(da, key=da.get) == max(db, key=db.get)
+    return n, dist, agree, tops
+
+
+def _token_agreement(ga: Generation, gb: Generation, n_pieces: int) -> float:
+    if ga.tokens is not None and gb.tokens is not None:
+        m = max(len(ga.tokens), len(gb.tokens), 1)
+        k = 0
+        for x, y in zip(ga.tokens, gb.tokens):
+            if x != y:
+                break
+            k += 1
+        return k / m
+    return prefix_similarity(ga.text, gb.text, n_pieces)
+
+
+def _mean_pair_similarity(xs: Sequence[str], ys: Sequence[str] | None, n: int) -> float:
+    if ys is None:  # within one side: distinct pairs
+        vals = [prefix_similarity(xs[i], xs[j], n) for i in range(len(xs)) for j in range(i + 1, len(xs))]
+    else:
+        vals = [prefix_similarity(x, y, n) for x in xs for y in ys]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def _identity_permutation_test(texts_a: list[list[str]], texts_b: list[list[str]], n: int, *,
+                               n_resamples: int, seed: int) -> TestResult:
+    """H0: per prompt, A's and B's samples come from one distribution (labels exchangeable within prompts)."""
+    rng = np.random.default_rng(seed)
+    sims = []
+    for xa, xb in zip(texts_a, texts_b):
+        allx = list(xa) + list(xb)
+        m = len(allx)
+        s = np.ones((m, m))
+        for i in range(m):
+            for j in range(i + 1, m):
+                s[i, j] = s[j, i] = prefix_similarity(allx[i], allx[j], n)
+        sims.append((s, len(xa)))
+
+    def stat(labels_list: list[np.ndarray]) -> float:
+        tot = 0.0
+        for (s, _), lab in zip(sims, labels_list):
+            a, b = lab, ~lab
+            na, nb = a.sum(), b.sum()
+            wa = (s[np.ix_(a, a)].sum() - na) / max(na * (na - 1), 1)
+            wb = (s[np.ix_(b, b)].sum() - nb) / max(nb * (nb - 1), 1)
+            cr = s[np.ix_(a, b)].mean()
+            tot += (wa + wb) / 2 - cr
+        return tot / len(sims)
+
+    observed_labels = [np.arange(s.shape[0]) < na for s, na in sims]
+    observed = stat(observed_labels)
+    null = np.empty(n_resamples)
+    for r in range(n_resamples):
+        null[r] = stat([rng.permutation(lab) for lab in observed_labels])
+    p = (1 + np.sum(null >= observed - 1e-12)) / (n_resamples + 1)
+    return TestResult(
+        name="same-distribution", statistic=float(observed), log10_pvalue=float(math.log10(p)),
+        null_hypothesis="for every prompt, A's and B's sampled continuations come from one distribution",
+        alternative="greater", method="permutation of side labels within each prompt (+1 corrected)",
+        n=len(sims), n_resamples=n_resamples, seed=seed, null_distribution=null,
+        evidence={"what": "mean over prompts of within-side minus cross-side prefix similarity"},
+    )
+
+
+def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sampled: bool,
+                    prefix_pieces: int, alpha: float = DEFAULT_ALPHA, c0: float | None = None,
+                    n_resamples: int = 999, seed: int = 0) -> CompareResult:
+    """The statistics and verdict of two sides' answers to the same prompts (see the module docstring)."""
+    n = len(prompts)
+    if not (len(side_a.answers) == len(side_b.answers) == n) or n == 0:
+        raise WeightprintError(f"cannot compare {len(side_a.answers)} and {len(side_b.answers)} answers to {n} prompts")
+    c0 = (C0_SAMPLED if sampled else C0_GREEDY) if c0 is None else c0
+    rows: list[dict[str, Any]] = []
+    cross = np.empty(n)
+    within = np.empty(n)
+    exact = np.zeros(n, dtype=bool)
+    tok_agree = np.empty(n)
+    lp_n = lp_sum = lp_agree = lp_tops = 0
+    lp_prompts = 0
+    for i, p in enumerate(prompts):
+        ta = [g.text for g in side_a.answers[i]]
+        tb = [g.text for g in side_b.answers[i]]
+        row: dict[str, Any] = {"id": p.id, "lang": p.lang}
+        if sampled:
+            cross[i] = _mean_pair_similarity(ta, tb, prefix_pieces)
+            wa, wb = _mean_pair_similarity(ta, None, prefix_pieces), _mean_pair_similarity(tb, None, prefix_pieces)
+            within[i] = (wa + wb) / 2
+            exact[i] = any(x.strip() == y.strip() for x in ta for y in tb)
+            tok_agree[i] = cross[i]
+            row.update(cross=cross[i], within_a=wa, within_b=wb, a=ta[0], b=tb[0])
+        else:
+            ga, gb = side_a.answers[i][0], side_b.answers[i][0]
+            cross[i] = prefix_similarity(ga.text, gb.text, prefix_pieces)
+            within[i] = 1.0
+            exact[i] = " ".join(ga.text.split()) == " ".join(gb.text.split())
+            tok_agree[i] = _token_agreement(ga, gb, prefix_pieces)
+            lps = _logprob_stats(ga, gb) if side_a.logprobs and side_b.logprobs else None
+            if lps is not None and lps[0] > 0:
+                lp_prompts += 1
+                lp_n += lps[0]
+                lp_sum += lps[1]
+                lp_agree += lps[2]
+                lp_tops += lps[3]
+                row["logprob_distance"] = lps[1] / lps[0]
+            row.update(similarity=cross[i], exact=bool(exact[i]), token_agreement=tok_agree[i], a=ga.text, b=gb.text)
+        rows.append(row)
+
+    mean_sim = float(cross.mean())
+    log10_p = chernoff_log10_pvalue(mean_sim, c0, n)
+    unrelated = TestResult(
+        name="unrelated-null", statistic=mean_sim, log10_pvalue=log10_p,
+        null_hypothesis=f"A and B are unrelated models: the mean prefix similarity of their continuations is at most {c0} "
+                        "(the bound calibrated on known-different pairs)",
+        alternative="greater", method="Chernoff-Hoeffding bound exp(-N KL(mean || c0)) over independent prompts",
+        n=n, evidence={"c0": c0, "prefix_pieces": prefix_pieces, "mode": "sampled" if sampled else "greedy"},
+    )
+    tests = [unrelated]
+    stats: dict[str, Any] = {
+        "mean_similarity": mean_sim,
+        "exact_agreement": float(exact.mean()),
+        "token_agreement": float(tok_agree.mean()),
+        "logprob_distance": (lp_sum / lp_n) if lp_n else None,
+        "argmax_agreement": (lp_agree / lp_tops) if lp_tops else None,
+        "logprob_positions": lp_n,
+        "logprob_prompts": lp_prompts,
+        "cross_within_ratio": None,
+        "c0": c0,
+    }
+    if sampled:
+        w = float(within.mean())
+        stats["mean_within_similarity"] = w
+        stats["cross_within_ratio"] = mean_sim / w if w > 0 else None
+        tests.append(_identity_permutation_test(
+            [[g.text for g in a] for a in side_a.answers], [[g.text for g in b] for b in side_b.answers],
+            prefix_pieces, n_resamples=n_resamples, seed=seed))
+
+    if not unrelated.significant(alpha):
+        verdict = "different"
+    elif sampled:
+        ratio = stats["cross_within_ratio"] or 0.0
+        verdict = "same" if ratio >= SAME_SAMPLED_RATIO else "related"
+    elif stats["logprob_distance"] is not None and stats["argmax_agreement"] is not None and lp_prompts >= n / 2:
+        verdict = ("same" if stats["argmax_agreement"] >= SAME_ARGMAX_AGREEMENT
+                   and stats["logprob_distance"] <= SAME_LOGPROB_DISTANCE else "related")
+    else:
+        verdict = "same" if mean_sim >= SAME_TEXT_SIMILARITY else "related"
+    return CompareResult(a=side_a.label, b=side_b.label, verdict=verdict, mode="sampled" if sampled else "greedy",
+                         n_prompts=n, tests=tuple(tests), statistics=stats, per_prompt=tuple(rows),
+                         queries={"a": side_a.queries, "b": side_b.queries}, alpha=alpha)
+
+
+# ----------------------------------------------------------------------------------------------
+# The library entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def _open(ref: str | Path | Backend, options: dict[str, Any]) -> tuple[Backend, bool]:
+    if isinstance(ref, Backend):
+        return ref, False
+    return open_backend(ref, **options), True
+
+
+def _is_sampling(backend: Backend) -> bool:
+    probe = getattr(backend, "is_sampling", None)
+    return bool(probe()) if callable(probe) else False
+
+
+def compare_models(
+    a: str | Path | Backend,
+    b: str | Path | Backend,
+    *,
+    prompts: str | Path | Sequence[Prompt] = "default",
+    n_prompts: int | None = None,
+    sampled: bool | None = None,
+    max_tokens: int | None = None,
+    n_samples: int = 6,
+    temperature: float = 0.8,
+    prefix_pieces: int | None = None,
+    top_logprobs: int = 5,
+    alpha: float = DEFAULT_ALPHA,
+    seed: int = 0,
+    options_a: dict[str, Any] | None = None,
+    options_b: dict[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+) -> CompareResult:
+    """Are ``a`` and ``b`` the same model? Black-box, from their continuations of the same prompts.
+
+    H0 of the reported p-value: *A and B are unrelated models* (see the module docstring for the
+    statistics, the calibration of the null and the verdict rule).
+
+    Parameters
+    ----------
+    a, b : str, Path or Backend
+        A GGUF file, a Hugging Face directory, an ``http(s)://`` URL of an OpenAI-compatible
+        server, or an open backend.
+    prompts : str, Path or sequence of Prompt, *optional*, defaults to ``"default"``
+        A shipped suite name, a JSONL file, or prompts.
+    n_prompts : int, *optional*
+        Use the first ``n_prompts`` prompts.
+    sampled : bool, *optional*
+        Force the sampled (True) or greedy (False) regime; default: sampled when either side
+        samples although asked for greedy output.
+    max_tokens : int, *optional*
+        Tokens per continuation; default 24 greedy, 8 sampled.
+    n_samples : int, *optional*, defaults to 6
+        Samples per prompt and side in the sampled regime.
+    temperature : float, *optional*, defaults to 0.8
+        Sampling temperature we ask for in the sampled regime.
+    prefix_pieces : int, *optional*
+        Words compared per continuation; default 12 greedy, 3 sampled.
+    top_logprobs : int, *optional*, defaults to 5
+        Top alternatives asked for where a side offers log-probabilities (greedy regime).
+    alpha : float, *optional*, defaults to 1e-3
+        Level of the unrelated-null test below which the verdict is ``same`` or ``related``.
+    seed : int, *optional*
+        Seed of the sampled requests and of the permutation test.
+    options_a, options_b : dict, *optional*
+        Keyword arguments of :func:`~weightprint.behave.backends.base.open_backend` (``model=``...).
+    progress : ProgressCallback, *optional*
+
+    Returns
+    -------
+    CompareResult
+    """
+    progress = progress or no_progress
+    t0 = time.perf_counter()
+    plist = list(prompts) if not isinstance(prompts, (str, Path)) else load_prompts(prompts)
+    if n_prompts:
+        plist = plist[:n_prompts]
+    if not 0 < alpha < 1:
+        raise WeightprintError(f"`alpha` must be in (0, 1), got {alpha}")
+    if n_samples < 2:
+        raise WeightprintError(f"`n_samples` must be at least 2, got {n_samples}")
+    ba, close_a = _open(a, dict(options_a or {}))
+    try:
+        bb, close_b = _open(b, dict(options_b or {}))
+        try:
+            if sampled is None:
+                progress(0, 3, "probe sampling")
+                sampled = _is_sampling(ba) or _is_sampling(bb)
+            mt = max_tokens or (8 if sampled else 24)
+            pp = prefix_pieces or (3 if sampled else 12)
+            kw = dict(sampled=sampled, max_tokens=mt, n_samples=n_samples, temperature=temperature,
+                      top_logprobs=top_logprobs, seed=seed)
+            side_a = collect_answers(ba, plist, progress=substep(progress, 1, 3, f"A {ba.label}"), **kw)
+            side_b = collect_answers(bb, plist, progress=substep(progress, 2, 3, f"B {bb.label}"), **kw)
+        finally:
+            if close_b:
+                bb.close()
+    finally:
+        if close_a:
+            ba.close()
+    progress(3, 3, "statistics")
+    result = compare_answers(side_a, side_b, plist, sampled=sampled, prefix_pieces=pp, alpha=alpha, seed=seed)
+    object.__setattr__(result, "seconds", time.perf_counter() - t0)
+    stats = result.statistics
+    stats.update(max_tokens=mt, n_samples=n_samples if sampled else 1, temperature=temperature if sampled else 0.0)
+    return result
+
+
+def describe(result: CompareResult) -> list[tuple[str, str]]:
+    """Rows (name, value) for a terminal table or a report."""
+    s = result.statistics
+    rows = [("verdict", result.verdict), ("regime", result.mode), ("prompts", str(result.n_prompts)),
+            ("mean prefix similarity", f"{s['mean_similarity']:.3f} (null bound c0 = {s['c0']})"),
+            ("H0: unrelated", format_pvalue(result.unrelated_test.log10_pvalue)),
+            ("exact agreement", f"{s['exact_agreement']:.3f}"),
+            ("token agreement", f"{s['token_agreement']:.3f}")]
+    if s.get("logprob_distance") is not None:
+        rows.append(("log-prob distance (nats)", f"{s['logprob_distance']:.4f} over {s['logprob_positions']} positions"))
+    if s.get("argmax_agreement") is not None:
+        rows.append(("arg-max agreement", f"{s['argmax_agreement']:.3f}"))
+    if s.get("cross_within_ratio") is not None:
+        rows.append(("cross/within similarity", f"{s['cross_within_ratio']:.3f}"))
+    for t in result.tests[1:]:
+        rows.append((f"H0: {t.name}", t.pvalue_text()))
+    rows.append(("queries", f"A {result.queries.get('a', 0)}, B {result.queries.get('b', 0)}"))
+    return rows
