@@ -17,11 +17,13 @@ from typing import Any, Callable
 
 from weightprint.constants import FileType, parse_file_type
 from weightprint.errors import NotComparableError, RegistryError, WeightprintError
-from weightprint.mark.keys import create_key_file, load_key_file, new_salt
+from weightprint.mark.keys import CreatedKey, KeyFileExists, create_key_file_exclusive, load_key_file, new_salt
 from weightprint.mark.registry import (
     DEFAULT_REGISTRY_URL,
     CopyRecord,
+    RegistryKeyMismatch,
     _redact,
+    check_url,
     create_registry,
     open_registry,
 )
@@ -287,22 +289,64 @@ def init_registry(url: str = DEFAULT_REGISTRY_URL, key_file: str | Path = "weigh
         Bad URL, unreachable database, or a registry created with another key.
     """
     key_path = Path(key_file)
-    created_key = not key_path.exists()
-    master = create_key_file(key_path) if created_key else load_key_file(key_path)
+    check_url(url)  # a malformed URL is refused before a key file is written
+    try:  # exactly one of several concurrent inits creates the key; the others load it
+        new_key: CreatedKey | None = create_key_file_exclusive(key_path)
+        master = new_key.master
+    except KeyFileExists:
+        new_key = None
+        master = load_key_file(key_path)
     try:
         reg, header, created = create_registry(url, master)
-    except RegistryError:
-        if created_key:
-            key_path.unlink(missing_ok=True)
+    except RegistryKeyMismatch:
+        # the registry can never accept this key: remove it, if it is still the file made here
+        if new_key is not None:
+            new_key.remove_if_unchanged()
         raise
     reg.close()
     return RegistryInfo(url, header["registry_id"], header["scheme_version"], str(key_path),
-                        header["key_fingerprint"], created, created_key)
+                        header["key_fingerprint"], created, new_key is not None)
 
 
 # ---------------------------------------------------------------------------------------
 # issue
 # ---------------------------------------------------------------------------------------
+def _place(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished copy into place; without ``overwrite`` never replace a file that appeared meanwhile."""
+    if overwrite:
+        os.replace(tmp, out)
+        return
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise WeightprintError(f"output {out} already exists", hint="choose another --out or remove it") from None
+    except OSError:  # no hard links on this file system
+        if out.exists():
+            raise WeightprintError(f"output {out} already exists", hint="choose another --out or remove it") from None
+        os.replace(tmp, out)
+
+
+def _issued_before(source, recipient: str, ft: FileType, out: Path, delta: float, registry_url: str,
+                   key_file) -> IssueResult | None:
+    """The copy already issued to ``recipient`` at ``out`` from ``source`` (same type and delta), if any.
+
+    Opening the registry reconciles the rows of issuers that were killed, so rerunning a killed
+    ``mark issue`` reports the copy it placed instead of refusing the existing output.
+    """
+    t0 = time.perf_counter()
+    master = load_key_file(key_file)
+    with open_registry(registry_url) as reg:
+        reg.check_key(master)
+        rec = reg.issued_at(out, recipient, ft.name)
+    if rec is None or rec.delta != delta or rec.scheme_version != SCHEME_VERSION:
+        return None
+    if rec.source_sha256 != model_sha256(source):
+        return None
+    return IssueResult(rec.issue_id, rec.recipient, str(out), rec.output_sha256, str(source), rec.source_sha256,
+                       rec.file_type, rec.scheme_version, rec.delta, rec.n_marked_tensors or 0,
+                       rec.n_marked_weights or 0, time.perf_counter() - t0)
+
+
 def issue_copy(
     source: str | Path,
     recipient: str,
@@ -318,9 +362,11 @@ def issue_copy(
     """Write ``recipient``'s watermarked copy of ``source`` as a GGUF of ``file_type``; record it.
 
     The mark is embedded inside quantization (see :mod:`weightprint.mark.scheme`). The file is
-    built in a staging folder next to ``out``; the registry row is inserted, the file renamed
-    into place and only then the row committed: a crash leaves no row without its file and no
-    partial file at ``out`` (a stale staging folder is removed by the next issue).
+    built in a staging folder next to ``out``; the registry row is committed as pending, the
+    file moved into place (never replacing a file unless ``overwrite``), then the row marked
+    issued. A crash leaves no partial file at ``out``; the next run reconciles a killed issuer's
+    pending row (file in place -> issued, else removed) and removes its staging folder, and
+    rerunning the killed command reports the copy it placed.
 
     Parameters
     ----------
@@ -350,6 +396,9 @@ def issue_copy(
         raise WeightprintError(f"mark strength delta = {delta} is outside (0, 0.5)")
     out = Path(out)
     if out.exists() and not overwrite:
+        again = _issued_before(source, recipient, ft, out, float(delta), registry_url, key_file)
+        if again is not None:  # a rerun after a kill (reconciled) or a repeated command: the same copy
+            return again
         raise WeightprintError(f"output {out} already exists", hint="choose another --out or remove it")
     if not out.parent.is_dir():
         raise WeightprintError(f"output directory {out.parent} does not exist")
@@ -390,10 +439,11 @@ def issue_copy(
                 source_sha256=source_sha, source_path=str(Path(source).resolve()),
                 output_sha256=out_sha, output_path=str(out.resolve()), file_type=ft.name,
                 scheme_version=SCHEME_VERSION, delta=float(delta), key_salt=salt.hex(),
+                n_marked_tensors=counts["tensors"], n_marked_weights=counts["weights"],
             )
 
             def place() -> None:
-                os.replace(tmp, out)
+                _place(tmp, out, overwrite)
                 placed.append(True)
 
             reg.record_copy(record, before_commit=place)

@@ -15,11 +15,13 @@ key file is detected before any test is run.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
 import secrets
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -95,56 +97,160 @@ def new_salt() -> bytes:
     return secrets.token_bytes(SALT_BYTES)
 
 
+class KeyFileExists(RegistryError):
+    """The key file path is taken (by a key file or anything else); nothing was written."""
+
+
+_MAX_KEY_FILE_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    """A key file this process created: the key, and the identity of the file it wrote."""
+
+    master: MasterKey
+    path: Path
+    device: int
+    inode: int
+
+    def remove_if_unchanged(self) -> bool:
+        """Delete the key file only if it is still the file this process created, holding this secret.
+
+        Returns whether it was removed. A file replaced or rewritten since (another process, a
+        user) is never touched.
+        """
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) != (self.device, self.inode):
+                return False
+            if load_key_file(self.path).fingerprint() != self.master.fingerprint():
+                return False
+            self.path.unlink()
+        except (OSError, RegistryError):
+            return False
+        return True
+
+
 def create_key_file(path: str | Path, *, overwrite: bool = False) -> MasterKey:
     """Create a key file with a fresh master secret, mode 0600, written atomically.
 
     Raises
     ------
     RegistryError
-        When the file exists (and ``overwrite`` is false) or cannot be written.
+        When the file exists (:class:`KeyFileExists`, unless ``overwrite``) or cannot be written.
+    """
+    return create_key_file_exclusive(path, overwrite=overwrite).master
+
+
+def create_key_file_exclusive(path: str | Path, *, overwrite: bool = False) -> CreatedKey:
+    """Create a key file, never replacing one: the complete file appears at ``path`` in one step.
+
+    The secret is written and synced to a private temporary file, then hard-linked to ``path``:
+    ``link`` fails when ``path`` exists, so of several processes creating the same key file
+    exactly one succeeds and the others get :class:`KeyFileExists` (and can load the winner's
+    key); no reader ever sees a partial file. Where the file system has no hard links the file
+    is created in place with ``O_EXCL`` (still never replacing). ``overwrite`` replaces
+    deliberately (``os.replace``).
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise RegistryError(
-            f"key file {path} already exists; refusing to overwrite a master secret",
-            hint="pass another --key-file, or reuse this one",
-        )
     secret = secrets.token_bytes(MASTER_BYTES)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    body = f"{_HEADER}\n{secret.hex()}\n".encode("ascii")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{_HEADER}\n{secret.hex()}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        _write_new(tmp, body)
+        try:
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise _exists(path) from None
+                except OSError as e:
+                    if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                        raise
+                    try:
+                        _write_new(path, body)  # no hard links here: O_EXCL in place
+                    except FileExistsError:
+                        raise _exists(path) from None
+            st = os.stat(path, follow_symlinks=False)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise RegistryError(f"cannot write key file {path}: {e.strerror}") from e
-    return MasterKey(secret)
+        raise RegistryError(f"cannot write key file {path}: {e.strerror or e}") from e
+    return CreatedKey(MasterKey(secret), path, st.st_dev, st.st_ino)
+
+
+def _exists(path: Path) -> KeyFileExists:
+    return KeyFileExists(f"key file {path} already exists; refusing to overwrite a master secret",
+                         hint="pass another --key-file, or reuse this one")
+
+
+def _write_new(path: Path, body: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_key_file(path: str | Path | None) -> MasterKey:
-    """Read a master key file; it must exist, be 0600 (no group/other access) and well-formed."""
+    """Read a master key file; it must be a regular file, 0600 (no group/other access) and well-formed.
+
+    The file is opened without blocking and checked with ``fstat`` before it is read: a FIFO,
+    directory or device is refused in one line (never a hang).
+    """
     if path is None:
         raise RegistryError("no key file given; tracing and issuing need the master key file",
                             hint="pass --key-file (created by `weightprint mark init`)")
     path = Path(path)
     try:
-        st = path.stat()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError as e:
         raise RegistryError(f"key file {path} not found", hint="pass the key file created by `weightprint mark init`") from e
     except OSError as e:
-        raise RegistryError(f"cannot read key file {path}: {e.strerror}") from e
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise RegistryError(
-            f"key file {path} has permissions {stat.S_IMODE(st.st_mode):04o}, expected 0600",
-            hint=f"chmod 600 {path}",
-        )
+        raise RegistryError(f"cannot read key file {path}: {e.strerror or e}") from e
     try:
-        lines = path.read_text("ascii").split()
-    except (OSError, UnicodeDecodeError) as e:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RegistryError(f"key file {path} is not a regular file ({_file_kind(st.st_mode)})",
+                                hint="pass the key file created by `weightprint mark init`")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise RegistryError(
+                f"key file {path} has permissions {stat.S_IMODE(st.st_mode):04o}, expected 0600",
+                hint=f"chmod 600 {path}",
+            )
+        if st.st_size > _MAX_KEY_FILE_BYTES:
+            raise RegistryError(f"key file {path} is not a weightprint key file ({st.st_size} bytes)")
+        data = os.read(fd, _MAX_KEY_FILE_BYTES + 1)
+    except OSError as e:
+        raise RegistryError(f"cannot read key file {path}: {e.strerror or e}") from e
+    finally:
+        os.close(fd)
+    try:
+        lines = data.decode("ascii").split()
+    except UnicodeDecodeError as e:
         raise RegistryError(f"cannot read key file {path}: not a weightprint key file") from e
     if len(lines) != 2 or lines[0] != _HEADER:
         raise RegistryError(f"key file {path} is not a weightprint key file (bad header)")
@@ -155,3 +261,11 @@ def load_key_file(path: str | Path | None) -> MasterKey:
     if len(secret) != MASTER_BYTES:
         raise RegistryError(f"key file {path} is corrupt (secret has {len(secret)} bytes, expected {MASTER_BYTES})")
     return MasterKey(secret)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
