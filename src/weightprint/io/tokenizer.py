@@ -19,6 +19,7 @@ added tokens; both are matched in raw text before the model runs, as in llama.cp
 from __future__ import annotations
 
 import json
+import operator
 import os
 from pathlib import Path
 from typing import Any
@@ -129,27 +130,121 @@ def _added_tokens(info: TokenizerInfo, types: np.ndarray) -> list[dict[str, Any]
     return out
 
 
-def _spm_merges(info: TokenizerInfo, types: np.ndarray) -> list[list[str]]:
-    """Merges for a SentencePiece BPE vocabulary, ranked by the score of the merged piece."""
+# The merge search hashes every split t[:k] | t[k:] of every token from one prefix sum over all
+# code points (polynomial hashes modulo two 31-bit primes, random bases), so it costs
+# O(total length) numpy work instead of O(sum of len^2) string slicing (a single crafted
+# million-character token stays linear); every hash hit is then checked exactly, so the merges
+# do not depend on the bases.
+_HASH_PRIMES = (2147483647, 2147483629)
+
+
+def _powers(base: int, p: int, n: int) -> np.ndarray:
+    """``base ** j mod p`` for ``j < n`` (uint64), by doubling."""
+    out = np.ones(max(n, 1), dtype=np.uint64)
+    filled = 1
+    while filled < n:
+        step = min(filled, n - filled)
+        mult = np.uint64(int(out[filled - 1]) * base % p)
+        out[filled : filled + step] = out[:step] * mult % np.uint64(p)
+        filled += step
+    return out
+
+
+def _segment_arange(lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(n) for n in lengths])`` without a Python loop."""
+    starts = np.cumsum(lengths) - lengths
+    return np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
+
+
+def _substring_hashes(cps: np.ndarray, pos: np.ndarray, max_len: int, rng: np.random.Generator):
+    """A function ``(a, b, start) -> uint64 keys`` hashing ``cps[a:b]`` with ``start`` its token's offset."""
+    prefix, inverse = [], []
+    for p in _HASH_PRIMES:
+        base = int(rng.integers(256, p - 1))
+        terms = cps % np.uint64(p) * _powers(base, p, max_len)[pos] % np.uint64(p)
+        prefix.append(np.concatenate([np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)]))
+        inverse.append(_powers(pow(base, -1, p), p, max_len))
+
+    def key(a: np.ndarray, b: np.ndarray, start: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(a), dtype=np.uint64)
+        for p, s, inv in zip(_HASH_PRIMES, prefix, inverse):
+            # sum_j c_j B^(j - start) over [a, b), shifted to start at power 0
+            h = (s[b] - s[a]) % np.uint64(p) * inv[a - start] % np.uint64(p)
+            out = out << np.uint64(31) | h
+        return out
+
+    return key
+
+
+def _spm_merges(info: TokenizerInfo, types: np.ndarray) -> list[tuple[str, str]]:
+    """Merges for a SentencePiece BPE vocabulary, ranked by the score of the merged piece.
+
+    Every split ``token[:k] | token[k:]`` of a normal token into two vocabulary pieces (normal
+    or user-defined; a repeated string means its last id) is a merge; merges are ordered by
+    descending score of the merged token, then by the ids of the token and its two parts.
+    """
     if info.scores is None:
         raise ModelFormatError("SentencePiece tokenizer has no scores to rebuild merges from")
+    tokens = info.tokens
     scores = np.asarray(info.scores, dtype=np.float64)
-    vocab = {t: i for i, t in enumerate(info.tokens) if types[i] in (TOKEN_NORMAL, TOKEN_USER_DEFINED)}
-    found: list[tuple[float, int, int, int, str, str]] = []
-    for token, tid in vocab.items():
-        if types[tid] != TOKEN_NORMAL or len(token) < 2:
-            continue
-        for k in range(1, len(token)):
-            left, right = token[:k], token[k:]
-            li = vocab.get(left)
-            if li is None:
-                continue
-            ri = vocab.get(right)
-            if ri is None:
-                continue
-            found.append((-scores[tid], tid, li, ri, left, right))
-    found.sort()
-    return [[left, right] for *_, left, right in found]
+    if len(scores) < len(tokens):
+        raise ModelFormatError(f"tokenizer has {len(tokens)} tokens but {len(scores)} scores")
+    vocab = {t: i for i, t in enumerate(tokens) if types[i] in (TOKEN_NORMAL, TOKEN_USER_DEFINED)}
+    members = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+    lens = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+    members = members[lens[members] > 0]
+    merged = members[(types[members] == TOKEN_NORMAL) & (lens[members] >= 2)]
+    if len(merged) == 0:
+        return []
+    cps = np.frombuffer("".join(tokens).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    offsets = np.cumsum(lens) - lens
+    pos = _segment_arange(lens)
+    max_len = int(lens.max())
+    rng = np.random.default_rng()
+    for _attempt in range(8):
+        key = _substring_hashes(cps, pos, max_len, rng)
+        member_keys = key(offsets[members], offsets[members] + lens[members], offsets[members])
+        order = np.argsort(member_keys, kind="stable")
+        sorted_keys = member_keys[order]
+        if len(sorted_keys) < 2 or not (sorted_keys[1:] == sorted_keys[:-1]).any():
+            break
+    else:  # eight colliding draws of 62-bit hashes: not a real vocabulary
+        raise ModelFormatError("SentencePiece vocabulary defeats the merge search (hash collisions)")
+
+    def lookup(keys: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+        return np.where(sorted_keys[at] == keys, members[order[at]], -1)
+
+    # every split point k = 1 .. len - 1 of every merged token; the left part first, then the
+    # right part of the splits whose left part is a piece
+    splits = lens[merged] - 1
+    tid = np.repeat(merged, splits)
+    k = _segment_arange(splits) + 1
+    start = offsets[tid]
+    li = lookup(key(start, start + k, start))
+    hit = li >= 0
+    tid, k, li, start = tid[hit], k[hit], li[hit], start[hit]
+    hit = lens[li] == k
+    tid, k, li, start = tid[hit], k[hit], li[hit], start[hit]
+    ri = lookup(key(start + k, start + lens[tid], start))
+    hit = (ri >= 0) & (lens[ri] == lens[tid] - k)
+    tid, k, li, ri = tid[hit], k[hit], li[hit], ri[hit]
+    # exact check of each hit: the parts' code points spell the merged token
+    n_cmp = lens[tid]
+    at = _segment_arange(n_cmp)
+    owner = np.repeat(np.arange(len(tid)), n_cmp)
+    kk = k[owner]
+    part = np.where(at < kk, offsets[li][owner] + at, offsets[ri][owner] + at - kk)
+    wrong = np.bincount(owner[cps[offsets[tid][owner] + at] != cps[part]], minlength=len(tid)) > 0
+    tid, li, ri = tid[~wrong], li[~wrong], ri[~wrong]
+    rank = np.lexsort((ri, li, tid, -scores[tid]))
+    if len(rank) == 0:
+        return []
+    lefts = operator.itemgetter(*li[rank].tolist())(tokens)
+    rights = operator.itemgetter(*ri[rank].tolist())(tokens)
+    if len(rank) == 1:
+        return [(lefts, rights)]
+    return list(zip(lefts, rights))  # tuples: 500k lists would wake the garbage collector
 
 
 def tokenizer_json_from_info(info: TokenizerInfo, *, add_space_prefix: bool | None = None) -> dict[str, Any]:
@@ -317,6 +412,12 @@ def read_chat_template(directory: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def _token_id(value: Any, path: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise ModelFormatError(f"{path}: token id {value!r} is not an integer in [0, 2^31)")
+    return value
+
+
 def tokenizer_info_from_hf(directory: str | os.PathLike[str]) -> TokenizerInfo:
     """A :class:`TokenizerInfo` (GGUF view) from a HF directory's ``tokenizer.json``.
 
@@ -345,10 +446,19 @@ def tokenizer_info_from_hf(directory: str | os.PathLike[str]) -> TokenizerInfo:
     if model.get("type") != "BPE":
         raise ModelFormatError(f"{path}: tokenizer model `{model.get('type')}` is not supported (BPE only)")
     vocab: dict[str, int] = dict(model.get("vocab") or {})
-    added = {int(a["id"]): a for a in tj.get("added_tokens") or []}
+    added = {_token_id(a.get("id") if isinstance(a, dict) else None, path): a for a in tj.get("added_tokens") or []}
     for i, a in added.items():
+        if not isinstance(a.get("content"), str):
+            raise ModelFormatError(f"{path}: added token {i} has no string `content`")
         vocab.setdefault(a["content"], i)
+    for i in vocab.values():
+        _token_id(i, path)
     n = max(vocab.values(), default=-1) + 1
+    # ids index a padded token list: a stray id far beyond the vocabulary must not size it
+    if n > 2 * len(vocab) + 1024:
+        raise ModelFormatError(
+            f"{path}: token id {n - 1} is far beyond the {len(vocab)} tokens of the vocabulary"
+        )
     tokens = [f"[PAD{i}]" for i in range(n)]
     types = np.full(n, TOKEN_UNUSED, dtype=np.int32)
     for tok, i in vocab.items():
