@@ -212,8 +212,7 @@ class HFModel(Model):
 
 def _write_json(directory: Path, name: str, value: Any) -> None:
     with open(directory / name, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+        f.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def _generation_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -367,7 +366,8 @@ def _write_tokenizer_files(directory: Path, model: Model, config: dict[str, Any]
         prefix = False
     tj = tokenizer_json_from_info(info, add_space_prefix=None if prefix is None else bool(prefix))
     with open(directory / "tokenizer.json", "w", encoding="utf-8") as f:
-        json.dump(tj, f, ensure_ascii=False)
+        # json.dumps, not json.dump: only the one-shot encoder runs in C (same text)
+        f.write(json.dumps(tj, ensure_ascii=False))
     _write_json(
         directory,
         "tokenizer_config.json",
