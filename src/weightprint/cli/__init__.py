@@ -15,6 +15,7 @@ from weightprint.cli import mark as _mark  # noqa: F401
 from weightprint.cli import lineage as _lineage  # noqa: F401
 from weightprint.cli import evals as _evals  # noqa: F401
 from weightprint.cli import demo as _demo  # noqa: F401
+from weightprint.cli import scan as _scan  # noqa: F401
 from weightprint.cli import behave as _behave  # noqa: F401
 
 __all__ = ["app", "main"]
