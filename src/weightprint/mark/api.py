@@ -311,6 +311,17 @@ def init_registry(url: str = DEFAULT_REGISTRY_URL, key_file: str | Path = "weigh
 # ---------------------------------------------------------------------------------------
 # issue
 # ---------------------------------------------------------------------------------------
+def _make_staging(staging: Path) -> None:
+    """Create this issue's staging folder; another issuer may remove the empty shared parent meanwhile."""
+    for attempt in range(100):
+        try:
+            staging.mkdir(parents=True, exist_ok=False)
+            return
+        except FileNotFoundError:  # the parent was created, then removed by a finishing issuer: retry
+            if attempt == 99:
+                raise
+
+
 def _place(tmp: Path, out: Path, overwrite: bool) -> None:
     """Move the finished copy into place; without ``overwrite`` never replace a file that appeared meanwhile."""
     if overwrite:
@@ -426,7 +437,7 @@ def issue_copy(
 
         _clean_stale_staging(out.parent)
         staging = out.parent / STAGING_DIR / f"{os.getpid()}-{issue_id}"
-        staging.mkdir(parents=True, exist_ok=False)
+        _make_staging(staging)
         placed: list[bool] = []
         try:
             from weightprint.convert import convert
