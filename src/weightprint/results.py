@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from scipy import special, stats
 
 Alternative = Literal["two-sided", "less", "greater"]
 
@@ -136,6 +135,8 @@ def format_pvalue(log10_p: float) -> str:
 
 def log10_norm_sf(z: float) -> float:
     """log10 of the upper normal tail P(Z >= z), accurate far into the tail."""
+    from scipy import special  # here, not at the top: scipy costs the CLI's start-up ~0.5 s
+
     return float(special.log_ndtr(-z) / LN10)
 
 
@@ -159,6 +160,8 @@ def combine_fisher(log10_pvalues: list[float] | np.ndarray) -> float:
     if lp.size == 0:
         return 0.0
     x = -2.0 * np.sum(lp) * LN10
+    from scipy import stats
+
     return float(stats.chi2.logsf(x, 2 * lp.size) / LN10)
 
 

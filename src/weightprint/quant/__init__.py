@@ -26,6 +26,10 @@ Examples
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,8 +47,10 @@ __all__ = [
     "QuantKernel",
     "dequantize",
     "kernel",
+    "num_threads",
     "quantize",
     "row_bytes",
+    "set_num_threads",
     "supports_quantize",
 ]
 
@@ -67,6 +73,78 @@ QUANTIZABLE: frozenset[QType] = frozenset(q for q, k in _KERNELS.items() if k.su
 
 # weights converted to float32 per step; bounds the temporary memory of quantize()
 _CHUNK_WEIGHTS = 1 << 20
+# below this many weights per chunk, handing work to another thread costs more than it saves
+_MIN_THREAD_WEIGHTS = 1 << 15
+
+_threads: int | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_in_worker = threading.local()
+
+
+def num_threads() -> int:
+    """Threads that :func:`quantize` and :func:`dequantize` use for one tensor.
+
+    :func:`set_num_threads`, else the environment variable ``WEIGHTPRINT_THREADS``, else the
+    CPUs this process may run on.
+    """
+    if _threads is not None:
+        return _threads
+    env = os.environ.get("WEIGHTPRINT_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_num_threads(n: int | None) -> None:
+    """Use ``n`` threads per tensor from now on (None: back to the default of :func:`num_threads`).
+
+    The kernels release the GIL, so the threads run truly in parallel; the results do not depend
+    on the number of threads (each block is computed the same way whichever thread does it).
+    """
+    global _threads
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+    _threads = n
+
+
+def _run_chunks(work: Callable[[int], None], starts: list[int]) -> None:
+    """``work(start)`` for every start, on the shared pool when there is more than one."""
+    global _pool
+    n = num_threads()
+    if n == 1 or len(starts) == 1 or getattr(_in_worker, "active", False):
+        for start in starts:
+            work(start)
+        return
+
+    def task(start: int) -> None:
+        _in_worker.active = True  # a nested call runs inline instead of waiting on its own pool
+        work(start)
+
+    with _pool_lock:
+        if _pool is None or _pool._max_workers != n:  # noqa: SLF001
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="weightprint-quant")
+        pool = _pool
+    # list(): wait for all, re-raise the first failure (in chunk order)
+    list(pool.map(task, starts))
+
+
+def _chunk_starts(n_weights: int, block_size: int) -> tuple[list[int], int]:
+    """Chunk starts and length (whole blocks): at most ``_CHUNK_WEIGHTS`` each, and enough
+    chunks for every thread when the tensor is big enough to share."""
+    blocks = max(1, n_weights // block_size)
+    per = max(1, _CHUNK_WEIGHTS // block_size)
+    threads = num_threads()
+    if threads > 1:
+        min_blocks = max(1, _MIN_THREAD_WEIGHTS // block_size)
+        per = max(min(per, -(-blocks // threads)), min_blocks)
+    step = per * block_size
+    return list(range(0, n_weights, step)) or [0], step
 
 # native (non-byte) dtypes accepted by dequantize() for the plain float types
 _NATIVE_DTYPES = {
@@ -212,9 +290,10 @@ def quantize(
     flat = arr.reshape(-1)
     n = flat.size
     out = np.empty(n // k.block_size * k.type_size, dtype=np.uint8)
-    step = max(k.block_size, _CHUNK_WEIGHTS // k.block_size * k.block_size)
     check_finite = k.qtype != QType.F32
-    for start in range(0, n, step):
+    starts, step = _chunk_starts(n, k.block_size)
+
+    def work(start: int) -> None:
         chunk = np.ascontiguousarray(flat[start : start + step], dtype=np.float32)
         if check_finite and not np.isfinite(chunk).all():
             bad = int(np.count_nonzero(~np.isfinite(np.asarray(arr, dtype=np.float32))))
@@ -230,6 +309,9 @@ def quantize(
             q = k.quantize_blocks(blocks, dirs, float(delta))
         b0 = start // k.block_size * k.type_size
         out[b0 : b0 + q.size] = q.reshape(-1)
+
+    if n:
+        _run_chunks(work, starts)
     return out.reshape(out_shape)
 
 
@@ -302,9 +384,10 @@ def dequantize(
             )
         if shape is not None or np.dtype(dtype) != np.float32:
             raise ShapeMismatchError(f"{_prefix(name)}`out` cannot be combined with `shape` or `dtype`")
-        k.dequantize_blocks(blocks, out.reshape(-1, k.block_size))
+        _dequantize_into(k, blocks, out.reshape(-1, k.block_size))
         return out
-    values = k.dequantize_blocks(blocks).reshape(*arr.shape[:-1], cols)
+    values = _dequantize_into(k, blocks, np.empty((blocks.shape[0], k.block_size), dtype=np.float32))
+    values = values.reshape(*arr.shape[:-1], cols)
     if shape is not None:
         shape = tuple(int(s) for s in shape)
         if int(np.prod(shape, dtype=np.int64)) != values.size:
@@ -314,3 +397,19 @@ def dequantize(
             )
         values = values.reshape(shape)
     return values.astype(dtype, copy=False)
+
+
+def _dequantize_into(k: type[QuantKernel], blocks: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Dequantize ``blocks`` (uint8 ``[n, type_size]``) into ``out`` (float32 ``[n, block_size]``), in
+    chunks of blocks over the threads."""
+    n_blocks = blocks.shape[0]
+    starts, step = _chunk_starts(n_blocks * k.block_size, k.block_size)
+    per = step // k.block_size
+
+    def work(start: int) -> None:
+        b0 = start // k.block_size
+        k.dequantize_blocks(blocks[b0 : b0 + per], out[b0 : b0 + per])
+
+    if n_blocks:
+        _run_chunks(work, starts)
+    return out

@@ -1,0 +1,102 @@
+"""Threaded quantize/dequantize: the bytes and values do not depend on the number of threads.
+
+Tensors here are large enough to be split into several chunks (``_MIN_THREAD_WEIGHTS`` each),
+so the pool really runs; bit-exactness against ggml is tests/test_quant_exact.py's job, and a
+chunk-invariant result plus those tests make the threaded path exact too.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import weightprint.quant as wq
+from weightprint.errors import NonFiniteError
+from weightprint.quant import QUANTIZABLE, dequantize, num_threads, quantize, set_num_threads
+
+
+@pytest.fixture
+def threads():
+    """Set the thread count for one test, then restore the default."""
+    yield set_num_threads
+    set_num_threads(None)
+
+
+@pytest.fixture(scope="module")
+def weights() -> np.ndarray:
+    # 40 rows x 4096: ~5 chunks of 32k weights, a ragged last chunk per thread split
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((40, 4096), dtype=np.float32) * 0.05
+    w[3, :64] = 0.0  # all-zero blocks
+    w[5, 100] = 9.0  # an outlier
+    return w
+
+
+@pytest.mark.parametrize("qtype", sorted(q.name for q in QUANTIZABLE))
+def test_bytes_and_values_do_not_depend_on_threads(qtype: str, weights: np.ndarray, threads) -> None:
+    threads(1)
+    one = quantize(weights, qtype)
+    back_one = dequantize(one, qtype)
+    for n in (2, 3):
+        threads(n)
+        assert np.array_equal(quantize(weights, qtype), one)
+        assert np.array_equal(dequantize(one, qtype), back_one, equal_nan=True)
+        out = np.empty(weights.size, dtype=np.float32)
+        assert dequantize(one, qtype, out=out) is out
+        assert np.array_equal(out.reshape(weights.shape), back_one, equal_nan=True)
+
+
+def test_keyed_rounding_does_not_depend_on_threads(weights: np.ndarray, threads) -> None:
+    dirs = np.random.default_rng(1).integers(-1, 2, size=weights.shape).astype(np.int8)
+    threads(1)
+    one = quantize(weights, "Q4_K", rounding=dirs, delta=0.3)
+    threads(3)
+    assert np.array_equal(quantize(weights, "Q4_K", rounding=dirs, delta=0.3), one)
+    assert not np.array_equal(one, quantize(weights, "Q4_K"))
+
+
+def test_non_finite_in_a_late_chunk_is_reported_once(weights: np.ndarray, threads) -> None:
+    w = weights.copy()
+    w[-1, -1] = np.nan
+    w[20, 7] = np.inf
+    threads(3)
+    with pytest.raises(NonFiniteError, match="2 non-finite values"):
+        quantize(w, "Q8_0", name="t")
+
+
+def test_nested_calls_from_pool_threads_do_not_deadlock(weights: np.ndarray, threads) -> None:
+    """quantize() called from inside a pool worker runs inline, not on the (busy) pool."""
+    threads(2)
+    expected = quantize(weights, "Q6_K")
+    results = []
+
+    def outer(start: int) -> None:
+        results.append(quantize(weights, "Q6_K"))
+
+    wq._run_chunks(outer, [0, 1, 2, 3])
+    assert len(results) == 4 and all(np.array_equal(r, expected) for r in results)
+
+
+def test_concurrent_callers_share_the_pool(weights: np.ndarray, threads) -> None:
+    threads(2)
+    expected = quantize(weights, "Q8_0")
+    got: list[np.ndarray] = []
+    workers = [threading.Thread(target=lambda: got.append(quantize(weights, "Q8_0"))) for _ in range(3)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(got) == 3 and all(np.array_equal(g, expected) for g in got)
+
+
+def test_thread_count_setting(threads, monkeypatch) -> None:
+    threads(None)
+    monkeypatch.setenv("WEIGHTPRINT_THREADS", "3")
+    assert num_threads() == 3
+    threads(5)
+    assert num_threads() == 5
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="positive integer"):
+            set_num_threads(bad)
