@@ -606,7 +606,7 @@ def test_wrongly_typed_tokenizer_key(tmp_path):
     content = _gguf_bytes([_s("tokenizer.ggml.model") + struct.pack("<I", 8) + _s("gpt2"),
                            _s("tokenizer.ggml.bos_token_id") + struct.pack("<I", 8) + _s("one")], [])
     with GGUFModel(_write(tmp_path, content)) as m:
-        with pytest.raises(GGUFFormatError, match=r"`tokenizer\.ggml\.bos_token_id` is str, expected an integer"):
+        with pytest.raises(GGUFFormatError, match=r"`tokenizer\.ggml\.bos_token_id` is the string .one., expected an integer"):
             m.tokenizer
 
 

@@ -226,7 +226,7 @@ def test_short_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "x.safetensors").write_bytes(b"\1\2\3")
     with pytest.raises(SafetensorsFormatError, match=r"^x.safetensors: file is 3 bytes, too short for the 8-byte header length$"):
         SafetensorsModel(tmp_path / "x.safetensors")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ModelFormatError, match=r"missing.safetensors: no such file$"):
         SafetensorsModel(tmp_path / "missing.safetensors")
 
 
@@ -308,7 +308,7 @@ def test_hf_dir_errors_and_chat_templates(tmp_path: Path) -> None:
         with pytest.raises(WeightprintError, match=r"model.safetensors: no model config to write a config.json from$"):
             write_hf_dir(st, tmp_path / "out")
     (d / "config.json").write_text("{not json")
-    with pytest.raises(ModelFormatError, match=r"config.json: not valid JSON \(Expecting property name enclosed in double quotes at line 1\)$"):
+    with pytest.raises(ModelFormatError, match=r"config.json: not valid JSON \(Expecting property name enclosed in double quotes at line 1 column 2\)$"):
         HFModel(d)
     (d / "config.json").write_text(json.dumps({**_tiny_llama_config(), "vocab_size": 12}))
     (d / "tokenizer_config.json").write_text(json.dumps({"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}))
@@ -360,9 +360,9 @@ def test_config_metadata_round_trip(arch: str) -> None:
 
 
 def test_config_errors() -> None:
-    with pytest.raises(ModelFormatError, match=r"^GGUF metadata has no `general.architecture`$"):
+    with pytest.raises(ModelFormatError, match=r"^GGUF metadata: no metadata key `general.architecture`, needed for config.json$"):
         hf_config_from_gguf({})
-    with pytest.raises(ModelFormatError, match=r"^GGUF metadata has no `llama.embedding_length`, needed for config.json$"):
+    with pytest.raises(ModelFormatError, match=r"^GGUF metadata: no metadata key `llama.embedding_length`, needed for config.json$"):
         hf_config_from_gguf({"general.architecture": "llama"})
     with pytest.raises(WeightprintError, match=r"^cannot build a config.json for architecture `bert`"):
         hf_config_from_gguf({"general.architecture": "bert"})

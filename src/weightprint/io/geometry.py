@@ -9,13 +9,24 @@ metadata keys itself.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from weightprint.errors import WeightprintError
 from weightprint.io.model import TensorInfo
-from weightprint.io.names import EMBED_NAMES, FINAL_NORM_NAMES, HEAD_NAMES
+from weightprint.io.names import EMBED_NAMES, FINAL_NORM_NAMES, HEAD_NAMES, layer_of
+from weightprint.io.values import (
+    MAX_CONTEXT,
+    MAX_EXPERTS,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    Values,
+    check_heads,
+    describe,
+)
 
 __all__ = ["Geometry", "geometry_from_config", "geometry_from_gguf", "mix_hyperparameters"]
 
@@ -104,14 +115,10 @@ def _layer0_int(value: Any, key: str) -> int | None:
     """An integer hyperparameter; per-layer arrays give their layer-0 value (llama.cpp's hparams)."""
     if value is None:
         return None
+    v = Values({key: value}, "metadata")
     if isinstance(value, (list, tuple, np.ndarray)):
-        if len(value) == 0:
-            return None
-        value = value[0]
-    try:
-        return int(value)
-    except (TypeError, ValueError) as e:
-        raise WeightprintError(f"metadata key `{key}`: expected an integer, got {value!r}") from e
+        return v.int(key, lo=0, per_layer=True) if len(value) else None
+    return v.int(key, lo=None)
 
 
 def _tensor_facts(infos: Iterable[TensorInfo]) -> dict[str, Any]:
@@ -146,68 +153,135 @@ def _head_dim(declared: int | None, hidden: int | None, n_heads: int | None) -> 
 # --------------------------------------------------------------------------- per format
 
 
-def geometry_from_gguf(metadata: Mapping[str, Any], infos: Iterable[TensorInfo]) -> Geometry:
-    """:class:`Geometry` of a GGUF file from its metadata and (canonical-name) tensor list."""
-    arch = str(metadata.get("general.architecture") or "unknown")
+def _highest_layer(infos: Iterable[TensorInfo]) -> int | None:
+    layers = [n for n in (layer_of(t.name) for t in infos) if n is not None]
+    return max(layers) if layers else None
 
-    def get(key: str) -> int | None:
-        full = f"{arch}.{key}"
-        return _layer0_int(metadata.get(full), full)
 
+def _check_layers(v: Values, key: str, n_layers: int | None, highest: int | None) -> None:
+    if n_layers is not None and highest is not None and n_layers > highest + 1:
+        raise v.fail(key, f"is {n_layers}, but the tensors stop at layer {highest}")
+
+
+def _heads(v: Values, key: str) -> int | None:
+    """A head count: at least 1, or per-layer (0 allowed for attention-free layers, layer 0 returned)."""
+    if isinstance(v.raw(key), (np.ndarray, list, tuple)):
+        return v.int(key, lo=0, hi=MAX_HEADS, per_layer=True) or None
+    return v.int(key, lo=1, hi=MAX_HEADS)
+
+
+def geometry_from_gguf(metadata: Mapping[str, Any], infos: Iterable[TensorInfo], label: str = "GGUF") -> Geometry:
+    """:class:`Geometry` of a GGUF file from its metadata and (canonical-name) tensor list.
+
+    Every hyperparameter is type- and range-checked and checked against the tensors present
+    (``block_count`` may not exceed the highest layer index + 1).
+
+    Raises
+    ------
+    ModelFormatError
+        A hyperparameter of the wrong type, out of range or inconsistent (names ``label`` and the key).
+    """
+    infos = list(infos)
+    arch = Values(metadata, label).str("general.architecture") or "unknown"
+    v = Values(metadata, label, prefix=f"{arch}.")
     facts = _tensor_facts(infos)
-    hidden = _width(get("embedding_length"), facts)
-    n_heads = get("attention.head_count")
-    kv = get("attention.head_count_kv")
+    n_layers = v.int("block_count", lo=1, hi=MAX_LAYERS)
+    _check_layers(v, "block_count", n_layers, _highest_layer(infos))
+    hidden = _width(v.int("embedding_length", lo=1, hi=MAX_WIDTH), facts)
+    n_heads = _heads(v, "attention.head_count")
+    kv = _heads(v, "attention.head_count_kv")
+    head_dim = v.int("attention.key_length", lo=1, hi=MAX_WIDTH)
+    check_heads(v, hidden, n_heads, kv, head_dim, ("embedding_length", "attention.head_count", "attention.head_count_kv"))
     tokens = metadata.get("tokenizer.ggml.tokens")
+    if tokens is not None and (isinstance(tokens, (str, bytes, np.ndarray)) or not isinstance(tokens, Sequence)):
+        raise Values(metadata, label).fail("tokenizer.ggml.tokens", f"is {describe(tokens)}, expected a string array")
     return Geometry(
         architecture=arch,
-        n_layers=get("block_count"),
+        n_layers=n_layers,
         hidden_size=hidden,
         n_heads=n_heads,
         n_kv_heads=kv if kv is not None else n_heads,
-        head_dim=_head_dim(get("attention.key_length"), hidden, n_heads),
-        intermediate_size=get("feed_forward_length"),
-        vocab_size=len(tokens) if tokens is not None else get("vocab_size"),
-        context_length=get("context_length"),
-        n_experts=get("expert_count") or 0,
+        head_dim=_head_dim(head_dim, hidden, n_heads),
+        intermediate_size=v.int("feed_forward_length", lo=0, hi=MAX_WIDTH, per_layer=True),
+        vocab_size=len(tokens) if tokens is not None else v.int("vocab_size", lo=1, hi=MAX_VOCAB),
+        context_length=v.int("context_length", lo=0, hi=MAX_CONTEXT),
+        n_experts=v.int("expert_count", lo=0, hi=MAX_EXPERTS) or 0,
         norm_shifted=_gemma_norm(arch),
         **facts,
     )
 
 
-def _config_int(config: Mapping[str, Any], *keys: str) -> int | None:
-    """The first positive integer among ``keys`` of ``config`` (then of its ``text_config``)."""
+_CONFIG_LIMITS: dict[str, tuple[int, int]] = {
+    "num_hidden_layers": (1, MAX_LAYERS), "n_layer": (1, MAX_LAYERS),
+    "hidden_size": (1, MAX_WIDTH), "n_embd": (1, MAX_WIDTH), "d_model": (1, MAX_WIDTH),
+    "num_attention_heads": (1, MAX_HEADS), "n_head": (1, MAX_HEADS), "num_key_value_heads": (1, MAX_HEADS),
+    "head_dim": (1, MAX_WIDTH), "intermediate_size": (1, MAX_WIDTH), "n_inner": (1, MAX_WIDTH),
+    "vocab_size": (1, MAX_VOCAB), "max_position_embeddings": (1, MAX_CONTEXT), "n_positions": (1, MAX_CONTEXT),
+    "num_local_experts": (0, MAX_EXPERTS), "num_experts": (0, MAX_EXPERTS),
+}
+
+
+def config_label(config: Mapping[str, Any]) -> str:
+    """``<dir>/config.json`` of a config read by :class:`~weightprint.io.hf.HFModel`, for messages."""
+    name = config.get("_name_or_path")
+    return f"{name}/config.json" if isinstance(name, str) and name else "config.json"
+
+
+def _config_int(config: Mapping[str, Any], label: str, *keys: str) -> int | None:
+    """The first of ``keys`` set in ``config`` (then in its ``text_config``), type- and range-checked.
+
+    Per-layer lists give their layer-0 value, as llama.cpp does.
+    """
     sub = config.get("text_config")
-    for c in (config, sub if isinstance(sub, Mapping) else {}):
+    for c, prefix in ((config, ""), (sub if isinstance(sub, Mapping) else {}, "text_config.")):
+        v = Values(c, label, kind="config key", within=prefix)
         for key in keys:
-            v = c.get(key)
-            if isinstance(v, (list, tuple)):  # per-layer lists: layer 0, as llama.cpp does
-                v = v[0] if v else None
-            if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0:
-                return int(v)
+            if not v.has(key):
+                continue
+            lo, hi = _CONFIG_LIMITS.get(key, (0, None))
+            if isinstance(v.raw(key), list):
+                value = v.int(key, lo=0, hi=hi, per_layer=True)
+            else:
+                value = v.int(key, lo=lo, hi=hi)
+            if value:
+                return int(value)
     return None
 
 
-def geometry_from_config(config: Mapping[str, Any], architecture: str, infos: Iterable[TensorInfo]) -> Geometry:
-    """:class:`Geometry` from a Hugging Face ``config.json`` and the (canonical-name) tensor list."""
+def geometry_from_config(config: Mapping[str, Any], architecture: str, infos: Iterable[TensorInfo],
+                         label: str | None = None) -> Geometry:
+    """:class:`Geometry` from a Hugging Face ``config.json`` and the (canonical-name) tensor list.
+
+    Raises
+    ------
+    ModelFormatError
+        A value of the wrong type, out of range or inconsistent with the tensors (names the key).
+    """
     config = config or {}
+    infos = list(infos)
     facts = _tensor_facts(infos)
-    hidden = _width(_config_int(config, "hidden_size", "n_embd", "d_model"), facts)
-    n_heads = _config_int(config, "num_attention_heads", "n_head")
-    kv = _config_int(config, "num_key_value_heads")
-    model_type = str(config.get("model_type", ""))
+    label = label or config_label(config)
+    n_layers = _config_int(config, label, "num_hidden_layers", "n_layer")
+    v = Values(config, label, kind="config key")
+    _check_layers(v, "num_hidden_layers", n_layers, _highest_layer(infos))
+    hidden = _width(_config_int(config, label, "hidden_size", "n_embd", "d_model"), facts)
+    n_heads = _config_int(config, label, "num_attention_heads", "n_head")
+    kv = _config_int(config, label, "num_key_value_heads")
+    head_dim = _config_int(config, label, "head_dim")
+    check_heads(v, hidden, n_heads, kv, head_dim, ("hidden_size", "num_attention_heads", "num_key_value_heads"))
+    model_type = config.get("model_type", "")
     return Geometry(
         architecture=architecture,
-        n_layers=_config_int(config, "num_hidden_layers", "n_layer"),
+        n_layers=n_layers,
         hidden_size=hidden,
         n_heads=n_heads,
         n_kv_heads=kv if kv is not None else n_heads,
-        head_dim=_head_dim(_config_int(config, "head_dim"), hidden, n_heads),
-        intermediate_size=_config_int(config, "intermediate_size", "n_inner"),
-        vocab_size=_config_int(config, "vocab_size"),
-        context_length=_config_int(config, "max_position_embeddings", "n_positions"),
-        n_experts=_config_int(config, "num_local_experts", "num_experts") or 0,
-        norm_shifted=_gemma_norm(architecture, model_type),
+        head_dim=_head_dim(head_dim, hidden, n_heads),
+        intermediate_size=_config_int(config, label, "intermediate_size", "n_inner"),
+        vocab_size=_config_int(config, label, "vocab_size"),
+        context_length=_config_int(config, label, "max_position_embeddings", "n_positions"),
+        n_experts=_config_int(config, label, "num_local_experts", "num_experts") or 0,
+        norm_shifted=_gemma_norm(architecture, model_type if isinstance(model_type, str) else ""),
         **facts,
     )
 

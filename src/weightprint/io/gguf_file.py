@@ -36,13 +36,14 @@ from weightprint.errors import (
     UnsupportedQuantType,
     WeightprintError,
 )
+from weightprint.io.limits import MAX_ALIGNMENT, MAX_ARRAY_NESTING, MAX_NESTED_ITEMS, MAX_STRING_ITEMS, regular_file
 from weightprint.io.model import STORED_DTYPES, Model, TensorInfo, TokenizerInfo, dequantize_raw
 from weightprint.io.names import from_stored_layout, gguf_to_hf_name, layout_config_from_gguf, needs_layout_change
 
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
-_MAX_ARRAY_NESTING = 8
+_MAX_ARRAY_NESTING = MAX_ARRAY_NESTING
 
 # Fixed-size value types: struct format and numpy dtype.
 _SCALAR_FORMATS: dict[GGUFValueType, str] = {
@@ -181,6 +182,8 @@ class _HeaderParser:
         self.label = label
         self.pos = 0
         self.view: memoryview | None = None
+        self.string_items = 0  # strings in string arrays so far (capped: MAX_STRING_ITEMS)
+        self.nested_items = 0  # arrays inside arrays so far (capped: MAX_NESTED_ITEMS)
 
     def fail(self, message: str) -> GGUFFormatError:
         return GGUFFormatError(f"{self.label}: {message}")
@@ -253,7 +256,19 @@ class _HeaderParser:
             self.pos += count * dtype.itemsize
             return arr, etype
         if etype == GGUFValueType.STRING:
+            self.string_items += count
+            if self.string_items > MAX_STRING_ITEMS:
+                raise self.fail(
+                    f"array `{key}` at byte {at} brings the strings in arrays to {self.string_items:,}, "
+                    f"more than the {MAX_STRING_ITEMS:,} allowed"
+                )
             return self.string_array(key, count), etype
+        self.nested_items += count
+        if self.nested_items > MAX_NESTED_ITEMS:
+            raise self.fail(
+                f"array `{key}` at byte {at} brings the arrays nested in arrays to {self.nested_items:,}, "
+                f"more than the {MAX_NESTED_ITEMS:,} allowed"
+            )
         items = []  # nested arrays
         for _ in range(count):  # each item is an array body: element type, count, elements
             items.append(self.array(key, depth + 1)[0])
@@ -335,6 +350,7 @@ class GGUFModel(Model):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._label = str(self.path)
+        regular_file(self.path, "GGUF file")  # before open(): a FIFO would block forever
         try:
             with open(self.path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -392,6 +408,8 @@ class GGUFModel(Model):
             raise p.fail(f"`general.alignment` has type {types['general.alignment'].name}, expected UINT32")
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
             raise p.fail(f"`general.alignment` is {alignment}, expected a power of two")
+        if alignment > MAX_ALIGNMENT:
+            raise p.fail(f"`general.alignment` is {alignment}, more than the {MAX_ALIGNMENT} allowed")
         self.alignment = alignment
         self.architecture = str(metadata.get("general.architecture", "unknown"))
 
@@ -448,6 +466,7 @@ class GGUFModel(Model):
                               offset=start, nbytes=nbytes, file=self.path)
             infos.append(info)
             by_name[hf_name] = info
+        _check_no_overlap(infos, p)
         self._infos = infos
         self._by_name = by_name
         self._by_stored = {i.stored_name: i for i in infos}
@@ -518,13 +537,14 @@ class GGUFModel(Model):
     def config(self) -> dict[str, Any]:  # type: ignore[override]
         from weightprint.io.hf_config import hf_config_from_gguf
 
+        _ = self.geometry  # checks the hyperparameters against the tensors before building lists from them
         tied = "output.weight" not in self._by_stored  # no lm_head: llama.cpp reuses token_embd
-        return hf_config_from_gguf(self.metadata, tie_word_embeddings=tied)
+        return hf_config_from_gguf(self.metadata, tie_word_embeddings=tied, label=self._label)
 
     def _read_geometry(self) -> Any:
         from weightprint.io.geometry import geometry_from_gguf
 
-        return geometry_from_gguf(self.metadata, self.tensor_infos())
+        return geometry_from_gguf(self.metadata, self.tensor_infos(), self._label)
 
     def gguf_metadata(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         return copy_metadata_for_write(self)
@@ -548,6 +568,14 @@ class GGUFModel(Model):
         return f"GGUFModel({str(self.path)!r}, arch={arch!r}, tensors={len(getattr(self, '_infos', ()))})"
 
 
+def _check_no_overlap(infos: list[TensorInfo], p: _HeaderParser) -> None:
+    """Tensor data ranges must not overlap (llama.cpp refuses such files too)."""
+    spans = sorted((i.offset, i.offset + i.nbytes, i.stored_name) for i in infos if i.nbytes)
+    for (a0, a1, a), (b0, b1, b) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise p.fail(f"tensors `{a}` [{a0}, {a1}) and `{b}` [{b0}, {b1}) overlap")
+
+
 def _byte_shape(shape: tuple[int, ...], qtype: QType) -> tuple[int, int]:
     block_size, type_size = QUANT_SIZES[qtype]
     cols = shape[-1] if shape else 1
@@ -563,49 +591,60 @@ def tokenizer_from_gguf_metadata(metadata: Mapping[str, Any], label: str = "GGUF
     Raises
     ------
     GGUFFormatError
-        A tokenizer key has the wrong kind of value (e.g. a string token id).
+        A tokenizer key has the wrong kind of value (e.g. a string token id), a special token id
+        is not one of the tokens present, or the per-token arrays do not match the vocabulary.
     """
-    model = metadata.get("tokenizer.ggml.model")
-    if model is None:
+    from weightprint.io.values import Values, describe
+
+    if metadata.get("tokenizer.ggml.model") is None:
         return None
+    v = Values(metadata, label)
 
-    def typed(key: str, kinds: tuple[type, ...], what: str) -> Any:
-        v = metadata.get(key)
-        if v is not None and (not isinstance(v, kinds) or (what == "an integer" and isinstance(v, bool))):
-            raise GGUFFormatError(f"{label}: `{key}` is {type(v).__name__}, expected {what}")
-        return v
+    def fail(key: str, message: str) -> GGUFFormatError:
+        return GGUFFormatError(f"{label}: metadata key `{key}` {message}")
 
-    model = typed("tokenizer.ggml.model", (str,), "a string")
-    pre = typed("tokenizer.ggml.pre", (str,), "a string")
-    tokens = typed("tokenizer.ggml.tokens", (StringArray, list), "a string array")
-    merges = typed("tokenizer.ggml.merges", (StringArray, list), "a string array")
-    scores = typed("tokenizer.ggml.scores", (np.ndarray,), "a numeric array")
-    token_types = typed("tokenizer.ggml.token_type", (np.ndarray,), "a numeric array")
+    def strings(key: str) -> list[str] | None:
+        value = metadata.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, (StringArray, list)) or not all(isinstance(t, str) for t in value):
+            raise fail(key, f"is {describe(value)}, expected a string array")
+        return list(value)
 
-    def as_int(key: str) -> int | None:
-        v = typed(key, (int, np.integer), "an integer")
-        return None if v is None else int(v)
+    def numbers(key: str, n: int) -> np.ndarray | None:
+        value = metadata.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf" or value.ndim != 1:
+            raise fail(key, f"is {describe(value)}, expected a numeric array")
+        if len(value) != n:
+            raise fail(key, f"has {len(value)} entries for {n} tokens")
+        return value
 
-    def as_bool(key: str) -> bool | None:
-        v = typed(key, (bool, np.bool_, int), "a bool")
-        return None if v is None else bool(v)
-
-    scores = metadata.get("tokenizer.ggml.scores")
-    token_types = metadata.get("tokenizer.ggml.token_type")
-    return TokenizerInfo(
-        model=model,
-        pre=pre,
-        tokens=list(tokens) if tokens is not None else [],
-        scores=scores,
-        token_types=token_types,
-        merges=list(merges) if merges is not None else None,
-        bos_id=as_int("tokenizer.ggml.bos_token_id"),
-        eos_id=as_int("tokenizer.ggml.eos_token_id"),
-        unk_id=as_int("tokenizer.ggml.unknown_token_id"),
-        pad_id=as_int("tokenizer.ggml.padding_token_id"),
-        add_bos=as_bool("tokenizer.ggml.add_bos_token"),
-        add_eos=as_bool("tokenizer.ggml.add_eos_token"),
-    )
+    try:
+        model = v.str("tokenizer.ggml.model")
+        pre = v.str("tokenizer.ggml.pre")
+        tokens = strings("tokenizer.ggml.tokens") or []
+        merges = strings("tokenizer.ggml.merges")
+        n = len(tokens)
+        return TokenizerInfo(
+            model=model,
+            pre=pre,
+            tokens=tokens,
+            scores=numbers("tokenizer.ggml.scores", n),
+            token_types=numbers("tokenizer.ggml.token_type", n),
+            merges=merges,
+            bos_id=v.token_id("tokenizer.ggml.bos_token_id", n),
+            eos_id=v.token_id("tokenizer.ggml.eos_token_id", n),
+            unk_id=v.token_id("tokenizer.ggml.unknown_token_id", n),
+            pad_id=v.token_id("tokenizer.ggml.padding_token_id", n),
+            add_bos=v.bool("tokenizer.ggml.add_bos_token"),
+            add_eos=v.bool("tokenizer.ggml.add_eos_token"),
+        )
+    except GGUFFormatError:
+        raise
+    except WeightprintError as e:  # the checked accessor's ModelFormatError: same message, GGUF family
+        raise GGUFFormatError(e.message) from None
 
 
 def copy_metadata_for_write(model: GGUFModel) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -23,6 +23,7 @@ from weightprint.io.hf_config import architecture_from_hf
 from weightprint.io.model import Model, TensorInfo, TokenizerInfo
 from weightprint.io.safetensors_file import SafetensorsModel, write_safetensors_shards
 from weightprint.io.files import temp_dir_beside
+from weightprint.io.limits import confined_name, read_json, regular_file
 
 __all__ = ["HFModel", "write_hf_dir", "TOKENIZER_FILES"]
 
@@ -44,13 +45,14 @@ TensorTransform = Callable[[str, np.ndarray], np.ndarray]
 Progress = Callable[[int, int, str], None]
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ModelFormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    except OSError as e:
-        raise ModelFormatError(f"{path}: cannot read ({e.strerror or e})") from e
+def _read_json(path: Path, expect: type | None = dict) -> Any:
+    """A JSON file of the directory, within size/count/depth limits (:func:`weightprint.io.limits.read_json`)."""
+    return read_json(path, expect=expect)
+
+
+def _present(path: Path) -> bool:
+    """The entry exists (a dangling symlink or a FIFO counts: reading it gives the proper error)."""
+    return os.path.lexists(path)
 
 
 class HFModel(Model):
@@ -99,10 +101,9 @@ class HFModel(Model):
         if not self.path.is_dir():
             raise ModelFormatError(f"{self.path}: not a directory")
         config_path = self.path / "config.json"
-        self.config: dict[str, Any] = _read_json(config_path) if config_path.is_file() else {}
-        if not isinstance(self.config, dict):
-            raise ModelFormatError(f"{config_path}: expected a JSON object")
-        self.config.setdefault("_name_or_path", str(self.path))
+        self.config: dict[str, Any] = _read_json(config_path) if _present(config_path) else {}
+        if not isinstance(self.config.get("_name_or_path"), str):
+            self.config["_name_or_path"] = str(self.path)
         self.architecture = architecture_from_hf(self.config)
         self._files: list[SafetensorsModel] = []
         self._where: dict[str, SafetensorsModel] = {}
@@ -115,27 +116,32 @@ class HFModel(Model):
 
     def _open_weights(self) -> None:
         index_path = self.path / INDEX_FILE
-        if index_path.is_file():
+        if _present(index_path):
             index = _read_json(index_path)
-            weight_map = index.get("weight_map") if isinstance(index, dict) else None
+            weight_map = index.get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
-                raise ModelFormatError(f"{index_path}: no `weight_map`")
-            shard_names = list(dict.fromkeys(weight_map.values()))
-            missing = [s for s in shard_names if not (self.path / s).is_file()]
+                raise ModelFormatError(f"{index_path}: no `weight_map` object")
+            # every name is checked (plain file name, inside the directory) before any is opened
+            shard_names = list(dict.fromkeys(
+                confined_name(self.path, s, str(index_path)).name for s in weight_map.values()
+            ))
+            missing = [s for s in shard_names if not _present(self.path / s)]
             if missing:
                 raise ModelFormatError(
                     f"{self.path}: {len(missing)} of {len(shard_names)} shards listed in {INDEX_FILE} "
                     f"are missing: {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
                 )
             shards = [self.path / s for s in sorted(shard_names)]
-        elif (self.path / SINGLE_FILE).is_file():
+        elif _present(self.path / SINGLE_FILE):
             shards = [self.path / SINGLE_FILE]
             weight_map = None
         else:
-            shards = sorted(self.path.glob("*.safetensors"))
+            shards = sorted(p for p in self.path.glob("*.safetensors") if not p.name.startswith("."))
             weight_map = None
             if not shards:
                 raise ModelFormatError(f"{self.path}: no {SINGLE_FILE}, {INDEX_FILE} or *.safetensors weights")
+            for shard in shards:
+                confined_name(self.path, shard.name, str(self.path))
         for shard in shards:
             st = SafetensorsModel(shard)
             self._files.append(st)
@@ -187,8 +193,10 @@ class HFModel(Model):
 
     @cached_property
     def tokenizer(self) -> TokenizerInfo | None:  # type: ignore[override]
-        if not (self.path / "tokenizer.json").is_file():
+        path = self.path / "tokenizer.json"
+        if not _present(path):
             return None
+        regular_file(path, "tokenizer.json")
         from weightprint.io.tokenizer import tokenizer_info_from_hf
 
         return tokenizer_info_from_hf(self.path)

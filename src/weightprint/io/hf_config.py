@@ -20,6 +20,7 @@ from gguf import GGUFValueType
 
 from weightprint.errors import MissingTokenizerError, ModelFormatError, WeightprintError
 from weightprint.io.model import TokenizerInfo
+from weightprint.io.values import MAX_CONTEXT, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, Values, check_heads, describe
 
 __all__ = [
     "HF_TO_GGUF_ARCH",
@@ -58,10 +59,13 @@ GEMMA3_LOCAL_ROPE_BASE = 10000.0  # llama.cpp: rope_freq_base_train_swa for gemm
 
 def architecture_from_hf(config: dict[str, Any]) -> str:
     """llama.cpp-style architecture name of a ``config.json`` (``"unknown"`` if not known)."""
-    for cls in config.get("architectures") or []:
-        if cls in _HF_ARCH_NAME:
+    classes = config.get("architectures") or []
+    for cls in classes if isinstance(classes, list) else []:
+        if isinstance(cls, str) and cls in _HF_ARCH_NAME:
             return _HF_ARCH_NAME[cls]
     model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        return "unknown"
     return {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "gemma3_text": "gemma3", "gemma3": "gemma3"}.get(
         model_type, "unknown"
     )
@@ -80,7 +84,8 @@ def _float32_clean(x: float) -> float:
     return float(np.format_float_positional(np.float32(x), unique=True, trim="-")) if x else 0.0
 
 
-def hf_config_from_gguf(metadata: dict[str, Any], *, tie_word_embeddings: bool | None = None) -> dict[str, Any]:
+def hf_config_from_gguf(metadata: dict[str, Any], *, tie_word_embeddings: bool | None = None,
+                        label: str = "GGUF metadata") -> dict[str, Any]:
     """Rebuild a Hugging Face ``config.json`` from GGUF metadata.
 
     Parameters
@@ -100,46 +105,46 @@ def hf_config_from_gguf(metadata: dict[str, Any], *, tie_word_embeddings: bool |
     Raises
     ------
     ModelFormatError
-        If ``general.architecture`` is missing or a required hyperparameter is absent.
+        If ``general.architecture`` is missing, or a required hyperparameter is absent, of the
+        wrong type or out of range (the message names ``label`` and the key).
     WeightprintError
         If the architecture is not one of llama, mistral, qwen2, gemma3.
     """
-    arch = _scalar(metadata.get("general.architecture"))
-    if arch is None:
-        raise ModelFormatError("GGUF metadata has no `general.architecture`")
+    arch = Values(metadata, label).str("general.architecture", required="for config.json")
     if arch not in GGUF_TO_HF_ARCH:
         known = ", ".join(GGUF_TO_HF_ARCH)
         raise WeightprintError(f"cannot build a config.json for architecture `{arch}`; supported: {known}")
     cls, model_type = GGUF_TO_HF_ARCH[arch]
 
-    def get(key: str, default: Any = KeyError) -> Any:
-        full = f"{arch}.{key}"
-        if full in metadata:
-            return _scalar(metadata[full])
-        if default is KeyError:
-            raise ModelFormatError(f"GGUF metadata has no `{full}`, needed for config.json")
-        return default
+    v = Values(metadata, label, prefix=f"{arch}.")
+    need = "for config.json"
 
-    n_embd = int(get("embedding_length"))
-    n_head = int(get("attention.head_count"))
-    n_head_kv = int(get("attention.head_count_kv", n_head))
-    head_dim = int(get("attention.key_length", n_embd // n_head))
+    n_embd = v.int("embedding_length", lo=1, hi=MAX_WIDTH, required=need)
+    n_head = v.int("attention.head_count", lo=1, hi=MAX_HEADS, required=need, per_layer=True)
+    n_head_kv = v.int("attention.head_count_kv", lo=1, hi=MAX_HEADS, default=n_head, per_layer=True)
+    declared_head_dim = v.int("attention.key_length", lo=1, hi=MAX_WIDTH)
+    check_heads(v, n_embd, n_head, n_head_kv, declared_head_dim,
+                ("embedding_length", "attention.head_count", "attention.head_count_kv"))
+    head_dim = declared_head_dim or n_embd // n_head
     vocab = metadata.get("tokenizer.ggml.tokens")
-    vocab_size = len(vocab) if vocab is not None else get("vocab_size")
-    rope_theta = _float32_clean(float(get("rope.freq_base", 10000.0)))
-    eps = _float32_clean(float(get("attention.layer_norm_rms_epsilon")))
+    vocab_size = len(vocab) if vocab is not None else v.int("vocab_size", lo=1, hi=MAX_VOCAB, required=need)
+    rope_theta = _float32_clean(v.float("rope.freq_base", default=10000.0, positive=True))
+    eps = _float32_clean(v.float("attention.layer_norm_rms_epsilon", lo=0.0, hi=1.0, required=need))
+    n_layer = v.int("block_count", lo=1, hi=MAX_LAYERS, required=need)
+    ffn = v.int("feed_forward_length", lo=1, hi=MAX_WIDTH, required=need, per_layer=True)
+    ctx = v.int("context_length", lo=1, hi=MAX_CONTEXT, required=need)
 
     config: dict[str, Any] = {
         "architectures": [cls],
         "model_type": model_type,
         "vocab_size": int(vocab_size),
         "hidden_size": n_embd,
-        "intermediate_size": int(get("feed_forward_length")),
-        "num_hidden_layers": int(get("block_count")),
+        "intermediate_size": ffn,
+        "num_hidden_layers": n_layer,
         "num_attention_heads": n_head,
         "num_key_value_heads": n_head_kv,
         "head_dim": head_dim,
-        "max_position_embeddings": int(get("context_length")),
+        "max_position_embeddings": ctx,
         "rms_norm_eps": eps,
         "initializer_range": 0.02,
         "use_cache": True,
@@ -151,17 +156,17 @@ def hf_config_from_gguf(metadata: dict[str, Any], *, tie_word_embeddings: bool |
         ("tokenizer.ggml.padding_token_id", "pad_token_id"),
     ):
         if key in metadata:
-            config[hf_key] = int(_scalar(metadata[key]))
+            config[hf_key] = Values(metadata, label).token_id(key, vocab_size)
 
     rope_scaling = None
-    scaling_type = get("rope.scaling.type", None)
-    factor = get("rope.scaling.factor", None)
+    scaling_type = v.str("rope.scaling.type")
+    factor = v.float("rope.scaling.factor", positive=True) if scaling_type in ("linear", "yarn") else None
     if scaling_type in ("linear", "yarn") and factor:
-        rope_scaling = {"rope_type": scaling_type, "factor": _float32_clean(float(factor))}
+        rope_scaling = {"rope_type": scaling_type, "factor": _float32_clean(factor)}
         if scaling_type == "yarn":
-            orig = get("rope.scaling.original_context_length", None)
+            orig = v.int("rope.scaling.original_context_length", lo=1, hi=MAX_CONTEXT)
             if orig:
-                rope_scaling["original_max_position_embeddings"] = int(orig)
+                rope_scaling["original_max_position_embeddings"] = orig
 
     if arch in ("llama", "mistral", "qwen2"):
         config["hidden_act"] = "silu"
@@ -173,11 +178,11 @@ def hf_config_from_gguf(metadata: dict[str, Any], *, tie_word_embeddings: bool |
         if arch == "llama":
             config.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
         elif arch == "mistral":
-            window = get("attention.sliding_window", None)
-            config["sliding_window"] = int(window) if window else None
+            window = v.int("attention.sliding_window", lo=0, hi=MAX_CONTEXT)
+            config["sliding_window"] = window or None
         else:  # qwen2: q/k/v biases are part of the architecture
-            window = get("attention.sliding_window", None)
-            config.update(use_sliding_window=False, sliding_window=int(window) if window else None, max_window_layers=config["num_hidden_layers"])
+            window = v.int("attention.sliding_window", lo=0, hi=MAX_CONTEXT)
+            config.update(use_sliding_window=False, sliding_window=window or None, max_window_layers=config["num_hidden_layers"])
     else:  # gemma3
         n_layer = config["num_hidden_layers"]
         pattern = GEMMA3_SLIDING_WINDOW_PATTERN
@@ -185,13 +190,13 @@ def hf_config_from_gguf(metadata: dict[str, Any], *, tie_word_embeddings: bool |
             hidden_activation="gelu_pytorch_tanh",
             tie_word_embeddings=bool(tie_word_embeddings) if tie_word_embeddings is not None else True,
             query_pre_attn_scalar=head_dim,
-            sliding_window=int(get("attention.sliding_window", 4096)),
+            sliding_window=v.int("attention.sliding_window", lo=0, hi=MAX_CONTEXT, default=4096),
             layer_types=[
                 "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layer)
             ],
             sliding_window_pattern=pattern,
-            final_logit_softcapping=get("final_logit_softcapping", None),
-            attn_logit_softcapping=get("attn_logit_softcapping", None),
+            final_logit_softcapping=v.float("final_logit_softcapping", positive=True),
+            attn_logit_softcapping=v.float("attn_logit_softcapping", positive=True),
             attention_bias=False,
             rope_theta=rope_theta,
             rope_local_base_freq=GEMMA3_LOCAL_ROPE_BASE,
@@ -204,21 +209,22 @@ def hf_config_from_gguf(metadata: dict[str, Any], *, tie_word_embeddings: bool |
     return config
 
 
-def _rope_theta(config: dict[str, Any], layer_type: str | None = None) -> float | None:
+def _rope_theta(config: dict[str, Any], layer_type: str | None = None, label: str = "config.json") -> float | None:
     params = config.get("rope_parameters")
     if isinstance(params, dict):
         if layer_type and isinstance(params.get(layer_type), dict):
             params = params[layer_type]
         if "rope_theta" in params:
-            return float(params["rope_theta"])
+            return Values(params, label, kind="config key", within="rope_parameters.").float("rope_theta", positive=True)
+    c = Values(config, label, kind="config key")
     if layer_type == "sliding_attention" and "rope_local_base_freq" in config:
-        return float(config["rope_local_base_freq"])
+        return c.float("rope_local_base_freq", positive=True)
     if "rope_theta" in config:
-        return float(config["rope_theta"])
+        return c.float("rope_theta", positive=True)
     return None
 
 
-def _rope_scaling(config: dict[str, Any], layer_type: str | None = None) -> dict[str, Any] | None:
+def _rope_scaling(config: dict[str, Any], layer_type: str | None = None, label: str = "config.json") -> dict[str, Any] | None:
     scaling = config.get("rope_scaling")
     if not scaling:
         params = config.get("rope_parameters")
@@ -226,10 +232,20 @@ def _rope_scaling(config: dict[str, Any], layer_type: str | None = None) -> dict
             params = params[layer_type]
         if isinstance(params, dict) and params.get("rope_type", "default") != "default":
             scaling = params
+    if scaling and not isinstance(scaling, dict):
+        raise ModelFormatError(f"{label}: config key `rope_scaling` is {describe(scaling)}, expected an object")
     if scaling:
         kind = scaling.get("rope_type") or scaling.get("type")
+        if kind and not isinstance(kind, str):
+            raise ModelFormatError(f"{label}: config key `rope_scaling.rope_type` is {describe(kind)}, expected a string")
         if kind and kind != "default":
-            return {"type": kind, **{k: v for k, v in scaling.items() if k not in ("type", "rope_type")}}
+            v = Values(scaling, label, kind="config key", within="rope_scaling.")
+            out = {"type": kind, **{k: val for k, val in scaling.items() if k not in ("type", "rope_type")}}
+            if "factor" in scaling:
+                out["factor"] = v.float("factor", positive=True)
+            if "original_max_position_embeddings" in scaling:
+                out["original_max_position_embeddings"] = v.int("original_max_position_embeddings", lo=1, hi=MAX_CONTEXT)
+            return out
     return None
 
 
@@ -289,10 +305,9 @@ def gguf_metadata_from_hf(
             hint="copy the tokenizer files of the base model into the directory",
         )
 
-    def need(key: str) -> Any:
-        if key not in config or config[key] is None:
-            raise ModelFormatError(f"config.json has no `{key}`, needed for GGUF metadata")
-        return config[key]
+    label = f"{source}/config.json" if config.get("_name_or_path") else "config.json"
+    c = Values(config, label, kind="config key")
+    need = "for GGUF metadata"
 
     ARR = GGUFValueType.ARRAY
     U32, F32, STR, BOOL, I32 = (
@@ -309,47 +324,50 @@ def gguf_metadata_from_hf(
         meta[key] = value
         types[key] = kind
 
-    n_embd = int(need("hidden_size"))
-    n_head = int(need("num_attention_heads"))
-    n_head_kv = int(config.get("num_key_value_heads") or n_head)
-    head_dim = int(config.get("head_dim") or n_embd // n_head)
+    n_embd = c.int("hidden_size", lo=1, hi=MAX_WIDTH, required=need)
+    n_head = c.int("num_attention_heads", lo=1, hi=MAX_HEADS, required=need)
+    n_head_kv = c.int("num_key_value_heads", lo=1, hi=MAX_HEADS) or n_head
+    declared_head_dim = c.int("head_dim", lo=1, hi=MAX_WIDTH)
+    check_heads(c, n_embd, n_head, n_head_kv, declared_head_dim, ("hidden_size", "num_attention_heads", "num_key_value_heads"))
+    head_dim = declared_head_dim or n_embd // n_head
     put("general.architecture", gguf_arch, STR)
     default_name = Path(str(config["_name_or_path"])).name if config.get("_name_or_path") else None
     put("general.name", name or default_name or str(config.get("model_type") or gguf_arch), STR)
     a = gguf_arch
-    ctx = config.get("max_position_embeddings") or 4096
-    put(f"{a}.context_length", int(ctx), U32)
+    ctx = c.int("max_position_embeddings", lo=1, hi=min(MAX_CONTEXT, 2**32 - 1)) or 4096
+    put(f"{a}.context_length", ctx, U32)
     put(f"{a}.embedding_length", n_embd, U32)
-    put(f"{a}.block_count", int(need("num_hidden_layers")), U32)
-    put(f"{a}.feed_forward_length", int(need("intermediate_size")), U32)
+    put(f"{a}.block_count", c.int("num_hidden_layers", lo=1, hi=MAX_LAYERS, required=need), U32)
+    put(f"{a}.feed_forward_length", c.int("intermediate_size", lo=1, hi=MAX_WIDTH, required=need), U32)
     put(f"{a}.attention.head_count", n_head, U32)
     put(f"{a}.attention.head_count_kv", n_head_kv, U32)
-    put(f"{a}.attention.layer_norm_rms_epsilon", float(need("rms_norm_eps")), F32)
+    put(f"{a}.attention.layer_norm_rms_epsilon", c.float("rms_norm_eps", lo=0.0, hi=1.0, required=need), F32)
     if gguf_arch == "gemma3":
-        theta = _rope_theta(config, "full_attention")
+        theta = _rope_theta(config, "full_attention", label)
         put(f"{a}.attention.key_length", head_dim, U32)
         put(f"{a}.attention.value_length", head_dim, U32)
         if theta is not None:
             put(f"{a}.rope.freq_base", theta, F32)
-        if config.get("sliding_window"):
-            put(f"{a}.attention.sliding_window", int(config["sliding_window"]), U32)
-        scaling = _rope_scaling(config, "full_attention")
+        window = c.int("sliding_window", lo=0, hi=min(MAX_CONTEXT, 2**32 - 1))
+        if window:
+            put(f"{a}.attention.sliding_window", window, U32)
+        scaling = _rope_scaling(config, "full_attention", label)
     else:
-        theta = _rope_theta(config)
+        theta = _rope_theta(config, label=label)
         if theta is not None:
             put(f"{a}.rope.freq_base", theta, F32)
         put(f"{a}.rope.dimension_count", head_dim, U32)
         if head_dim != n_embd // n_head:
             put(f"{a}.attention.key_length", head_dim, U32)
             put(f"{a}.attention.value_length", head_dim, U32)
-        if "vocab_size" in config:
-            put(f"{a}.vocab_size", int(config["vocab_size"]), U32)
-        scaling = _rope_scaling(config)
+        if c.has("vocab_size"):
+            put(f"{a}.vocab_size", c.int("vocab_size", lo=1, hi=MAX_VOCAB), U32)
+        scaling = _rope_scaling(config, label=label)
     if scaling and scaling.get("type") in ("linear", "yarn") and scaling.get("factor"):
         put(f"{a}.rope.scaling.type", scaling["type"], STR)
-        put(f"{a}.rope.scaling.factor", float(scaling["factor"]), F32)
+        put(f"{a}.rope.scaling.factor", scaling["factor"], F32)
         if scaling.get("original_max_position_embeddings"):
-            put(f"{a}.rope.scaling.original_context_length", int(scaling["original_max_position_embeddings"]), U32)
+            put(f"{a}.rope.scaling.original_context_length", scaling["original_max_position_embeddings"], U32)
 
     if tokenizer is not None:
         put("tokenizer.ggml.model", tokenizer.model, STR)

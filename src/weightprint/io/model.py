@@ -199,7 +199,8 @@ class Model(ABC):
     def _read_geometry(self) -> "Geometry":
         from weightprint.io.geometry import geometry_from_config
 
-        return geometry_from_config(self.config, self.architecture, self.tensor_infos())
+        label = f"{self.path}/config.json" if self.format == "hf" else str(self.path)
+        return geometry_from_config(self.config, self.architecture, self.tensor_infos(), label)
 
     def gguf_metadata(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """``(metadata, value types)`` a GGUF file of this model starts from (no file type yet).

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from pathlib import Path
 
 from weightprint.constants import GGUF_MAGIC
-from weightprint.errors import ModelFormatError
+from weightprint.errors import ModelFormatError, WeightprintError
+from weightprint.io.limits import one_line, regular_file, tidy_error
 from weightprint.io.model import Model
 
 
@@ -49,12 +51,26 @@ def open_model(path: str | os.PathLike[str]) -> Model:
     """
     p = Path(path)
     try:
-        is_dir = p.is_dir()
-        exists = is_dir or p.exists()
+        return _open_checked(p)
+    except WeightprintError as e:
+        raise tidy_error(e) from e.__cause__
+    except (RecursionError, UnicodeDecodeError, ValueError, OverflowError, struct.error, MemoryError) as e:
+        # a parser limit nothing above caught: still one line naming the file, never a traceback
+        raise ModelFormatError(one_line(f"{p}: malformed model ({type(e).__name__}: {e})")) from e
+
+
+def _open_checked(p: Path) -> Model:
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        if os.path.islink(p):
+            raise ModelFormatError(f"{p}: dangling symbolic link (target {os.readlink(p)!r} does not exist)") from None
+        raise ModelFormatError(f"{p}: no such file or directory") from None
     except OSError as e:
         raise ModelFormatError(f"{p}: cannot access ({e.strerror or e})") from e
-    if not exists:
-        raise ModelFormatError(f"{p}: no such file or directory")
+    is_dir = stat.S_ISDIR(st.st_mode)
+    if not is_dir:
+        regular_file(p)  # a FIFO or device is refused before open(): it could block forever
     if is_dir:
         if not any(p.glob("*.safetensors")):
             raise ModelFormatError(f"{p}: no *.safetensors weights found")

@@ -26,6 +26,7 @@ import numpy as np
 
 from weightprint.constants import QType
 from weightprint.errors import (
+    ModelFormatError,
     SafetensorsFormatError,
     ShapeMismatchError,
     TensorNotFound,
@@ -33,6 +34,8 @@ from weightprint.errors import (
 )
 from weightprint.io.model import Model, TensorInfo
 from weightprint.io.files import temp_file_beside
+from weightprint.io.limits import check_json_budget, regular_file
+from weightprint.io.values import describe
 
 __all__ = [
     "SafetensorsModel",
@@ -44,6 +47,10 @@ __all__ = [
 ]
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses larger headers too
+# A tensor's entry holds 3 containers and ~8 values: these allow ~500,000 tensors per file.
+HEADER_MAX_CONTAINERS = 1 << 21
+HEADER_MAX_VALUES = 1 << 22
+MAX_RANK = 8
 
 
 @dataclass(frozen=True)
@@ -158,8 +165,8 @@ class _Entry:
 def _parse_header(path: Path) -> tuple[int, dict[str, Any], list[_Entry]]:
     """Parse and validate the header of ``path``; return (data_start, metadata, entries)."""
     fname = path.name
+    size = regular_file(path, "safetensors file").st_size  # before open(): a FIFO would block forever
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
@@ -182,11 +189,19 @@ def _parse_header(path: Path) -> tuple[int, dict[str, Any], list[_Entry]]:
         return out
 
     try:
+        # counts brackets first: 32M `[]` would otherwise build 2.5 GB of lists
+        check_json_budget(raw, f"{fname}: header", max_containers=HEADER_MAX_CONTAINERS, max_values=HEADER_MAX_VALUES)
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
+    except ModelFormatError as e:
+        raise SafetensorsFormatError(e.message) from None
     except UnicodeDecodeError as e:
-        raise SafetensorsFormatError(f"{fname}: header is not UTF-8 (byte {e.start})") from e
+        raise SafetensorsFormatError(f"{fname}: header is not UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise SafetensorsFormatError(f"{fname}: header is not valid JSON ({e.msg} at byte {e.pos})") from e
+        raise SafetensorsFormatError(f"{fname}: header is not valid JSON ({e.msg} at byte {e.pos})") from None
+    except RecursionError:
+        raise SafetensorsFormatError(f"{fname}: header JSON is nested too deeply") from None
+    except ValueError as e:  # an integer with too many digits
+        raise SafetensorsFormatError(f"{fname}: header is not valid JSON ({str(e).splitlines()[0]})") from None
     if not isinstance(header, dict):
         raise SafetensorsFormatError(f"{fname}: header is a JSON {type(header).__name__}, expected an object")
 
@@ -201,19 +216,23 @@ def _parse_header(path: Path) -> tuple[int, dict[str, Any], list[_Entry]]:
         if not isinstance(spec, dict) or not {"dtype", "shape", "data_offsets"} <= spec.keys():
             raise SafetensorsFormatError(f"{fname}: tensor `{name}` needs `dtype`, `shape` and `data_offsets`")
         dname = spec["dtype"]
-        if dname not in SAFETENSORS_DTYPES:
-            raise SafetensorsFormatError(f"{fname}: tensor `{name}` has unknown dtype `{dname}`")
+        if not isinstance(dname, str) or dname not in SAFETENSORS_DTYPES:
+            shown = f"`{dname}`" if isinstance(dname, str) and len(dname) <= 40 else describe(dname)
+            raise SafetensorsFormatError(f"{fname}: tensor `{name}` has unknown dtype {shown}")
         dtype = SAFETENSORS_DTYPES[dname]
         shape = spec["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise SafetensorsFormatError(f"{fname}: tensor `{name}` has invalid shape {shape!r}")
+        if (not isinstance(shape, list) or len(shape) > MAX_RANK
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            shown = repr(shape) if len(repr(shape)) <= 60 else describe(shape)
+            raise SafetensorsFormatError(f"{fname}: tensor `{name}` has invalid shape {shown}")
         offsets = spec["data_offsets"]
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
         ):
-            raise SafetensorsFormatError(f"{fname}: tensor `{name}` has invalid data_offsets {offsets!r}")
+            shown = repr(offsets) if len(repr(offsets)) <= 60 else describe(offsets)
+            raise SafetensorsFormatError(f"{fname}: tensor `{name}` has invalid data_offsets {shown}")
         begin, end = offsets
         if end < begin:
             raise SafetensorsFormatError(f"{fname}: tensor `{name}` has data_offsets out of order [{begin}, {end}]")
@@ -253,8 +272,8 @@ class SafetensorsModel(Model):
 
     Raises
     ------
-    FileNotFoundError
-        If the file does not exist.
+    ModelFormatError
+        If the file does not exist or is not a regular file.
     SafetensorsFormatError
         If the header is malformed (one line naming the file and the numbers).
 
@@ -269,8 +288,6 @@ class SafetensorsModel(Model):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"No such file: {self.path}")
         self._data_start, self.metadata, entries = _parse_header(self.path)
         self._entries: dict[str, _Entry] = {e.name: e for e in sorted(entries, key=lambda e: e.begin)}
         self._map: np.memmap | None = None
