@@ -7,7 +7,8 @@
   the task is idempotent). At most ``window`` tasks are in flight, the pattern Ray's docs
   give for submitting very many tasks. A driver already connected (``ray.init`` done by the
   caller) is used as it is.
-- **Local pool**: :class:`concurrent.futures.ProcessPoolExecutor` (``spawn``); when a worker
+- **Local pool**: :class:`concurrent.futures.ProcessPoolExecutor` (``forkserver``, the worker
+  modules preloaded once); when a worker
   dies the pool breaks, and the items not finished are submitted again to a new pool, at
   most ``max_retries`` times each.
 
@@ -27,6 +28,18 @@ from weightprint.scan.worker import scan_one
 __all__ = ["DEFAULT_MAX_RETRIES", "run_local", "run_ray"]
 
 DEFAULT_MAX_RETRIES = 3
+_PRELOAD = ("weightprint.scan.worker", "weightprint.scan.signature", "weightprint.lineage.fingerprint",
+            "weightprint.io.gguf_file", "weightprint.io.hf", "weightprint.io.safetensors_file", "sqlalchemy")
+
+
+_ENV_PREFIXES = ("WEIGHTPRINT_", "HF_", "OLLAMA_", "NUMBA_", "OMP_")
+
+
+def _set_env(env: dict[str, str]) -> None:
+    """Pool initializer: the forkserver started with an older environment; use the caller's."""
+    for k in [k for k in os.environ if k.startswith(_ENV_PREFIXES) and k not in env]:
+        del os.environ[k]
+    os.environ.update(env)
 
 
 def _died(item: dict[str, Any], why: str) -> dict[str, Any]:
@@ -46,12 +59,15 @@ def run_local(items: list[dict[str, Any]], db_url: str, *, workers: int | None =
     results: dict[int, dict[str, Any]] = {}
     attempts = {i: 0 for i in range(len(items))}
     todo = list(range(len(items)))
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")  # no inherited threads or locks; imports paid once
+    ctx.set_forkserver_preload(list(_PRELOAD))
     while todo:
         for i in todo:
             attempts[i] += 1
         broken = False
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+        env = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_set_env,
+                                 initargs=(env,)) as pool:
             futures = {pool.submit(scan_one, items[i], db_url): i for i in todo}
             pending = set(futures)
             while pending:

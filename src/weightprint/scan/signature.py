@@ -31,9 +31,11 @@ from weightprint.lineage.fingerprint import Fingerprint
 __all__ = ["compare_signatures", "model_signature", "source_rank"]
 
 GRID_BLOCK = 16
-GRID_TOLERANCE = 0.05  # of the grid step: float16 rounding of dequantized values stays on the grid
+GRID_TOLERANCE = 0.01  # of the grid step
+F16_RELATIVE = 2.0 ** -11  # float16 rounding of dequantized values keeps them on their grid
 MAX_GRID_BITS = 10
 MAX_GRID_DIVISOR = 32
+GRID_SAMPLE_BLOCKS = 256
 MAX_ORDER_ROWS = 4096
 EMBED_SAMPLE = 16
 
@@ -60,8 +62,12 @@ def _block_levels(b: np.ndarray) -> float | None:
         if k[-1] >= 2 ** MAX_GRID_BITS:
             return None
         # refit offset and step on the integer levels (the smallest gap carries rounding error)
-        slope, offset = np.polyfit(k, b, 1) if k[-1] > 0 else (1.0, b[0])
-        if slope > 0 and np.abs((b - offset) / slope - k).max() <= GRID_TOLERANCE:
+        km, bm = k.mean(), b.mean()
+        var = float(((k - km) ** 2).sum())
+        slope = float(((k - km) * (b - bm)).sum()) / var if var > 0 else 1.0
+        offset = bm - slope * km
+        tol = np.maximum(GRID_TOLERANCE * slope, F16_RELATIVE * np.abs(b))  # float16 rounding of the values
+        if slope > 0 and np.all(np.abs(b - offset - slope * k) <= tol):
             return float(k[-1] + 1)
     return None
 
@@ -70,8 +76,8 @@ def grid_bits(x: np.ndarray) -> int | None:
     """Bits of the uniform grid every block of :data:`GRID_BLOCK` values lies on (None: off-grid).
 
     The grid of a block is found from its sorted values: a step that divides every gap
-    (within :data:`GRID_TOLERANCE` of the step, so the float16 rounding of dequantized values
-    keeps them on it); the bits are ``ceil(log2(levels spanned))``, at the 99th percentile over
+    (within :data:`GRID_TOLERANCE` of the step, or a float16 rounding of the value, so a
+    float16 dequantization stays on it); the bits are ``ceil(log2(levels spanned))``, at the 99th percentile over
     blocks. Float weights lie on no grid of at most ``2**MAX_GRID_BITS`` levels.
     """
     flat = np.asarray(x, dtype=np.float64).ravel()
@@ -79,8 +85,8 @@ def grid_bits(x: np.ndarray) -> int | None:
     if n == 0:
         return None
     blocks = np.sort(flat[:n].reshape(-1, GRID_BLOCK), axis=1)
-    if blocks.shape[0] > 1024:
-        blocks = blocks[np.linspace(0, blocks.shape[0] - 1, 1024).astype(int)]
+    if blocks.shape[0] > GRID_SAMPLE_BLOCKS:
+        blocks = blocks[np.linspace(0, blocks.shape[0] - 1, GRID_SAMPLE_BLOCKS).astype(int)]
     levels = []
     for b in blocks:
         lv = _block_levels(b)

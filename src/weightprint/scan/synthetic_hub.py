@@ -13,7 +13,6 @@ check the recovered graph entry by entry.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -124,7 +123,15 @@ def build_hub(root: str | Path, *, gemma: bool = True, n_tiny_families: int = 3,
     s = smollm2_path()
     s_name = _place_ollama(hub, "smollm2", "135m-q4_1", s)
     add(HubEntry(s_name, str(s), None, "original"))
-    dup = _place_tree(hub, "mirror/SmolLM2-135M-Instruct.Q4_1.gguf", s)  # same content, second path
+    dup = hub.tree / "mirror" / s.name  # a hard link: a second path to the same content
+    dup.parent.mkdir(parents=True, exist_ok=True)
+    if dup.exists() or dup.is_symlink():
+        dup.unlink()
+    try:
+        os.link(s.resolve(), dup)
+    except OSError:  # another file system: a symlink still gives a second path of the same content
+        dup.symlink_to(s.resolve())
+    dup = str(dup)
     add(HubEntry(dup, str(s), None, "copy"))
     perm = derived("permute", s, seed=1)
     recipes = [
@@ -183,7 +190,3 @@ def _place_all(hub: Hub, recipes: list) -> dict[str, str]:
         out[key if isinstance(key, str) else ":".join(key)] = name
     return out
 
-
-def content_id(path: str | Path) -> str:
-    """A short stable id of a path's content (for messages)."""
-    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
