@@ -25,7 +25,9 @@ similarities are independent and bounded, so the Chernoff-Hoeffding bound in KL 
 **Verdict.** ``different`` when that p-value is not below ``alpha``; otherwise ``same`` when
 the sides are indistinguishable at the precision the regime allows (greedy with log-probs: the
 arg-max agrees at >= 97% of the shared positions and the log-prob distance is <= 0.1 nats;
-greedy text only: mean similarity >= 0.9; sampled: cross/within ratio >= 0.8), else
+greedy text only: mean similarity >= 0.9; sampled: cross/within ratio >= 0.8, where within is
+the geometric mean of the two sides' own match rates, so the ratio is the kernel cosine of the
+two output distributions and a side that samples more sharply, e.g. with top-k, does not lower it), else
 ``related`` (a fine-tune, a different quantization, a merge), with the drift statistics as
 evidence. A sampled regime also reports a permutation test of H0 *both sides sample the same
 distribution* (labels exchanged within each prompt).
@@ -62,6 +64,8 @@ SAME_ARGMAX_AGREEMENT = 0.97
 SAME_LOGPROB_DISTANCE = 0.1
 SAME_TEXT_SIMILARITY = 0.9
 SAME_SAMPLED_RATIO = 0.8
+#: B's sample seeds start here (A's at ``seed``)
+SEED_OFFSET_B = 100_003
 
 _PIECE_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]+|[^\w\s]")
 
@@ -287,7 +291,7 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
         if sampled:
             cross[i] = _mean_pair_similarity(ta, tb, prefix_pieces)
             wa, wb = _mean_pair_similarity(ta, None, prefix_pieces), _mean_pair_similarity(tb, None, prefix_pieces)
-            within[i] = (wa + wb) / 2
+            within[i] = math.sqrt(wa * wb)
             exact[i] = any(x.strip() == y.strip() for x in ta for y in tb)
             tok_agree[i] = cross[i]
             row.update(cross=cross[i], within_a=wa, within_b=wb, a=ta[0], b=tb[0])
@@ -357,9 +361,16 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
 # ----------------------------------------------------------------------------------------------
 
 
+#: context window of local backends opened by compare (prompts are short; llama-cpp-python's
+#: log-probabilities cost time in proportion to the window)
+LOCAL_N_CTX = 512
+
+
 def _open(ref: str | Path | Backend, options: dict[str, Any]) -> tuple[Backend, bool]:
     if isinstance(ref, Backend):
         return ref, False
+    if not str(ref).lower().startswith(("http://", "https://")):
+        options = {"n_ctx": LOCAL_N_CTX, **options}
     return open_backend(ref, **options), True
 
 
@@ -404,13 +415,13 @@ def compare_models(
         Force the sampled (True) or greedy (False) regime; default: sampled when either side
         samples although asked for greedy output.
     max_tokens : int, *optional*
-        Tokens per continuation; default 24 greedy, 8 sampled.
+        Tokens per continuation; default 16 greedy, 8 sampled.
     n_samples : int, *optional*, defaults to 6
         Samples per prompt and side in the sampled regime.
     temperature : float, *optional*, defaults to 0.8
         Sampling temperature we ask for in the sampled regime.
     prefix_pieces : int, *optional*
-        Words compared per continuation; default 12 greedy, 3 sampled.
+        Words compared per continuation; default 10 greedy, 3 sampled.
     top_logprobs : int, *optional*, defaults to 5
         Top alternatives asked for where a side offers log-probabilities (greedy regime).
     alpha : float, *optional*, defaults to 1e-3
@@ -441,11 +452,13 @@ def compare_models(
             if sampled is None:
                 progress(0, 3, "probe sampling")
                 sampled = _is_sampling(ba) or _is_sampling(bb)
-            mt = max_tokens or (8 if sampled else 24)
-            pp = prefix_pieces or (3 if sampled else 12)
+            mt = max_tokens or (8 if sampled else 16)
+            pp = prefix_pieces or (3 if sampled else 10)
             kw = dict(sampled=sampled, max_tokens=mt, n_samples=n_samples, temperature=temperature,
                       top_logprobs=top_logprobs, seed=seed)
             side_a = collect_answers(ba, plist, progress=substep(progress, 1, 3, f"A {ba.label}"), **kw)
+            # B's samples get other seeds: two copies of one local model must not share their random draws
+            kw["seed"] = seed + (SEED_OFFSET_B if sampled else 0)
             side_b = collect_answers(bb, plist, progress=substep(progress, 2, 3, f"B {bb.label}"), **kw)
         finally:
             if close_b:

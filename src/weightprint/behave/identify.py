@@ -99,6 +99,7 @@ def identify_model(
     max_tokens: int = 16,
     prefix_pieces: int = 10,
     top_logprobs: int = 1,
+    n_pool: int | None = 16,
     target_options: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
 ) -> IdentifyResult:
@@ -117,6 +118,8 @@ def identify_model(
         Stop once the best hypothesis has this confidence.
     max_tokens, prefix_pieces, top_logprobs : int, *optional*
         Continuation length, words compared, log-probabilities asked for (where offered).
+    n_pool : int, *optional*, defaults to 16
+        Prompts every candidate answers up front (evenly spaced over the suite); None: all.
     target_options : dict, *optional*
         :func:`open_backend` options for the target (``model=``...).
 
@@ -131,6 +134,8 @@ def identify_model(
     if max_queries < 1:
         raise WeightprintError(f"`max_queries` must be at least 1, got {max_queries}")
     plist = list(prompts) if not isinstance(prompts, (str, Path)) else load_prompts(prompts)
+    if n_pool and len(plist) > n_pool:  # evenly spaced: every language of the suite stays in the pool
+        plist = [plist[int(i * len(plist) / n_pool)] for i in range(n_pool)]
 
     def request(p: Prompt, backend: Backend) -> GenerateRequest:
         k = top_logprobs if backend.capabilities.logprobs else 0
@@ -147,8 +152,7 @@ def identify_model(
         finally:
             if not isinstance(ref, Backend):
                 backend.close()
-    if len(set(names)) < len(names):
-        names = [f"{n} #{i + 1}" for i, n in enumerate(names)]
+    names = [f"{n} #{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
     n_c, n_p = len(names), len(plist)
     # pairwise discrepancy between candidates, per prompt
     disc = np.zeros((n_p, n_c, n_c))

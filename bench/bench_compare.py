@@ -1,0 +1,152 @@
+"""Black-box compare: speed on two local 135M GGUFs, and calibration over known-different pairs.
+
+    .venv/bin/python bench/bench_compare.py speed          # compare SmolLM2 Q4_1 vs its Q8_0, default suite
+    .venv/bin/python bench/bench_compare.py calibrate      # every pair of the model zoo, both regimes
+
+Calibration: the same-model test's null is "unrelated models" with mean prefix similarity at
+most c0. Over known-different pairs (SmolLM2 vs Gemma 3, real models vs independently
+initialised tiny llamas of several shapes, tiny llamas among themselves) the script reports each
+pair's mean similarity, p-value and verdict, the largest similarity seen (which c0 must exceed),
+and the false-positive rates of `same` and of `same or related` at the default level. Known
+related pairs (SmolLM2 vs its requantization and its fine-tune) are reported beside them.
+Answers are cached (weightprint.behave.cached), so a rerun recomputes only statistics.
+Results: bench/results/bench_compare_<mode>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from weightprint.behave.backends import open_backend  # noqa: E402
+from weightprint.behave.cached import CachedBackend, model_identity  # noqa: E402
+from weightprint.behave.compare import (  # noqa: E402
+    C0_GREEDY, C0_SAMPLED, DEFAULT_ALPHA, collect_answers, compare_answers, compare_models, SEED_OFFSET_B,
+)
+from weightprint.behave.suites import load_prompts  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+TINY_SHAPES = [  # (hidden, layers, intermediate, heads, kv heads)
+    (64, 2, 128, 4, 2), (64, 2, 128, 4, 2), (96, 3, 192, 4, 2), (96, 3, 192, 4, 2), (128, 2, 256, 4, 4), (48, 4, 96, 4, 2),
+]
+
+
+def _write(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"bench_compare_{name}.json"
+    data["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()}
+    out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return out
+
+
+def speed(threads: int) -> dict:
+    from _fixtures_behave import requantized
+    from weightprint.testing.models import smollm2_path
+
+    a = smollm2_path()
+    b = requantized(a)
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    r = compare_models(a, b, options_a={"n_threads": threads}, options_b={"n_threads": threads})
+    wall = time.perf_counter() - t0
+    data = {"what": "compare SmolLM2 Q4_1 vs its Q8_0 requantization, default suite, no cache",
+            "seconds": wall, "cpu_seconds": time.process_time() - cpu0, "threads": threads,
+            "verdict": r.verdict, "summary": r.summary(), "statistics": r.statistics, "n_prompts": r.n_prompts}
+    print(json.dumps({k: data[k] for k in ("seconds", "verdict", "summary")}, indent=1))
+    return data
+
+
+def zoo(with_finetune: bool) -> dict[str, tuple[str, Path]]:
+    """name -> (family, path)."""
+    from _fixtures_behave import requantized
+    from weightprint.testing.derive import derived
+    from weightprint.testing.models import gemma3_path, smollm2_path
+
+    sm = smollm2_path()
+    models = {"smollm2": ("smollm2", sm), "smollm2-q8_0": ("smollm2", requantized(sm)), "gemma3": ("gemma3", gemma3_path())}
+    if with_finetune:
+        ft = derived("finetune", sm, steps=200, seed=0)
+        models["smollm2-ft200"] = ("smollm2", derived("gguf", ft, file_type="Q8_0"))
+    for i, (h, layers, inter, heads, kv) in enumerate(TINY_SHAPES):
+        p = derived("tiny_llama", None, seed=1000 + i, steps=60, hidden_size=h, n_layers=layers,
+                    intermediate_size=inter, n_heads=heads, n_kv_heads=kv)
+        models[f"tiny{i}-{h}x{layers}"] = (f"tiny{i}", p)
+    return models
+
+
+def calibrate(threads: int, n_samples: int, with_finetune: bool) -> dict:
+    prompts = load_prompts("default")
+    cache = Path(os.environ.get("WEIGHTPRINT_CACHE", Path.home() / ".cache" / "weightprint")) / "behave_bench.db"
+    models = zoo(with_finetune)
+    regimes = {"greedy": dict(sampled=False, max_tokens=16, top_logprobs=5, prefix=10),
+               "sampled": dict(sampled=True, max_tokens=8, top_logprobs=0, prefix=3)}
+    answers: dict[tuple[str, str, int], object] = {}
+    timings = {}
+    for name, (_, path) in models.items():
+        t0 = time.perf_counter()
+        backend = CachedBackend(open_backend(path, n_threads=threads, n_ctx=512), cache, model_identity(path))
+        try:
+            for reg, kw in regimes.items():
+                for side_seed in ((0, SEED_OFFSET_B) if kw["sampled"] else (0,)):
+                    answers[(name, reg, side_seed)] = collect_answers(
+                        backend, prompts, sampled=kw["sampled"], max_tokens=kw["max_tokens"], n_samples=n_samples,
+                        temperature=0.8, top_logprobs=kw["top_logprobs"], seed=side_seed)
+        finally:
+            backend.close()
+        timings[name] = time.perf_counter() - t0
+        print(f"{name}: answers in {timings[name]:.1f} s", flush=True)
+    rows = []
+    for (na, (fa, _)), (nb, (fb, _)) in itertools.combinations(models.items(), 2):
+        for reg, kw in regimes.items():
+            sb = SEED_OFFSET_B if kw["sampled"] else 0
+            r = compare_answers(answers[(na, reg, 0)], answers[(nb, reg, sb)], prompts, sampled=kw["sampled"],
+                                prefix_pieces=kw["prefix"])
+            rows.append({"a": na, "b": nb, "regime": reg, "known": "related" if fa == fb else "different",
+                         "verdict": r.verdict, "mean_similarity": r.statistics["mean_similarity"],
+                         "log10_p_unrelated": r.unrelated_test.log10_pvalue,
+                         "logprob_distance": r.statistics.get("logprob_distance"),
+                         "argmax_agreement": r.statistics.get("argmax_agreement"),
+                         "cross_within_ratio": r.statistics.get("cross_within_ratio"),
+                         "exact_agreement": r.statistics["exact_agreement"]})
+    summary = {}
+    for reg in regimes:
+        diff = [r for r in rows if r["regime"] == reg and r["known"] == "different"]
+        summary[reg] = {
+            "known_different_pairs": len(diff),
+            "max_similarity_of_different_pairs": max(r["mean_similarity"] for r in diff),
+            "c0_in_use": C0_GREEDY if reg == "greedy" else C0_SAMPLED,
+            "false_positive_rate_same": sum(r["verdict"] == "same" for r in diff) / len(diff),
+            "false_positive_rate_same_or_related": sum(r["verdict"] != "different" for r in diff) / len(diff),
+            "alpha": DEFAULT_ALPHA,
+            "related_pairs": [r for r in rows if r["regime"] == reg and r["known"] == "related"],
+        }
+    for reg, s in summary.items():
+        print(reg, json.dumps({k: v for k, v in s.items() if k != "related_pairs"}))
+        for r in s["related_pairs"]:
+            print("   related:", r["a"], r["b"], r["verdict"], round(r["mean_similarity"], 3), r["logprob_distance"], r["cross_within_ratio"])
+    return {"pairs": rows, "summary": summary, "answer_seconds": timings, "n_samples": n_samples,
+            "n_prompts": len(prompts), "models": {k: str(v[1]) for k, v in models.items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["speed", "calibrate"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=6)
+    ap.add_argument("--finetune", action="store_true", help="include the 200-step fine-tune (built once, slow)")
+    args = ap.parse_args()
+    data = speed(args.threads) if args.mode == "speed" else calibrate(args.threads, args.samples, args.finetune)
+    print(_write(args.mode, data))
+
+
+if __name__ == "__main__":
+    main()

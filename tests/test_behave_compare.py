@@ -1,0 +1,218 @@
+"""compare / identify / template statistics on fake backends (fast), and the prompt suites.
+
+H0 of the same-model test: the two sides are unrelated models (mean prefix similarity <= c0).
+Its p-value is a Chernoff-Hoeffding bound: checked here against the exact binomial tail and,
+by simulation at the boundary of H0, for P(p <= alpha) <= alpha.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from weightprint.behave.backends.base import Backend, Capabilities, GenerateRequest, Generation
+from weightprint.behave.compare import (
+    C0_GREEDY, CompareResult, Side, chernoff_log10_pvalue, compare_answers, compare_models, prefix_similarity, text_pieces,
+)
+from weightprint.behave.identify import identify_model
+from weightprint.behave.suites import Prompt, load_prompts, shipped_suites
+from weightprint.errors import WeightprintError
+from weightprint.results import exit_code
+
+WORDS = [f"w{i}" for i in range(400)]
+
+
+class FakeModel(Backend):
+    """A deterministic 'model': continuation words drawn from a hash of (model seed, prompt, position).
+
+    ``drift`` in [0, 1]: at each position, with that probability (a hash coin) the word comes
+    from a second seed, as a fine-tuned copy would differ here and there; ``lp_noise`` shifts
+    the reported log-probabilities; ``sample`` makes temperature > 0 requests random.
+    """
+
+    name = "fake"
+
+    def __init__(self, seed: int, *, drift: float = 0.0, drift_seed: int = 999, lp_noise: float = 0.0,
+                 logprobs: bool = True, sample_noise: float = 0.3) -> None:
+        self.seed, self.drift, self.drift_seed, self.lp_noise = seed, drift, drift_seed, lp_noise
+        self.sample_noise = sample_noise
+        self.capabilities = Capabilities(logprobs=logprobs, max_top_logprobs=5 if logprobs else 0)
+        self.label = f"fake{seed}" + (f"~{drift}" if drift else "") + (f"+{lp_noise}" if lp_noise else "")
+        self.calls = 0
+
+    @staticmethod
+    def _h(*parts) -> int:
+        return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+    def _word(self, seed, prompt, j, ctx):
+        # Zipf-ish: small ids far more likely, so unrelated models sometimes agree
+        u = (self._h(seed, prompt, j, ctx) % 10_000) / 10_000
+        return WORDS[int(len(WORDS) * u ** 3)]
+
+    def generate(self, requests, progress=None):
+        out = []
+        for r in requests:
+            self.calls += 1
+            words, lps = [], []
+            for j in range(r.max_tokens):
+                ctx = " ".join(words[-2:])
+                seed = self.seed
+                if self.drift and (self._h("coin", self.drift_seed, r.prompt, j, ctx) % 1000) / 1000 < self.drift:
+                    seed = self.drift_seed
+                if r.temperature > 0 and (self._h("s", r.seed, r.prompt, j) % 1000) / 1000 < self.sample_noise:
+                    seed = ("sample", r.seed, self.seed)
+                words.append(self._word(seed, r.prompt, j, ctx))
+                lps.append(-0.5 - (self._h(self.seed, r.prompt, j) % 100) / 100 + self.lp_noise)
+            toks = tuple(" " + w for w in words)
+            k = r.top_logprobs if self.capabilities.logprobs else 0
+            out.append(Generation(text="".join(toks), tokens=toks if k else None, token_logprobs=tuple(lps) if k else None,
+                                  top_logprobs=tuple({t: lp} for t, lp in zip(toks, lps)) if k else None))
+        return out
+
+
+PROMPTS = [Prompt(id=f"p{i}", prompt=f"prompt number {i}") for i in range(24)]
+
+
+# ------------------------------------------------------------------ pieces and similarity
+def test_text_pieces_split_words_cjk_and_punctuation():
+    assert text_pieces(" Hello, world!") == ["Hello", ",", "world", "!"]
+    assert text_pieces("北京是中国的首都。") == list("北京是中国的首都") + ["。"]
+    assert text_pieces("Привет,  мир") == ["Привет", ",", "мир"]
+
+
+def test_prefix_similarity():
+    assert prefix_similarity("a b c d", "a b c d", 4) == 1.0
+    assert prefix_similarity("a b x d", "a b c d", 4) == 0.5
+    assert prefix_similarity("x", "y", 4) == 0.0
+    assert prefix_similarity("a b", "a b", 4) == 1.0  # both stopped early: the end agrees too
+    assert prefix_similarity("a b", "a b c", 4) == 0.5
+
+
+# ------------------------------------------------------------------ the p-value
+@pytest.mark.parametrize("c0", [0.1, 0.25, 0.5])
+def test_chernoff_bound_dominates_the_exact_binomial_tail(c0):
+    n = 24
+    for k in range(n + 1):
+        bound = 10 ** chernoff_log10_pvalue(k / n, c0, n)
+        exact = stats.binom.sf(k - 1, n, c0)
+        assert bound >= exact * (1 - 1e-9), (k, bound, exact)
+
+
+def test_pvalue_is_valid_at_the_boundary_of_the_null():
+    """H0 at its boundary: every prompt's similarity has mean c0 (Bernoulli and Beta shapes).
+    The rejection rate at alpha must not exceed alpha (it is a bound, so it is conservative)."""
+    rng = np.random.default_rng(0)
+    n, trials = 24, 4000
+    for draw in (lambda: rng.random((trials, n)) < C0_GREEDY,
+                 lambda: rng.beta(1.0, (1 - C0_GREEDY) / C0_GREEDY, (trials, n))):
+        means = draw().mean(axis=1)
+        logp = np.array([chernoff_log10_pvalue(m, C0_GREEDY, n) for m in means])
+        for alpha in (0.01, 0.05, 0.2):
+            assert np.mean(logp <= math.log10(alpha)) <= alpha
+
+
+# ------------------------------------------------------------------ verdicts on fake models
+def _compare(a, b, **kw):
+    return compare_models(a, b, prompts=PROMPTS, **kw)
+
+
+def test_same_model_is_same_with_a_tiny_pvalue():
+    r = _compare(FakeModel(1), FakeModel(1))
+    assert r.verdict == "same" and r.unrelated_test.log10_pvalue < -6
+    assert r.statistics["exact_agreement"] == 1.0 and r.statistics["logprob_distance"] == 0.0
+    assert exit_code(r) == 1
+    json.dumps(r.to_dict())
+
+
+def test_unrelated_models_are_different():
+    r = _compare(FakeModel(1), FakeModel(2))
+    assert r.verdict == "different" and r.unrelated_test.log10_pvalue > -3
+    assert exit_code(r) == 0
+
+
+def test_shifted_logprobs_with_the_same_text_are_related():
+    r = _compare(FakeModel(1), FakeModel(1, lp_noise=0.3))
+    assert r.verdict == "related"
+    assert r.statistics["logprob_distance"] == pytest.approx(0.3)
+
+
+def test_drifted_copy_is_related_not_same():
+    r = _compare(FakeModel(1, logprobs=False), FakeModel(1, drift=0.04, logprobs=False))
+    assert r.verdict == "related", r.summary()
+    assert 0.3 < r.statistics["mean_similarity"] < 0.9
+
+
+def test_sampled_regime_same_related_different():
+    kw = dict(sampled=True, n_samples=4)
+    same = _compare(FakeModel(1, logprobs=False), FakeModel(1, logprobs=False), **kw)
+    assert same.verdict == "same", same.summary()
+    assert same.mode == "sampled" and same.tests[1].name == "same-distribution"
+    diff = _compare(FakeModel(1, logprobs=False), FakeModel(2, logprobs=False), **kw)
+    assert diff.verdict == "different", diff.summary()
+    rel = _compare(FakeModel(1, logprobs=False), FakeModel(1, drift=0.35, logprobs=False), **kw)
+    assert rel.verdict == "related", rel.summary()
+
+
+def test_calibration_on_unrelated_fake_pairs_never_same():
+    verdicts = [_compare(FakeModel(i), FakeModel(100 + i)).verdict for i in range(12)]
+    assert "same" not in verdicts and verdicts.count("related") <= 1
+
+
+def test_compare_answers_checks_lengths():
+    side = Side("a", [[Generation(text="x")]], False, 1)
+    with pytest.raises(WeightprintError, match="cannot compare 1 and 1 answers to 2 prompts"):
+        compare_answers(side, side, PROMPTS[:2], sampled=False, prefix_pieces=4)
+
+
+def test_compare_result_is_a_verdict_with_evidence():
+    r = _compare(FakeModel(1), FakeModel(1))
+    assert isinstance(r, CompareResult)
+    assert r.evidence[0].name == "unrelated-null"
+    assert "H0: unrelated" in r.summary()
+
+
+# ------------------------------------------------------------------ identify
+def test_identify_finds_the_target_among_near_copies_in_few_queries():
+    cands = [FakeModel(1), FakeModel(1, lp_noise=0.05), FakeModel(1, drift=0.1), FakeModel(2), FakeModel(3)]
+    target = FakeModel(1)
+    r = identify_model(target, cands, prompts=PROMPTS, max_queries=8)
+    assert r.best == "fake1" and r.verdict == "identified"
+    assert r.queries_used <= 8 and target.calls == r.queries_used
+    assert r.ranking[0]["confidence"] >= 0.99
+
+
+def test_identify_says_none_for_an_unknown_target():
+    r = identify_model(FakeModel(7), [FakeModel(1), FakeModel(2), FakeModel(3)], prompts=PROMPTS, max_queries=8)
+    assert r.verdict == "uncertain" or r.best == "(none of the candidates)"
+    assert exit_code(r) == 0 or r.best == "(none of the candidates)"
+
+
+# ------------------------------------------------------------------ suites
+def test_shipped_suite_is_multilingual():
+    assert "default" in shipped_suites()
+    ps = load_prompts("default")
+    assert {p.lang for p in ps} >= {"en", "ru", "de", "fr", "zh", "code"}
+    assert len({p.id for p in ps}) == len(ps) >= 30
+
+
+def test_user_suite_and_its_errors(tmp_path):
+    f = tmp_path / "s.jsonl"
+    f.write_text('{"id": "a", "prompt": "one"}\n\n{"prompt": "two", "lang": "en"}\n', encoding="utf-8")
+    ps = load_prompts(f)
+    assert [p.prompt for p in ps] == ["one", "two"] and ps[1].id == "p3"
+    f.write_text('{"id": "a", "prompt": "one"}\n{"id": "a", "prompt": "two"}\n')
+    with pytest.raises(WeightprintError, match=r"s.jsonl: line 2 repeats the id `a`$"):
+        load_prompts(f)
+    f.write_text('{"prompt": ""}\n')
+    with pytest.raises(WeightprintError, match=r"line 1 has no non-empty string `prompt`$"):
+        load_prompts(f)
+    f.write_text('not json\n')
+    with pytest.raises(WeightprintError, match=r"line 1 is not JSON"):
+        load_prompts(f)
+    with pytest.raises(WeightprintError, match=r"nope.jsonl: no such prompt file$"):
+        load_prompts(tmp_path / "nope.jsonl")

@@ -1,0 +1,154 @@
+"""compare / identify / template on real models and a real OpenAI-compatible server on 127.0.0.1.
+
+One ``llama_cpp.server`` serving SmolLM2 is started per session (a free port on 127.0.0.1,
+killed at teardown); a proxy of our own in front of it strips log-probabilities and forces
+sampling (temperature 0.8, its own random seed), as a text-only vendor API would. Nothing is
+sent anywhere but 127.0.0.1.
+
+H0 of the p-values: the two sides are unrelated models. Local models run with one thread and a
+small context: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from _fixtures_behave import TextOnlySamplingProxy, requantized, start_llama_server, stop
+
+pytestmark = [pytest.mark.slow, pytest.mark.llama]
+
+LOCAL = {"n_threads": 1, "n_ctx": 512}
+N_PROMPTS = 16
+
+
+@pytest.fixture(scope="session")
+def llama_server(smollm2, llama_cpp_module, tmp_path_factory):
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python's server extra is not installed")
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    proc, url = start_llama_server(smollm2, threads=1, log=log)
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def proxy(llama_server):
+    with TextOnlySamplingProxy(llama_server, temperature=0.8) as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def http_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("http") / "cache.db"
+
+
+@pytest.fixture(scope="session")
+def smollm2_q8(smollm2, llama_cpp_module):
+    return requantized(smollm2)
+
+
+@pytest.fixture(scope="session")
+def finetuned_gguf(smollm2):
+    pytest.importorskip("torch")
+    from weightprint.testing.derive import derived
+
+    ft = derived("finetune", smollm2, steps=200, seed=0)
+    return derived("gguf", ft, file_type="Q8_0")
+
+
+def _compare(a, b, http_cache, **kw):
+    from weightprint.behave.compare import compare_models
+
+    opts = lambda ref: {"cache": http_cache} if str(ref).startswith("http") else dict(LOCAL)  # noqa: E731
+    return compare_models(a, b, n_prompts=N_PROMPTS, options_a=opts(a), options_b=opts(b), **kw)
+
+
+# ------------------------------------------------------------------ greedy, with log-probabilities
+def test_server_vs_its_local_file_is_same(llama_server, smollm2, http_cache):
+    r = _compare(llama_server, smollm2, http_cache)
+    assert r.mode == "greedy"
+    assert r.verdict == "same", r.summary()
+    assert r.unrelated_test.log10_pvalue < -6
+    assert r.statistics["logprob_distance"] is not None
+
+
+def test_server_vs_gemma_is_different(llama_server, gemma3, http_cache):
+    r = _compare(llama_server, gemma3, http_cache)
+    assert r.verdict == "different", r.summary()
+
+
+def test_requantized_copy_is_never_different(smollm2, smollm2_q8, http_cache):
+    r = _compare(smollm2, smollm2_q8, http_cache)
+    assert r.verdict in ("same", "related"), r.summary()
+
+
+def test_finetuned_copy_is_related_with_drift(llama_server, finetuned_gguf, http_cache):
+    r = _compare(llama_server, finetuned_gguf, http_cache)
+    assert r.verdict == "related", r.summary()
+    assert r.statistics["exact_agreement"] < 1.0
+
+
+# ------------------------------------------------------------------ text only, sampled
+def test_proxy_is_detected_as_text_only_and_sampling(proxy, http_cache):
+    from weightprint.behave.backends import open_backend
+
+    b = open_backend(proxy.url, cache=http_cache)
+    assert not b.capabilities.logprobs
+    assert b.is_sampling()
+    b.close()
+
+
+def test_text_only_sampled_endpoint_vs_local_file_is_same(proxy, smollm2, http_cache):
+    r = _compare(proxy.url, smollm2, http_cache)
+    assert r.mode == "sampled"
+    assert r.verdict == "same", r.summary()
+
+
+def test_text_only_sampled_endpoint_vs_gemma_is_different(proxy, gemma3, http_cache):
+    r = _compare(proxy.url, gemma3, http_cache)
+    assert r.verdict == "different", r.summary()
+
+
+def test_text_only_sampled_endpoint_vs_finetune_is_related(proxy, finetuned_gguf, http_cache):
+    r = _compare(proxy.url, finetuned_gguf, http_cache)
+    assert r.verdict == "related", r.summary()
+
+
+# ------------------------------------------------------------------ identify, template, CLI
+def test_identify_picks_smollm2_among_five_in_at_most_8_queries(llama_server, smollm2, smollm2_q8, finetuned_gguf,
+                                                                 gemma3, http_cache):
+    from weightprint.behave.backends import open_backend
+    from weightprint.behave.identify import identify_model
+
+    q4k = requantized(smollm2, ftype=15, name="q4_k_m")
+    cands = [open_backend(p, **LOCAL) for p in (gemma3, finetuned_gguf, smollm2_q8, q4k, smollm2)]
+    try:
+        r = identify_model(llama_server, cands, max_queries=8, target_options={"cache": http_cache})
+    finally:
+        for c in cands:
+            c.close()
+    assert r.best == smollm2.name, r.ranking
+    assert r.queries_used <= 8
+    assert r.verdict == "identified"
+
+
+def test_template_of_file_and_endpoint(llama_server, smollm2, gemma3, http_cache):
+    from weightprint.behave.template import detect_template
+
+    assert detect_template(smollm2).verdict == "ChatML"
+    assert detect_template(gemma3).verdict == "none"
+    r = detect_template(llama_server, model_options={"cache": http_cache})
+    assert r.source == "behaviour" and r.verdict == "ChatML", r.scores
+
+
+def test_cli_compare_json_and_exit_code(llama_server, smollm2, http_cache, monkeypatch):
+    from typer.testing import CliRunner
+
+    from weightprint.cli import app
+
+    monkeypatch.setenv("WEIGHTPRINT_CACHE", str(http_cache.parent))
+    res = CliRunner().invoke(app, ["compare", llama_server, str(smollm2), "--n-prompts", "4", "--json"])
+    assert res.exit_code in (0, 1), res.output
+    d = json.loads(res.stdout)
+    assert d["kind"] == "compare" and d["verdict"] in ("same", "related", "different")
