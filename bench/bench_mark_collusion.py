@@ -28,33 +28,19 @@ def requantized_view(model, file_type: str):
     """``model`` with every tensor quantized to the type ``file_type``'s mix gives it, and back."""
     from weightprint.constants import parse_file_type
     from weightprint.convert import plan_tensor_types
-    from weightprint.io.model import Model
     from weightprint.quant import dequantize, quantize, supports_quantize
+    from weightprint.testing.symmetry import ModelView
 
     plan = plan_tensor_types(model, parse_file_type(file_type))
 
-    class Requantized(Model):
-        def __init__(self) -> None:
-            for k in ("path", "format", "architecture", "metadata", "config", "tokenizer", "chat_template"):
-                setattr(self, k, getattr(model, k))
-
-        def tensor_infos(self):
-            return model.tensor_infos()
-
-        def info(self, name):
-            return model.info(name)
-
-        def raw(self, name):
-            raise NotImplementedError
-
-        def tensor(self, name, dtype=np.float32):
-            x = model.tensor(name)
+    class Requantized(ModelView):
+        def values(self, name, x):
             q = plan.get(name)
             if q is None or not supports_quantize(q) or x.ndim != 2:
-                return x.astype(dtype)
-            return dequantize(quantize(x, q), q, shape=x.shape).astype(dtype)
+                return x
+            return dequantize(quantize(x, q), q, shape=x.shape)
 
-    return Requantized()
+    return Requantized(model)
 
 
 def main() -> int:

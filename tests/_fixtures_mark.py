@@ -243,25 +243,11 @@ def collude(values: list[np.ndarray], strategy: str, rng: np.random.Generator) -
 
 def collusion_model(models: list, strategy: str, seed: int = 0):
     """A lazy :class:`~weightprint.io.model.Model` whose tensors are :func:`collude` of ``models``'."""
-    from weightprint.io.model import Model
+    from weightprint.testing.symmetry import ModelView
 
-    class Colluded(Model):
-        def __init__(self) -> None:
-            first = models[0]
-            for k in ("path", "format", "architecture", "metadata", "config", "tokenizer", "chat_template"):
-                setattr(self, k, getattr(first, k))
-
-        def tensor_infos(self):
-            return models[0].tensor_infos()
-
-        def info(self, name):
-            return models[0].info(name)
-
-        def raw(self, name):
-            raise NotImplementedError("a colluded view has no stored bytes")
-
-        def tensor(self, name, dtype=np.float32):
+    class Colluded(ModelView):
+        def values(self, name, x):
             rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")])
-            return collude([m.tensor(name) for m in models], strategy, rng).astype(dtype)
+            return collude([x] + [m.tensor(name) for m in models[1:]], strategy, rng)
 
-    return Colluded()
+    return Colluded(models[0])

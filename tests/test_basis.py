@@ -9,35 +9,24 @@ from weightprint.basis import recover_residual_map, residual_role
 from weightprint.errors import NotComparableError
 from weightprint.io.model import Model
 from weightprint.quant import dequantize, quantize
-from weightprint.testing.symmetry import TransformedModel, random_orthogonal, residual_transform
+from weightprint.testing.symmetry import ModelView, TransformedModel, random_orthogonal, residual_transform
 
 from _fixtures_lineage import ArrayModel, array_model, random_llama
 
 D = 64
 
 
-class Requantized(Model):
+class Requantized(ModelView):
     """``inner`` with every matrix rounded to ``qtype`` and back, lazily (a requantized leak)."""
 
     def __init__(self, inner: Model, qtype: str = "Q8_0") -> None:
-        self.inner, self.qtype = inner, qtype
-        for k in ("path", "format", "architecture", "metadata", "config", "tokenizer", "chat_template"):
-            setattr(self, k, getattr(inner, k))
+        super().__init__(inner)
+        self.qtype = qtype
 
-    def tensor_infos(self):
-        return self.inner.tensor_infos()
-
-    def info(self, name):
-        return self.inner.info(name)
-
-    def raw(self, name):
-        raise NotImplementedError
-
-    def tensor(self, name, dtype=np.float32):
-        x = self.inner.tensor(name)
+    def values(self, name, x):
         if x.ndim == 2 and x.shape[1] % 32 == 0:
             x = dequantize(quantize(x, self.qtype), self.qtype, shape=x.shape)
-        return x.astype(dtype)
+        return x
 
 
 @pytest.fixture(scope="module")

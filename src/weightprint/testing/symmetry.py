@@ -35,7 +35,7 @@ from weightprint.errors import WeightprintError
 from weightprint.io.model import Model, TensorInfo
 from weightprint.io.names import EMBED_NAME, FINAL_NORM_NAME, HEAD_NAME, NORM_SHIFT_ARCHITECTURES
 
-__all__ = ["KINDS", "TransformedModel", "random_orthogonal", "residual_transform", "transformed"]
+__all__ = ["KINDS", "ModelView", "TransformedModel", "random_orthogonal", "residual_transform", "transformed"]
 
 KINDS = ("sign_flip", "permute", "rotate")
 
@@ -47,7 +47,39 @@ def random_orthogonal(d: int, seed: int) -> np.ndarray:
     return q * np.sign(np.diag(r))[None, :]
 
 
-class TransformedModel(Model):
+class ModelView(Model):
+    """A lazy view of ``inner``: its names, shapes and metadata, each tensor passed through
+    :meth:`values` when fetched (one at a time). Subclasses override :meth:`values`."""
+
+    def __init__(self, inner: Model) -> None:
+        self.inner = inner
+        for attr in ("path", "format", "architecture", "metadata", "chat_template", "tokenizer"):
+            setattr(self, attr, getattr(inner, attr))
+        self.config = dict(inner.config or {})
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return self.inner.tensor_infos()
+
+    def info(self, name: str) -> TensorInfo:
+        return self.inner.info(name)
+
+    def raw(self, name: str) -> np.ndarray:
+        raise WeightprintError(f"{self.path}: a view has no stored bytes for `{name}`")
+
+    def release(self, name: str) -> None:
+        self.inner.release(name)
+
+    def close(self) -> None:
+        pass  # the caller owns ``inner``
+
+    def values(self, name: str, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def tensor(self, name: str, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        return np.asarray(self.values(name, self.inner.tensor(name)), dtype=dtype)
+
+
+class TransformedModel(ModelView):
     """``model`` with its residual basis changed by ``h -> h R`` (lazy, one tensor at a time).
 
     Parameters
@@ -65,14 +97,7 @@ class TransformedModel(Model):
 
     def __init__(self, inner: Model, *, matrix: np.ndarray | None = None, perm: np.ndarray | None = None,
                  signs: np.ndarray | None = None, fold_norms: bool = False) -> None:
-        self.inner = inner
-        self.path = inner.path
-        self.format = inner.format
-        self.architecture = inner.architecture
-        self.metadata = inner.metadata
-        self.config = dict(inner.config or {})
-        self.tokenizer = inner.tokenizer
-        self.chat_template = inner.chat_template
+        super().__init__(inner)
         self.hidden = int(inner.info(EMBED_NAME).shape[1])
         if perm is not None:
             self.perm = np.asarray(perm, dtype=np.int64)
@@ -106,15 +131,9 @@ class TransformedModel(Model):
             return self._by[name]
         return self.inner.info(name)
 
-    def raw(self, name: str) -> np.ndarray:
-        raise WeightprintError(f"{self.path}: a transformed model has no stored bytes for `{name}`")
-
     def release(self, name: str) -> None:
         if name in self._names:
             self.inner.release(name)
-
-    def close(self) -> None:
-        pass
 
     def _rows(self, x: np.ndarray) -> np.ndarray:
         """``x R`` (residual on the last axis)."""
