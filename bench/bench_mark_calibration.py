@@ -6,7 +6,7 @@ registered recipient's marked copy. The keys are scored on ``--layers`` decoder 
 code path as a full trace; a full trace streams ~134 MB per key) with the registry's code key.
 Writes ``bench/results/mark_calibration.json``.
 
-Usage: ``python bench/bench_mark_calibration.py [--keys 10000] [--layers 2]``.
+Usage: ``python bench/bench_mark_calibration.py [--keys 10000] [--layers 1]``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, default=10_000)
-    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=1)
     args = ap.parse_args()
 
     from _fixtures_mark import smol_issued

@@ -2,11 +2,12 @@
 
 Each colluded leak is a lazy view (tests/_fixtures_mark.py ``collusion_model``): agree-keep/midpoint,
 average, majority vote, random pick, weight by weight; optionally requantized to Q4_K_M by
-weightprint (``--requantize``). It is traced against the 8 registered copies plus ``--innocents``
+weightprint (``--requantize-ks``). It is traced against the 8 registered copies plus ``--innocents``
 fresh never-issued keys (the innocents when all 8 collude), with the registry's code key; the
 Bonferroni correction counts every key tested. Writes ``bench/results/mark_collusion.json``.
 
-Usage: ``python bench/bench_mark_collusion.py [--ks 2 4 8] [--innocents 100] [--requantize]``.
+Usage: ``python bench/bench_mark_collusion.py [--ks 2 4 8] [--innocents 100] [--requantize-ks 8]``.
+Results are written after every run (a long run can be stopped and still leave its numbers).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--innocents", type=int, default=100)
-    ap.add_argument("--requantize", action="store_true", help="also trace each colluded leak requantized to Q4_K_M")
+    ap.add_argument("--requantize-ks", type=int, nargs="*", default=[8],
+                    help="coalition sizes whose colluded leaks are also traced after a Q4_K_M requantization")
     ap.add_argument("--strategies", nargs="+", default=None)
     args = ap.parse_args()
 
@@ -69,39 +71,40 @@ def main() -> int:
     tests = registered + innocents
     out: dict = {"n_keys_tested": len(tests), "alpha": 1e-9, "runs": {}}
     strategies = args.strategies or list(COLLUSION_STRATEGIES)
-    variants = ["float"] + (["Q4_K_M"] if args.requantize else [])
-    for k in args.ks:
+    plan = [(k, strategy, "float") for k in args.ks for strategy in strategies]
+    plan += [(k, strategy, "Q4_K_M") for k in args.requantize_ks for strategy in strategies]
+    for k, strategy, variant in plan:
         colluders = SMOL_RECIPIENTS[:k]
         models = [open_model(info["copies"][r]["output"]) for r in colluders]
         try:
-            for strategy in strategies:
-                for variant in variants:
-                    leak = collusion_model(models, strategy, seed=k)
-                    if variant != "float":
-                        leak = requantized_view(leak, variant)
-                    t0 = time.perf_counter()
-                    with open_model(info["source"]) as o:
-                        st = correlate_leak(o, leak, tests, code_key=master.code_key())
-                    res = {t.evidence["recipient"]: t for t in st.tests}
-                    guilty = {r: res[r] for r in colluders}
-                    innocent = [t for r, t in res.items() if r not in colluders]
-                    run = {
-                        "k": k, "strategy": strategy, "leak": variant,
-                        "colluders_accused": sum(t.evidence["log10_pvalue_bonferroni"] < -9 for t in guilty.values()),
-                        "min_colluder_z": round(min(t.statistic for t in guilty.values()), 2),
-                        "max_colluder_log10_p_bonferroni": round(max(t.evidence["log10_pvalue_bonferroni"]
-                                                                     for t in guilty.values()), 1),
-                        "innocents_accused": sum(t.evidence["log10_pvalue_bonferroni"] < -9 for t in innocent),
-                        "max_innocent_z": round(max(t.statistic for t in innocent), 3),
-                        "min_innocent_p": min(t.pvalue for t in innocent),
-                        "n_candidates": next(iter(guilty.values())).n,
-                        "seconds": round(time.perf_counter() - t0, 1),
-                    }
-                    out["runs"][f"k{k}-{strategy}-{variant}"] = run
-                    print(json.dumps(run), flush=True)
+            leak = collusion_model(models, strategy, seed=k)
+            if variant != "float":
+                leak = requantized_view(leak, variant)
+            t0 = time.perf_counter()
+            with open_model(info["source"]) as o:
+                st = correlate_leak(o, leak, tests, code_key=master.code_key())
         finally:
             for m in models:
                 m.close()
+        res = {t.evidence["recipient"]: t for t in st.tests}
+        guilty = {r: res[r] for r in colluders}
+        innocent = [t for r, t in res.items() if r not in colluders]
+        run = {
+            "k": k, "strategy": strategy, "leak": variant,
+            "colluders_accused": sum(t.evidence["log10_pvalue_bonferroni"] < -9 for t in guilty.values()),
+            "min_colluder_z": round(min(t.statistic for t in guilty.values()), 2),
+            "max_colluder_log10_p_bonferroni": round(max(t.evidence["log10_pvalue_bonferroni"]
+                                                         for t in guilty.values()), 1),
+            "innocents_accused": sum(t.evidence["log10_pvalue_bonferroni"] < -9 for t in innocent),
+            "max_innocent_z": round(max(t.statistic for t in innocent), 3),
+            "min_innocent_p": min(t.pvalue for t in innocent),
+            "n_candidates": next(iter(guilty.values())).n,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        out["runs"][f"k{k}-{strategy}-{variant}"] = run
+        print(json.dumps(run), flush=True)
+        out["load_average"] = os.getloadavg()
+        write_result("mark_collusion", out)
     out["load_average"] = os.getloadavg()
     out["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     path = write_result("mark_collusion", out)
