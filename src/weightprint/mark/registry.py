@@ -179,14 +179,18 @@ class CopyRecord:
         return d
 
 
-def _process_start(pid: int) -> str:
-    """The start time of process ``pid`` (clock ticks since boot, Linux), or "" where unknown."""
+def _proc_stat(pid: int) -> tuple[str, str]:
+    """State and start time (clock ticks since boot) of process ``pid`` (Linux), or ("", "") where unknown."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             tail = f.read().rsplit(b")", 1)[1].split()
-        return tail[19].decode()
+        return tail[0].decode(), tail[19].decode()
     except (OSError, IndexError, ValueError):
-        return ""
+        return "", ""
+
+
+def _process_start(pid: int) -> str:
+    return _proc_stat(pid)[1]
 
 
 def process_token() -> str:
@@ -215,7 +219,10 @@ def owner_alive(owner: str | None, since: datetime, *, now: datetime | None = No
         pass
     except OSError:
         return False
-    return not start or _process_start(pid) in ("", start)
+    state, started = _proc_stat(pid)
+    if state in ("Z", "X"):  # killed, not yet reaped
+        return False
+    return not start or started in ("", start)
 
 
 class Registry:
