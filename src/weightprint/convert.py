@@ -18,6 +18,7 @@ import numpy as np
 
 from weightprint.constants import FILE_TYPE_BASE, FileType, QType, parse_file_type
 from weightprint.errors import WeightprintError
+from weightprint.io.limits import check_output_path, clean_stale_temporaries, io_boundary
 from weightprint.io.model import Model
 from weightprint.progress import ProgressCallback, no_progress
 from weightprint.io.open import open_or_borrow
@@ -132,18 +133,31 @@ def convert(
     WeightprintError
         Unreadable source, unsupported type, shape that does not fit the block size.
     """
-    model, owned = open_or_borrow(source)
-    progress = progress or no_progress
-    try:
-        if to == "gguf":
-            ft = parse_file_type(file_type) if isinstance(file_type, str) else (file_type or FileType.F16)
-            return _convert_to_gguf(model, Path(out), ft, tensor_transform, progress)
-        if to == "hf":
-            return _convert_to_hf(model, Path(out), dtype, tensor_transform, progress)
+    if to not in ("gguf", "hf"):
         raise WeightprintError(f"unknown output format `{to}`; expected `gguf` or `hf`")
-    finally:
-        if owned:
-            model.close()
+    # FileType.F32 is 0: `file_type or F16` would silently write F16 for `--type F32`
+    ft = parse_file_type(file_type) if isinstance(file_type, str) else (
+        FileType.F16 if file_type is None else FileType(file_type))
+    label = source.path if isinstance(source, Model) else source
+    with io_boundary(label):
+        model, owned = open_or_borrow(source)
+        progress = progress or no_progress
+        try:
+            _check_output(model, Path(out), to)
+            if to == "gguf":
+                return _convert_to_gguf(model, Path(out), ft, tensor_transform, progress)
+            return _convert_to_hf(model, Path(out), dtype, tensor_transform, progress)
+        finally:
+            if owned:
+                model.close()
+
+
+def _check_output(model: Model, out: Path, to: str) -> None:
+    """Refuse an output that is the input (or holds it) or is not a file/directory; clean the
+    temporaries that killed runs left beside it."""
+    inputs = {Path(model.path)} | {Path(t.file) for t in model.tensor_infos() if t.file is not None}
+    check_output_path(out, "file" if to == "gguf" else "directory", sorted(inputs))
+    clean_stale_temporaries(out)
 
 
 def _gguf_metadata(model: Model, file_type: FileType) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -169,6 +183,7 @@ def _convert_to_gguf(
 ) -> ConvertResult:
     from weightprint.io.gguf_writer import TensorSpec, write_gguf
     from weightprint.io.names import hf_to_gguf_name, to_stored_layout
+    from weightprint.io.safetensors_file import check_representable
     from weightprint.quant import quantize
 
     arch = model.architecture
@@ -200,6 +215,8 @@ def _convert_to_gguf(
                     raise WeightprintError(
                         f"tensor transform changed the shape of `{name}` from {info.shape} to {values.shape}"
                     )
+            if spec.qtype in (QType.F16, QType.BF16):
+                check_representable(name, values, spec.qtype.name)  # as --to hf: never a silent infinity
             stored = to_stored_layout(name, values, arch, model.config)
             rows = stored.reshape(-1, stored.shape[-1]) if stored.ndim > 1 else stored.reshape(1, -1)
             if keyed is None:

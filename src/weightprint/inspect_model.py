@@ -98,13 +98,6 @@ def vocabulary_sha256(tokens: list[str]) -> str:
     return hashlib.sha256(joined.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _first(d: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if d.get(k) is not None:
-            return d[k]
-    return None
-
-
 def inspect_model(path: str | Path | Model, *, sha256: bool = False) -> InspectResult:
     """Summarise a model file: architecture, sizes, tensor types, tokenizer and chat template.
 
@@ -115,7 +108,15 @@ def inspect_model(path: str | Path | Model, *, sha256: bool = False) -> InspectR
     sha256 : bool, *optional*, defaults to False
         Also hash the whole file (reads every byte; off by default).
     """
+    from weightprint.io.limits import io_boundary
+
+    with io_boundary(path.path if isinstance(path, Model) else path):
+        return _inspect(path, sha256)
+
+
+def _inspect(path: str | Path | Model, sha256: bool) -> InspectResult:
     from weightprint.io import file_sha256, open_model
+    from weightprint.io.values import Values
 
     model = path if isinstance(path, Model) else open_model(path)
     try:
@@ -128,21 +129,25 @@ def inspect_model(path: str | Path | Model, *, sha256: bool = False) -> InspectR
             s.nbytes += t.nbytes
         md, cfg, geo = model.metadata or {}, model.config or {}, model.geometry
         tok = model.tokenizer
-        file_type = md.get("general.file_type")
+        checked = Values(md, str(model.path))
+        file_type = checked.int("general.file_type", lo=None)
         if file_type is not None:
             from weightprint.constants import FileType
 
             try:
-                file_type = FileType(int(file_type)).name
+                file_type = FileType(file_type).name
             except ValueError:
                 file_type = str(file_type)
+        name = checked.str("general.name") if model.format == "gguf" else None
+        if name is None and isinstance(cfg.get("_name_or_path"), str):
+            name = cfg["_name_or_path"]
         p = Path(model.path)
         files = [p] if p.is_file() else sorted(p.glob("*.safetensors"))
         result = InspectResult(
             path=str(model.path),
             format=model.format,
             architecture=model.architecture,
-            name=_first(md, "general.name") or cfg.get("_name_or_path"),
+            name=name,
             n_parameters=sum(t.n_elements for t in infos),
             n_tensors=len(infos),
             types=dict(sorted(types.items())),

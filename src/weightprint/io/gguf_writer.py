@@ -14,6 +14,7 @@ from gguf import GGUFValueType
 from weightprint.constants import GGUF_MAGIC, QUANT_SIZES, QType
 from weightprint.errors import ShapeMismatchError, UnsupportedQuantType, WeightprintError
 from weightprint.io.files import temp_file_beside
+from weightprint.io.limits import MAX_ALIGNMENT, check_output_path, clean_stale_temporaries
 from weightprint.io.gguf_file import (
     _DTYPE_TO_VALUE_TYPE,
     _NUMPY_DTYPES,
@@ -215,6 +216,9 @@ def write_gguf(
     if not isinstance(alignment, (int, np.integer)) or alignment <= 0 or int(alignment) & (int(alignment) - 1):
         raise WeightprintError(f"{label}: `general.alignment` is {alignment!r}, expected a power of two")
     alignment = int(alignment)
+    if alignment > MAX_ALIGNMENT:
+        raise WeightprintError(f"{label}: `general.alignment` is {alignment}, more than the {MAX_ALIGNMENT} allowed")
+    check_output_path(path, "file")  # never replace a device, FIFO or directory with a file
     types = dict(metadata_types or {})
     if "general.alignment" in metadata:
         types["general.alignment"] = GGUFValueType.UINT32
@@ -237,6 +241,7 @@ def write_gguf(
     header += b"\0" * (-len(header) % alignment)
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(path)
     fd, tmp_name = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -24,8 +24,9 @@ import json
 import os
 import re
 import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from weightprint.errors import ModelFormatError, WeightprintError
 
@@ -40,6 +41,7 @@ __all__ = [
     "check_json_budget",
     "one_line",
     "tidy_error",
+    "io_boundary",
     "loads_json",
     "read_json",
     "regular_file",
@@ -175,6 +177,21 @@ def tidy_error(e: WeightprintError) -> WeightprintError:
         e.message = msg
         e.args = (msg,)
     return e
+
+
+@contextmanager
+def io_boundary(label: str | os.PathLike[str]) -> Iterator[None]:
+    """Around work on an untrusted model: every error leaves as one bounded line naming ``label``.
+
+    A :class:`WeightprintError` gets its message tidied (:func:`one_line`); a ``RecursionError``
+    or ``UnicodeDecodeError`` that no parser check caught becomes a :class:`ModelFormatError`.
+    """
+    try:
+        yield
+    except WeightprintError as e:
+        raise tidy_error(e)
+    except (RecursionError, UnicodeDecodeError) as e:
+        raise ModelFormatError(one_line(f"{label}: malformed model ({type(e).__name__}: {e})")) from e
 
 
 # --------------------------------------------------------------------------- inputs

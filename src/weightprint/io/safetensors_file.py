@@ -27,6 +27,7 @@ import numpy as np
 from weightprint.constants import QType
 from weightprint.errors import (
     ModelFormatError,
+    NonFiniteError,
     SafetensorsFormatError,
     ShapeMismatchError,
     TensorNotFound,
@@ -420,6 +421,33 @@ def _layout(tensors: Iterable[tuple[str, Sequence[int], _DType]]) -> list[_Entry
 
 
 _CHUNK_ELEMENTS = 1 << 22  # conversions run on 4M-element pieces: transient memory stays small
+_HALF_MAX = {"F16": 65504.0, "BF16": float(np.float32(3.3895313892515355e38))}  # largest finite values
+
+
+def check_representable(name: str, values: np.ndarray, dtype: str) -> None:
+    """Refuse float values that ``F16``/``BF16`` storage would turn into infinity or that are not finite.
+
+    GGUF output refuses the same values (:func:`weightprint.quant.quantize` and ``convert``), so
+    both targets agree instead of one of them writing infinities.
+
+    Raises
+    ------
+    NonFiniteError
+        One line naming the tensor, the count and the largest magnitude.
+    """
+    limit = _HALF_MAX.get(dtype)
+    if limit is None or values.dtype.kind != "f" or values.size == 0:
+        return
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = int(values.size - np.count_nonzero(finite))
+        raise NonFiniteError(f"tensor `{name}`: {bad} non-finite values (NaN or infinity); cannot store as {dtype}")
+    big = np.abs(values) > limit
+    if big.any():
+        raise NonFiniteError(
+            f"tensor `{name}`: {int(np.count_nonzero(big))} values overflow {dtype} "
+            f"(largest magnitude {float(np.abs(values).max()):.6g} > {limit:.6g}); cannot store as {dtype}"
+        )
 
 
 def _write_tensor(f: Any, name: str, arr: np.ndarray, entry: _Entry) -> None:
@@ -434,6 +462,8 @@ def _write_tensor(f: Any, name: str, arr: np.ndarray, entry: _Entry) -> None:
     bf16 = entry.dtype.name == "BF16" and arr.dtype != np.uint16  # uint16 input = raw bfloat16 bits
     for start in range(0, flat.size, _CHUNK_ELEMENTS):
         piece = flat[start : start + _CHUNK_ELEMENTS]
+        if not (bf16 is False and entry.dtype.name == "BF16"):  # raw bfloat16 bits are copied as they are
+            check_representable(name, piece, entry.dtype.name)
         if bf16:
             out = float32_to_bfloat16(piece.astype(np.float32, copy=False))
         else:
