@@ -149,12 +149,14 @@ def test_drifted_copy_is_related_not_same():
 
 def test_sampled_regime_same_related_different():
     kw = dict(sampled=True, n_samples=4)
-    same = _compare(FakeModel(1, logprobs=False), FakeModel(1, logprobs=False), **kw)
+    fake = dict(logprobs=False, sample_noise=0.1)
+    same = _compare(FakeModel(1, **fake), FakeModel(1, **fake), **kw)
     assert same.verdict == "same", same.summary()
     assert same.mode == "sampled" and same.tests[1].name == "same-distribution"
-    diff = _compare(FakeModel(1, logprobs=False), FakeModel(2, logprobs=False), **kw)
+    assert same.unrelated_test.n == 24 * 4  # disjoint sample pairs
+    diff = _compare(FakeModel(1, **fake), FakeModel(2, **fake), **kw)
     assert diff.verdict == "different", diff.summary()
-    rel = _compare(FakeModel(1, logprobs=False), FakeModel(1, drift=0.35, logprobs=False), **kw)
+    rel = _compare(FakeModel(1, **fake), FakeModel(1, drift=0.2, **fake), **kw)
     assert rel.verdict == "related", rel.summary()
 
 

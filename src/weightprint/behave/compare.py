@@ -13,14 +13,17 @@ Both sides complete the same prompts (:mod:`weightprint.behave.suites`). Two reg
   Provenance Testing (Nikolić et al. 2025): per-prompt match rates between the two sides
   (cross) and within each side (within).
 
-**The same-model test.** Per prompt, ``s_i`` in [0, 1] is the prefix similarity of the two
-sides' continuations (greedy: of the two continuations; sampled: averaged over all cross pairs),
-measured on their first ``prefix_pieces`` words (CJK characters count as words). H0: *A and B
-are unrelated models*, i.e. the average over prompts of ``E[s_i]`` is at most ``c0``, the
-largest suite-mean similarity measured over known-different pairs (real models and
-independently initialised tiny models; ``bench/bench_compare.py``) plus a margin. The prompts'
-similarities are independent and bounded, so the Chernoff-Hoeffding bound in KL form,
-``P(mean >= m) <= exp(-N KL(m || c0))``, is a valid p-value whatever the per-prompt means.
+**The same-model test.** An observation ``s`` in [0, 1] is the prefix similarity of two
+continuations, one from each side, measured on their first ``prefix_pieces`` words (CJK
+characters count as words): greedy, one per prompt; sampled, one per disjoint pair (the j-th
+sample of A with the j-th of B), so N prompts x m samples give N m independent observations.
+H0: *A and B are unrelated models*, i.e. the average expectation of the observations is at
+most ``c0``, the largest mean similarity measured over known-different pairs (real models and
+independently initialised tiny models; ``bench/bench_compare.py``) plus a margin. The
+observations are independent and bounded, so the Chernoff-Hoeffding bound in KL form,
+``P(mean >= m) <= exp(-n KL(m || c0))``, is a valid p-value whatever the per-prompt means.
+The identity question (``same`` or ``related``) is asked only after H0 is rejected, a fixed
+sequence of tests, so the chance of any false claim stays at ``alpha``.
 
 **Verdict.** ``different`` when that p-value is not below ``alpha``; otherwise ``same`` when
 the sides are indistinguishable at the precision the regime allows (greedy with log-probs: the
@@ -284,12 +287,14 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
     tok_agree = np.empty(n)
     lp_n = lp_sum = lp_agree = lp_tops = 0
     lp_prompts = 0
+    paired: list[float] = []  # sampled: the j-th sample of A against the j-th of B (disjoint, independent pairs)
     for i, p in enumerate(prompts):
         ta = [g.text for g in side_a.answers[i]]
         tb = [g.text for g in side_b.answers[i]]
         row: dict[str, Any] = {"id": p.id, "lang": p.lang}
         if sampled:
             cross[i] = _mean_pair_similarity(ta, tb, prefix_pieces)
+            paired += [prefix_similarity(x, y, prefix_pieces) for x, y in zip(ta, tb)]
             wa, wb = _mean_pair_similarity(ta, None, prefix_pieces), _mean_pair_similarity(tb, None, prefix_pieces)
             within[i] = math.sqrt(wa * wb)
             exact[i] = any(x.strip() == y.strip() for x in ta for y in tb)
@@ -313,13 +318,16 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
         rows.append(row)
 
     mean_sim = float(cross.mean())
-    log10_p = chernoff_log10_pvalue(mean_sim, c0, n)
+    test_stat, n_obs = (float(np.mean(paired)), len(paired)) if sampled else (mean_sim, n)
+    log10_p = chernoff_log10_pvalue(test_stat, c0, n_obs)
     unrelated = TestResult(
-        name="unrelated-null", statistic=mean_sim, log10_pvalue=log10_p,
+        name="unrelated-null", statistic=test_stat, log10_pvalue=log10_p,
         null_hypothesis=f"A and B are unrelated models: the mean prefix similarity of their continuations is at most {c0} "
                         "(the bound calibrated on known-different pairs)",
-        alternative="greater", method="Chernoff-Hoeffding bound exp(-N KL(mean || c0)) over independent prompts",
-        n=n, evidence={"c0": c0, "prefix_pieces": prefix_pieces, "mode": "sampled" if sampled else "greedy"},
+        alternative="greater",
+        method=("Chernoff-Hoeffding bound exp(-n KL(mean || c0)) over independent observations: "
+                + ("disjoint pairs of independent samples (j-th of A, j-th of B) of every prompt" if sampled else "one per prompt")),
+        n=n_obs, evidence={"c0": c0, "prefix_pieces": prefix_pieces, "mode": "sampled" if sampled else "greedy"},
     )
     tests = [unrelated]
     stats: dict[str, Any] = {
