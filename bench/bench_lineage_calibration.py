@@ -122,12 +122,14 @@ def main() -> None:
     ap.add_argument("--init-pairs", type=int, default=50)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--name", default="lineage_calibration")
+    ap.add_argument("--offset", type=int, default=7000, help="first trained pair index (split a run over processes)")
+    ap.add_argument("--no-power", action="store_true", help="skip the power measurements")
     args = ap.parse_args()
     t0 = time.perf_counter()
     a0 = derived("tiny_llama", None, seed=2 * 7000, steps=0, **ARCH)
     a1 = derived("tiny_llama", None, seed=2 * 7000, steps=args.steps, **ARCH)
     drift = relative_drift(a0, a1)
-    power_tiny = power(args.steps)
+    power_tiny = None if args.no_power else power(args.steps)
     init_rows = run_pairs(args.init_pairs, steps=0, offset=5000, label="init")
 
     def partial(rows: list[dict]) -> None:  # a long run records what it has after every pair
@@ -148,7 +150,7 @@ def main() -> None:
             "seconds": round(time.perf_counter() - t0, 1),
         }
 
-    trained_rows = run_pairs(args.pairs, steps=args.steps, offset=7000, label="trained", on_row=partial)
+    trained_rows = run_pairs(args.pairs, steps=args.steps, offset=args.offset, label="trained", on_row=partial)
     record = build(trained_rows, complete=True)
     path = write_result(args.name, record)
     print(json.dumps({k: record[k] for k in ("drift_from_init", "all", "seconds")}, indent=2))

@@ -162,7 +162,8 @@ def merge_lora(t: dict[str, np.ndarray], rank: int, rel: float, seed: int) -> di
 
 
 def prune_width(t: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
-    """Width pruning: keep only the residual coordinates ``keep`` in every tensor (Minitron-style)."""
+    """Width pruning: keep only the residual coordinates ``keep`` in every tensor (Minitron-style);
+    a permutation of all coordinates gives a residual permutation."""
     d = t["model.embed_tokens.weight"].shape[1]
     out: dict[str, np.ndarray] = {}
     for k, v in t.items():
@@ -235,23 +236,6 @@ def drop_layer(t: dict[str, np.ndarray], layer: int) -> dict[str, np.ndarray]:
             continue
         j = i - 1 if i > layer else i
         out[k.replace(f"layers.{i}.", f"layers.{j}.")] = v
-    return out
-
-
-def permute_residual(t: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
-    """Apply one random permutation to the residual coordinates of every tensor (the H0 symmetry)."""
-    d = t["model.embed_tokens.weight"].shape[1]
-    perm = np.random.default_rng(seed).permutation(d)
-    out: dict[str, np.ndarray] = {}
-    for k, v in t.items():
-        if v.ndim == 1 and v.shape[0] == d:
-            out[k] = v[perm]
-        elif k.endswith(("o_proj.weight", "down_proj.weight")):
-            out[k] = v[perm]
-        elif v.ndim == 2 and v.shape[1] == d:
-            out[k] = v[:, perm]
-        else:
-            out[k] = v
     return out
 
 

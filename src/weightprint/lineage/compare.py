@@ -318,6 +318,7 @@ def _recovered_test(
     s = correlation_matrix(pa, pb)
     t = _component("recovered-basis", s, n_resamples=n_resamples, rng=rng,
                    extra={"n_features": int(pa.shape[0]), "matched_layers": len(alignment.pairs),
+                          "unmatched_a": alignment.unmatched_a, "unmatched_b": alignment.unmatched_b,
                           "basis": basis, "calibration": RECOVERED_METHOD_NOTE})
     return TestResult(
         name=t.name, statistic=t.statistic, log10_pvalue=t.log10_pvalue,
@@ -450,8 +451,13 @@ def compare_fingerprints(
     result.combined = TestResult(**{**final.__dict__, "name": "white-box-combined"})
     ptxt = result.combined.pvalue_text()
     layer_note = ""
-    if alignment.unmatched_a or alignment.unmatched_b:
-        layer_note = f"; layers unmatched: A {alignment.unmatched_a}, B {alignment.unmatched_b}"
+    decider = min(tests, key=lambda t: t.log10_pvalue)
+    # the layer alignment of the test that decides (a rotated B aligns only in A's basis)
+    un_a = decider.evidence.get("unmatched_a", alignment.unmatched_a)
+    un_b = decider.evidence.get("unmatched_b", alignment.unmatched_b)
+    n_matched = decider.evidence.get("matched_layers", len(alignment.pairs))
+    if un_a or un_b:
+        layer_note = f"; layers unmatched: A {un_a}, B {un_b}"
     basis_txt = _basis_text(basis)
     basis_note = f"; {basis_txt}" if basis_txt else ""
     if result.combined.significant(alpha):
@@ -461,7 +467,7 @@ def compare_fingerprints(
         result.verdict = "derived"
         result.reason = (
             f"B shares A's weights up to a change of residual basis: {ptxt} (strongest: {best.name}, "
-            f"{best.pvalue_text()}{z_txt}; {len(alignment.pairs)} layers matched{layer_note}{basis_note}); {context}"
+            f"{best.pvalue_text()}{z_txt}; {n_matched} layers matched{layer_note}{basis_note}); {context}"
         )
     else:
         result.verdict = "no evidence"

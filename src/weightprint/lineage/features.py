@@ -21,24 +21,20 @@ information about the residual order that the permutation test relies on.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from weightprint.io.model import Model
+from weightprint.io.names import split_layer
 
 __all__ = [
     "ModelFeatures",
-    "embedding_rows",
     "extract_features",
     "token_hashes",
 ]
 
-_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)\.")
 _EXPERT_RE = re.compile(r"\.experts\.(\d+)\.")
 
 # Tensors whose columns (HF (out, in) layout) are residual coordinates.
@@ -50,9 +46,6 @@ _READS_RESIDUAL = (
 # Tensors whose rows are residual coordinates.
 _WRITES_RESIDUAL = ("o_proj.weight", "down_proj.weight", "w2.weight", "dense.weight")
 
-_EMBED_NAMES = ("model.embed_tokens.weight", "embed_tokens.weight", "transformer.wte.weight")
-_HEAD_NAMES = ("lm_head.weight",)
-_FINAL_NORM_NAMES = ("model.norm.weight", "norm.weight", "transformer.ln_f.weight")
 
 DESCRIPTOR_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -86,12 +79,12 @@ class ModelFeatures:
 
 
 def _role(name: str) -> tuple[int | None, str]:
-    m = _LAYER_RE.search(name)
-    if not m:
+    parts = split_layer(name)
+    if parts is None:
         return None, name
-    role = name[m.end():]
+    _, layer, role = parts
     role = _EXPERT_RE.sub(".experts.*.", "." + role)[1:]
-    return int(m.group(1)), role
+    return layer, role
 
 
 def _residual_axis(role: str, shape: tuple[int, ...], d: int) -> int | None:
@@ -111,12 +104,6 @@ def _residual_axis(role: str, shape: tuple[int, ...], d: int) -> int | None:
     return None
 
 
-def _norm_is_shifted(model: Model) -> bool:
-    """Gemma-family RMSNorms multiply by ``1 + w`` (Hugging Face layout stores ``w``)."""
-    names = (str(model.architecture or ""), str((model.config or {}).get("model_type", "")))
-    return any(n.lower().startswith("gemma") for n in names)
-
-
 def _input_norm(role: str, slot: dict[str, np.ndarray]) -> np.ndarray | None:
     """The norm weight applied to the input of a residual-reading matrix, if the layer has it."""
     if role.startswith(("self_attn.", "attention.", "attn.")):
@@ -134,9 +121,9 @@ def _input_norm(role: str, slot: dict[str, np.ndarray]) -> np.ndarray | None:
 def _layer_prefix(infos: list, layer: int) -> str:
     """``model.layers.N.`` as this model spells it (from the first tensor of block ``layer``)."""
     for info in infos:
-        m = _LAYER_RE.search(info.name)
-        if m and int(m.group(1)) == layer:
-            return info.name[: m.end()]
+        parts = split_layer(info.name)
+        if parts is not None and parts[1] == layer:
+            return f"{parts[0]}{layer}."
     return ""
 
 
@@ -147,16 +134,8 @@ def descriptor(feature: np.ndarray) -> np.ndarray:
 
 
 def hidden_size_of(model: Model) -> int | None:
-    """Residual width from the config, else from the embedding's shape."""
-    cfg = model.config or {}
-    for key in ("hidden_size", "n_embd", "d_model"):
-        v = cfg.get(key)
-        if isinstance(v, int) and v > 0:
-            return v
-    for info in model.tensor_infos():
-        if info.name in _EMBED_NAMES and len(info.shape) == 2:
-            return int(info.shape[1])
-    return None
+    """Residual width (``model.geometry``: config, else the embedding's shape)."""
+    return model.geometry.hidden_size
 
 
 def extract_features(
@@ -191,16 +170,16 @@ def extract_features(
         from weightprint.errors import NotComparableError
 
         raise NotComparableError(f"{model.path}: cannot tell the hidden size (no config and no embedding)")
-    names = {i.name for i in infos}
+    geo = model.geometry
     feats = ModelFeatures(hidden_size=d, n_parameters=sum(i.n_elements for i in infos))
-    feats.embed_name = next((n for n in _EMBED_NAMES if n in names), None)
-    feats.head_name = next((n for n in _HEAD_NAMES if n in names), None)
+    feats.embed_name = geo.embed_name
+    feats.head_name = geo.head_name
     per_layer: dict[int, dict[str, np.ndarray]] = {}
     vector_roles: set[str] = set()
     for info in infos:
         layer, role = _role(info.name)
         if layer is None:
-            if norm_features and info.name in _FINAL_NORM_NAMES and info.shape == (d,):
+            if norm_features and info.name == geo.final_norm_name and tuple(info.shape) == (d,):
                 feats.global_features["final_norm"] = model.tensor(info.name).astype(np.float32).reshape(-1)
             continue
         axis = _residual_axis(role, tuple(info.shape), d)
@@ -222,7 +201,7 @@ def extract_features(
         else:
             slot[role] = sq
         del w, w64
-    shifted = _norm_is_shifted(model)
+    shifted = geo.norm_shifted
     prefixes = {layer: _layer_prefix(infos, layer) for layer in per_layer} if gains is not None else {}
     for layer in sorted(per_layer):
         out: dict[str, np.ndarray] = {}
@@ -253,70 +232,3 @@ def token_hashes(tokens: list[str]) -> np.ndarray:
     for i, t in enumerate(tokens):
         out[i] = int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
     return out
-
-
-def _to_float32(raw: np.ndarray, qtype: Any, cols: int) -> np.ndarray:
-    from weightprint.constants import QType
-
-    raw = np.ascontiguousarray(raw)
-    if qtype == QType.F32:
-        return raw.view(np.float32).reshape(-1, cols).astype(np.float32)
-    if qtype == QType.F16:
-        return raw.view(np.float16).astype(np.float32).reshape(-1, cols)
-    if qtype == QType.BF16:
-        u = raw.view(np.uint16).astype(np.uint32) << 16
-        return u.view(np.float32).reshape(-1, cols)
-    try:
-        from weightprint.quant import dequantize  # type: ignore[attr-defined]
-
-        return np.asarray(dequantize(np.ascontiguousarray(raw), qtype, shape=(raw.shape[0], cols)), dtype=np.float32)
-    except ImportError:
-        import gguf
-
-        return np.asarray(gguf.quants.dequantize(np.ascontiguousarray(raw), qtype), dtype=np.float32).reshape(-1, cols)
-
-
-def _pread_rows(path: Path, offset: int, row_bytes: int, ids: np.ndarray) -> np.ndarray:
-    """Rows ``ids`` of a contiguous ``(rows, row_bytes)`` block read with ``pread`` (no mapping)."""
-    out = np.empty((len(ids), row_bytes), dtype=np.uint8)
-    with open(path, "rb") as f:
-        fd = f.fileno()
-        for k, i in enumerate(ids.tolist()):
-            chunk = os.pread(fd, row_bytes, offset + i * row_bytes)
-            if len(chunk) != row_bytes:
-                raise OSError(f"{path}: short read at byte {offset + i * row_bytes}")
-            out[k] = np.frombuffer(chunk, dtype=np.uint8)
-    return out
-
-
-def embedding_rows(model: Model, name: str, ids: np.ndarray) -> np.ndarray:
-    """Rows ``ids`` of a ``(vocab, d)`` tensor as float32, reading and dequantizing only those rows.
-
-    Rows of a file-backed tensor are read with ``pread`` rather than through the memory map, so
-    a sample of a few thousand rows of a large embedding does not fault most of it into the
-    resident set.
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    info = model.info(name)
-    rows, cols = int(info.shape[0]), int(info.shape[-1])
-    path = Path(str(info.file)) if info.file is not None else None
-    view = getattr(model, "inner", None) is not None  # a lazy view (mapped, transformed): its bytes are not its values
-    if view:
-        return np.asarray(model.tensor(name), dtype=np.float32)[ids]
-    if (
-        model.format in ("gguf", "safetensors", "hf")
-        and path is not None
-        and path.is_file()
-        and len(info.shape) == 2
-        and info.nbytes % rows == 0
-    ):
-        row_bytes = info.nbytes // rows
-        raw = _pread_rows(path, info.offset, row_bytes, ids)
-        return _to_float32(raw, info.qtype, cols)
-    try:
-        raw = model.raw(name)
-        if raw.shape[0] == rows:
-            return _to_float32(np.asarray(raw[ids]), info.qtype, cols)
-    except (NotImplementedError, AttributeError):
-        pass
-    return np.asarray(model.tensor(name), dtype=np.float32)[ids]

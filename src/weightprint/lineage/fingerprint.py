@@ -28,7 +28,6 @@ from weightprint.io.model import Model
 from weightprint.lineage.evidence import config_summary, minhash
 from weightprint.lineage.features import (
     ModelFeatures,
-    embedding_rows,
     extract_features,
     hidden_size_of,
     token_hashes,
@@ -378,7 +377,7 @@ def build_fingerprint(
             ids = ids[keep]
             chosen = [t for t, k in zip(chosen, keep) if k]
             fp.tokens = chosen
-            fp.embedding = _standardize_rows(embedding_rows(model, feats.embed_name, ids))
+            fp.embedding = _standardize_rows(model.read_rows(feats.embed_name, ids))
             if feats.head_name is not None and model.info(feats.head_name).shape[0] > int(ids.max(initial=0)):
-                fp.head = _standardize_rows(embedding_rows(model, feats.head_name, ids))
+                fp.head = _standardize_rows(model.read_rows(feats.head_name, ids))
     return fp
