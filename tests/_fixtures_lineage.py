@@ -243,14 +243,35 @@ TransformFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 # ------------------------------------------------------------------ real derived models (cached)
+_BUILDER_MODULES = ("weightprint.convert", "weightprint.quant", "weightprint.io", "weightprint.testing.llama_ref")
+
+
+def _code_key(modules: tuple[str, ...] = _BUILDER_MODULES) -> str:
+    """SHA-256 of the source files of the modules (packages: every ``.py`` below) that build the
+    cached files: a change to the converter or the quantizers rebuilds them instead of testing
+    against files an older version wrote."""
+    import hashlib
+    import importlib
+
+    h = hashlib.sha256()
+    for name in modules:
+        mod = importlib.import_module(name)
+        files = sorted(Path(mod.__file__).parent.rglob("*.py")) if Path(mod.__file__).name == "__init__.py" else [Path(mod.__file__)]
+        for f in files:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _cached_file(recipe: dict, build: Callable[[Path], None], suffix: str = ".gguf") -> Path:
-    """Build a file once per machine under ``cache_dir()/lineage/<sha of recipe>``; atomic rename."""
+    """Build a file once per machine under ``cache_dir()/lineage/<sha of recipe and builder code>``; atomic rename."""
     import hashlib
     import json
     import os
 
     from weightprint.testing.models import cache_dir
 
+    recipe = {**recipe, "code": _code_key()}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
     root = cache_dir() / "lineage"
     root.mkdir(parents=True, exist_ok=True)
