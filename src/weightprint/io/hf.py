@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
@@ -218,9 +219,27 @@ class HFModel(Model):
 # --------------------------------------------------------------------------- writer
 
 
+def _json_text(value: Any, level: int = 0) -> str:
+    """``json.dumps(value, indent=2)``, except that the entries of a large object go one per line.
+
+    An indented dump runs the pure-Python encoder (seconds for Gemma 3's 6k-entry
+    ``added_tokens_decoder``); a large object's entries are dumped compactly by the C encoder, one
+    per line. The JSON value is the same.
+    """
+    pad = "  " * (level + 1)
+    if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+        if len(value) > 64:
+            items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}" for k, v in value.items()]
+        else:
+            items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {_json_text(v, level + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * level + "}"
+    # JSON strings hold no raw newline: re-indenting the lines of a nested dump is safe
+    return json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n" + "  " * level)
+
+
 def _write_json(directory: Path, name: str, value: Any) -> None:
     with open(directory / name, "w", encoding="utf-8") as f:
-        f.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+        f.write(_json_text(value) + "\n")
 
 
 def _generation_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -341,9 +360,16 @@ def write_hf_dir(
                     copied.add(fname)
         if "generation_config.json" not in copied:
             _write_json(tmp, "generation_config.json", _generation_config(config))
-        if "tokenizer.json" not in copied and model.tokenizer is not None:
-            _write_tokenizer_files(tmp, model, config)
-        write_safetensors_shards(tmp, specs, data, max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
+        # The tokenizer files (Python work: vocabulary, merges, JSON) are built on a second
+        # thread while the weights stream (numpy/numba work that releases the GIL); leaving the
+        # `with` waits for it, and its error, if any, is raised.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightprint-tokenizer") as pool:
+            tokenizer_job = None
+            if "tokenizer.json" not in copied:
+                tokenizer_job = pool.submit(_write_tokenizer_files, tmp, model, config)
+            write_safetensors_shards(tmp, specs, data, max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
+            if tokenizer_job is not None:
+                tokenizer_job.result()
         os.chmod(tmp, 0o755)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
@@ -366,7 +392,8 @@ def _write_tokenizer_files(directory: Path, model: Model, config: dict[str, Any]
     )
 
     info = model.tokenizer
-    assert info is not None  # checked by the caller
+    if info is None:
+        return
     prefix = (model.metadata or {}).get("tokenizer.ggml.add_space_prefix")
     if isinstance(prefix, np.generic):
         prefix = prefix.item()

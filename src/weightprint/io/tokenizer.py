@@ -176,6 +176,38 @@ def _substring_hashes(cps: np.ndarray, pos: np.ndarray, max_len: int, rng: np.ra
     return key
 
 
+def _hash_table(keys: np.ndarray, values: np.ndarray):
+    """A function ``(query keys) -> values``, -1 where absent: buckets by the low bits of the key.
+
+    Vectorized open hashing: keys grouped by bucket, each query scans its bucket (a handful of
+    entries at load <= 1/2) in a few array passes; cheaper than a binary search per query.
+    """
+    size = 1 << max(4, int(2 * len(keys)).bit_length())
+    mask = np.uint64(size - 1)
+    slot = (keys & mask).astype(np.int64)
+    order = np.argsort(slot, kind="stable")
+    counts = np.bincount(slot, minlength=size)
+    starts = np.cumsum(counts) - counts
+    table_keys, table_values = keys[order], values[order]
+    depth = int(counts.max()) if len(keys) else 0
+
+    def lookup(query: np.ndarray) -> np.ndarray:
+        out = np.full(len(query), -1, dtype=np.int64)
+        q_slot = (query & mask).astype(np.int64)
+        first, n = starts[q_slot], counts[q_slot]
+        todo = np.nonzero(n > 0)[0]
+        for d in range(depth):
+            at = first[todo] + d
+            hit = table_keys[at] == query[todo]
+            out[todo[hit]] = table_values[at[hit]]
+            todo = todo[~hit & (n[todo] > d + 1)]
+            if len(todo) == 0:
+                break
+        return out
+
+    return lookup
+
+
 def _spm_merges(info: TokenizerInfo, types: np.ndarray) -> list[tuple[str, str]]:
     """Merges for a SentencePiece BPE vocabulary, ranked by the score of the merged piece.
 
@@ -204,16 +236,11 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray) -> list[tuple[str, str]]
     for _attempt in range(8):
         key = _substring_hashes(cps, pos, max_len, rng)
         member_keys = key(offsets[members], offsets[members] + lens[members], offsets[members])
-        order = np.argsort(member_keys, kind="stable")
-        sorted_keys = member_keys[order]
-        if len(sorted_keys) < 2 or not (sorted_keys[1:] == sorted_keys[:-1]).any():
+        if len(np.unique(member_keys)) == len(member_keys):
             break
     else:  # eight colliding draws of 62-bit hashes: not a real vocabulary
         raise ModelFormatError("SentencePiece vocabulary defeats the merge search (hash collisions)")
-
-    def lookup(keys: np.ndarray) -> np.ndarray:
-        at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-        return np.where(sorted_keys[at] == keys, members[order[at]], -1)
+    lookup = _hash_table(member_keys, members)
 
     # every split point k = 1 .. len - 1 of every merged token; the left part first, then the
     # right part of the splits whose left part is a piece
