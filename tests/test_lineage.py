@@ -144,7 +144,7 @@ def base():
 
 @pytest.mark.parametrize(
     "name",
-    ["identical", "noise-10%", "noise-30%", "permuted", "dropped-layer", "permuted+noise+dropped", "lora-r8-50%"],
+    ["identical", "noise-10%", "noise-30%", "permuted", "dropped-layer", "permuted+noise+dropped", "lora-r8-50%", "two-layers-dropped"],
 )
 def test_derived_models_are_detected(base, name):
     t = {
@@ -155,6 +155,7 @@ def test_derived_models_are_detected(base, name):
         "dropped-layer": lambda: drop_layer(base, 1),
         "permuted+noise+dropped": lambda: drop_layer(add_relative_noise(permute_hidden(base, 3, n_heads=4, n_kv=2), 0.2, 4), 2),
         "lora-r8-50%": lambda: merge_lora(base, 8, 0.5, 6),
+        "two-layers-dropped": lambda: drop_layer(drop_layer(add_relative_noise(base, 0.1, 7), 2), 0),
     }[name]()
     r = compare_models(array_model(base, label="A"), array_model(t, label="B"))
     assert r.verdict == "derived", r.reason
