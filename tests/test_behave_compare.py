@@ -218,3 +218,44 @@ def test_user_suite_and_its_errors(tmp_path):
         load_prompts(f)
     with pytest.raises(WeightprintError, match=r"nope.jsonl: no such prompt file$"):
         load_prompts(tmp_path / "nope.jsonl")
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_compare_two_endpoints_json(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from _fixtures_behave import FaultServer
+    from weightprint.cli import app
+
+    monkeypatch.setenv("WEIGHTPRINT_CACHE", str(tmp_path))
+    with FaultServer() as srv:
+        res = CliRunner().invoke(app, ["compare", srv.url, srv.url + "/v1", "--json", "--html", str(tmp_path / "r.html")])
+    assert res.exit_code == 1, res.output
+    d = json.loads(res.stdout)
+    assert d["verdict"] == "same" and d["mode"] == "greedy" and d["n_prompts"] == len(load_prompts())
+    assert (tmp_path / "http_cache.db").is_file()  # answers cached under $WEIGHTPRINT_CACHE
+    assert "prefix similarity per prompt" in (tmp_path / "r.html").read_text()
+
+
+def test_cli_compare_missing_file_is_one_line_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from weightprint.cli import app
+
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "nope.gguf"), str(tmp_path / "b.gguf")])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == f"error: {tmp_path / 'nope.gguf'}: no such GGUF file"
+
+
+def test_cli_endpoint_failure_is_one_line_error(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from _fixtures_behave import FaultServer
+    from weightprint.cli import app
+
+    monkeypatch.setenv("WEIGHTPRINT_CACHE", str(tmp_path))
+    with FaultServer(default="400") as srv:
+        res = CliRunner().invoke(app, ["template", srv.url, "--model", "m"])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert lines[0] == f"error: {srv.url}/v1/completions: HTTP 400 Bad Request: bad request: unknown field"
