@@ -13,20 +13,22 @@ orthogonal ``R`` (``d x d``) and a scale ``s > 0`` (RMSNorm is scale-invariant).
 ``g_B`` the effective gains of the RMSNorm before a reading layer (Gemma's ``1 + w``), the
 tensors of ``B`` relate to ``A``'s as follows (Hugging Face layout, ``(out, in)``):
 
-================  ==============================  =========================================
-role              ``B`` from ``A``                 ``A`` from ``B`` (:meth:`ResidualMap.to_a`)
-================  ==============================  =========================================
-embedding         ``E_B = s E_A R``               ``E_A = E_B R^T / s``
-reader (q/k/v,    ``W_B diag(g_B) = W_A diag(g_A)  ``W_A = W_B diag(g_B) R^T diag(1/g_A)``
-gate/up, head)    R``
-writer (o, down)  ``W_B = s R^T W_A``             ``W_A = R W_B / s``
-norm gain         ``g_B = g_A P`` (signed perm)   ``g_A = g_B P^T`` (rotations: unchanged)
-================  ==============================  =========================================
+====================================  ==================================  ============================================
+role                                  ``B`` from ``A``                    ``A`` from ``B`` (:meth:`ResidualMap.to_a`)
+====================================  ==================================  ============================================
+embedding                             ``E_B = s E_A R``                   ``E_A = E_B R^T / s``
+reader (q/k/v, gate/up, the head)     ``W_B diag(g_B) = W_A diag(g_A) R``  ``W_A = W_B diag(g_B) R^T diag(1/g_A)``
+writer (o_proj, down_proj)            ``W_B = s R^T W_A``                 ``W_A = R W_B / s``
+norm gain (signed permutation ``P``)  ``g_B = g_A P``                     ``g_A = g_B P^T`` (rotations: left as is)
+====================================  ==================================  ============================================
 
 A reader's input axis is axis 1, a writer's output axis is axis 0; the embedding and the head
-hold residual vectors in their rows (axis 1). A rotated model normally has its gains folded
-(``g_B = 1``); the formulas hold whether or not they are, so the comparison is made in a
-norm-folded form and unfolded with ``A``'s gains.
+hold residual vectors in their rows (axis 1). A rotated model has its gains folded into its
+readers (``g_B = 1``), so readers are compared in the norm-folded form and unfolded with
+``A``'s gains. Under a signed permutation the gains need no folding: they are unfolded only
+when ``B``'s gain is constant (folded); gains that merely drifted (fine-tuning) or belong to
+another layer (layers reordered under their names) are left alone, since rescaling by them
+would add error rather than remove it.
 
 Recovery uses the embedding rows of tokens both models share *by string* (so a reordered
 vocabulary does not matter). The shared tokens are split at random into a fit set and a
@@ -37,9 +39,9 @@ held-out set.
   partners form a permutation, the candidate is ``R[perm[j], j] = sign(cos)``.
 - **Orthogonal.** Orthogonal Procrustes: ``R = U V^T`` from the SVD ``E_A^T E_B = U S V^T``
   (fit set), ``s = trace(S) / ||E_A||^2``; optionally refined by the same Procrustes step on
-  the cross-products of every reader and writer pair (rows matched under the first estimate,
-  which also survives permuted MLP units), which adds millions of equations to the
-  vocabulary's tens of thousands.
+  the cross-products of ``DEFAULT_REFINE_TENSORS`` reader and writer matrices spread over the
+  layers (rows matched under the first estimate, which also survives permuted MLP units):
+  millions of equations added to the vocabulary's tens of thousands.
 
 The signed permutation is kept when its held-out residual is no worse than the Procrustes
 fit's (it is a special case, so on a genuinely permuted model it fits as well with no
