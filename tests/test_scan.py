@@ -165,10 +165,15 @@ def test_cli_scan_writes_json_and_html(tiny_hub, tmp_path):
                                    "--workers", "1", "--out", str(out), "--html", str(page)])
     assert res.exit_code == 1, res.output  # evidence found
     assert res.stdout.startswith("lineage found: 3 parent links in 1 families")
+    assert "(p = " in res.stdout and ", q = " in res.stdout
     data = json.loads(out.read_text())
     assert {e["kind"].split(" ")[0] for e in data["edges"]} <= {"quantized", "re-encoded", "weights"}
     assert all(e["log10_qvalue"] < -2 for e in data["edges"])
     html = page.read_text()
+    import xml.etree.ElementTree as ET
+
+    svg = ET.fromstring(html[html.index("<svg"):html.index("</svg>") + 6])  # well-formed, self-contained SVG
+    assert len(list(svg.iter("{http://www.w3.org/2000/svg}line"))) == 3
     assert html.count("<rect") == 6 and "<script src" not in html and "http" not in html.split("<svg", 1)[0]
     res = CliRunner().invoke(app, ["scan", str(root / "indie"), "--db", str(tmp_path / "s.db"), "--workers", "1"])
     assert res.exit_code == 0 and res.stdout.startswith("no evidence of lineage at FDR 0.01")

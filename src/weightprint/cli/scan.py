@@ -46,5 +46,5 @@ def scan(
     else:
         say(result.summary())
         for e in result.edges:
-            say(f"{e['child_name']} <- {e['parent_name']}: {e['kind']} (p {e['pvalue_text']}, q {e['qvalue_text']})")
+            say(f"{e['child_name']} <- {e['parent_name']}: {e['kind']} ({e['pvalue_text']}, {e['qvalue_text']})")
     finish(result)

@@ -200,8 +200,14 @@ def scan_models(
     )
 
 
+def _qtext(log10_q: float) -> str:
+    """``q = 2.1e-88``: a q-value written like :func:`format_pvalue` writes a p-value."""
+    text = format_pvalue(log10_q)
+    return "q" + text[1:] if text.startswith("p") else text
+
+
 def _edge_dict(e: Edge, first: dict[str, str]) -> dict[str, Any]:
     return {"parent": e.parent[:12], "child": e.child[:12], "parent_name": first[e.parent], "child_name": first[e.child],
             "kind": e.kind, "log10_pvalue": e.log10_pvalue, "log10_qvalue": e.log10_qvalue,
-            "pvalue_text": format_pvalue(e.log10_pvalue), "qvalue_text": format_pvalue(e.log10_qvalue),
+            "pvalue_text": format_pvalue(e.log10_pvalue), "qvalue_text": _qtext(e.log10_qvalue),
             "statistic": e.statistic, "drift": e.diff.get("drift"), "distance": e.distance if math.isfinite(e.distance) else None}

@@ -81,7 +81,7 @@ def run_local(items: list[dict[str, Any]], db_url: str, *, workers: int | None =
                     except Exception as e:  # noqa: BLE001 - reported per item
                         results[i] = _died(items[i], f"worker failed ({type(e).__name__}: {e})")
                     if i in results:
-                        progress(len(results), len(items), os.path.basename(items[i]["path"]))
+                        progress(len(results), len(items), items[i]["ref"])
         todo = [i for i in todo if i not in results]
         for i in [i for i in todo if attempts[i] > max_retries]:
             results[i] = _died(items[i], f"worker died {attempts[i]} times")
@@ -146,7 +146,7 @@ def run_ray(items: list[dict[str, Any]], db_url: str, *, address: str = "auto", 
                     results[i] = ray.get(r)
                 except Exception as e:  # noqa: BLE001 - a task that died more than max_retries times
                     results[i] = _died(items[i], f"worker failed after {max_retries} retries ({type(e).__name__})")
-                progress(len(results), len(items), os.path.basename(items[i]["path"]))
+                progress(len(results), len(items), items[i]["ref"])
                 submit()
         return [results[i] for i in range(len(items))]
     finally:

@@ -64,7 +64,7 @@ def scan_html(result: Any) -> str:
            'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>']
     for e in d["edges"]:
         (x1, y1), (x2, y2) = pos[e["parent"]], pos[e["child"]]
-        title = html.escape(f"{e['parent_name']} -> {e['child_name']}: {e['kind']}; p {e['pvalue_text']}, q {e['qvalue_text']}")
+        title = html.escape(f"{e['parent_name']} -> {e['child_name']}: {e['kind']}; {e['pvalue_text']}, {e['qvalue_text']}")
         svg.append(f'<g><title>{title}</title><line x1="{x1 + _W / 2:.0f}" y1="{y1 + _H:.0f}" x2="{x2 + _W / 2:.0f}" '
                    f'y2="{y2:.0f}" stroke="#555" stroke-width="1.5" marker-end="url(#arrow)"/>'
                    f'<text x="{(x1 + x2) / 2 + _W / 2 + 4:.0f}" y="{(y1 + _H + y2) / 2:.0f}" fill="#a33" font-size="9">'
