@@ -83,8 +83,9 @@ def zoo(with_finetune: bool) -> dict[str, tuple[str, Path]]:
     return models
 
 
-def calibrate(threads: int, n_samples: int, with_finetune: bool) -> dict:
+def calibrate(threads: int, n_samples: int, with_finetune: bool, sampled_prompts: int) -> dict:
     prompts = load_prompts("default")
+    reg_prompts = {"greedy": prompts, "sampled": prompts[::max(1, len(prompts) // sampled_prompts)][:sampled_prompts]}
     cache = Path(os.environ.get("WEIGHTPRINT_CACHE", Path.home() / ".cache" / "weightprint")) / "behave_bench.db"
     models = zoo(with_finetune)
     regimes = {"greedy": dict(sampled=False, max_tokens=16, top_logprobs=5, prefix=10),
@@ -98,7 +99,7 @@ def calibrate(threads: int, n_samples: int, with_finetune: bool) -> dict:
             for reg, kw in regimes.items():
                 for side_seed in ((0, SEED_OFFSET_B) if kw["sampled"] else (0,)):
                     answers[(name, reg, side_seed)] = collect_answers(
-                        backend, prompts, sampled=kw["sampled"], max_tokens=kw["max_tokens"], n_samples=n_samples,
+                        backend, reg_prompts[reg], sampled=kw["sampled"], max_tokens=kw["max_tokens"], n_samples=n_samples,
                         temperature=0.8, top_logprobs=kw["top_logprobs"], seed=side_seed)
         finally:
             backend.close()
@@ -108,7 +109,7 @@ def calibrate(threads: int, n_samples: int, with_finetune: bool) -> dict:
     for (na, (fa, _)), (nb, (fb, _)) in itertools.combinations(models.items(), 2):
         for reg, kw in regimes.items():
             sb = SEED_OFFSET_B if kw["sampled"] else 0
-            r = compare_answers(answers[(na, reg, 0)], answers[(nb, reg, sb)], prompts, sampled=kw["sampled"],
+            r = compare_answers(answers[(na, reg, 0)], answers[(nb, reg, sb)], reg_prompts[reg], sampled=kw["sampled"],
                                 prefix_pieces=kw["prefix"])
             rows.append({"a": na, "b": nb, "regime": reg, "known": "related" if fa == fb else "different",
                          "verdict": r.verdict, "mean_similarity": r.statistics["mean_similarity"],
@@ -134,7 +135,7 @@ def calibrate(threads: int, n_samples: int, with_finetune: bool) -> dict:
         for r in s["related_pairs"]:
             print("   related:", r["a"], r["b"], r["verdict"], round(r["mean_similarity"], 3), r["logprob_distance"], r["cross_within_ratio"])
     return {"pairs": rows, "summary": summary, "answer_seconds": timings, "n_samples": n_samples,
-            "n_prompts": len(prompts), "models": {k: str(v[1]) for k, v in models.items()}}
+            "n_prompts": {k: len(v) for k, v in reg_prompts.items()}, "models": {k: str(v[1]) for k, v in models.items()}}
 
 
 def main() -> None:
@@ -143,8 +144,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=6)
     ap.add_argument("--finetune", action="store_true", help="include the 200-step fine-tune (built once, slow)")
+    ap.add_argument("--sampled-prompts", type=int, default=16, help="prompts of the sampled regime (evenly spaced)")
     args = ap.parse_args()
-    data = speed(args.threads) if args.mode == "speed" else calibrate(args.threads, args.samples, args.finetune)
+    data = speed(args.threads) if args.mode == "speed" else calibrate(args.threads, args.samples, args.finetune, args.sampled_prompts)
     print(_write(args.mode, data))
 
 

@@ -259,3 +259,15 @@ def test_cli_endpoint_failure_is_one_line_error(tmp_path, monkeypatch):
     assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
     assert lines[0] == f"error: {srv.url}/v1/completions: HTTP 400 Bad Request: bad request: unknown field"
+
+
+def test_cached_backend_answers_once(tmp_path):
+    from weightprint.behave.cached import CachedBackend
+
+    inner = FakeModel(3)
+    reqs = [GenerateRequest(prompt=f"p{i}", max_tokens=5, top_logprobs=2) for i in range(4)]
+    first = CachedBackend(inner, tmp_path / "c.db", "fake3").generate(reqs)
+    again = CachedBackend(inner, tmp_path / "c.db", "fake3").generate(reqs)
+    assert inner.calls == 4 and again == first
+    CachedBackend(inner, tmp_path / "c.db", "another-model").generate(reqs[:1])
+    assert inner.calls == 5

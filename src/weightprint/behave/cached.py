@@ -73,13 +73,13 @@ class CachedBackend(Backend):
             else:
                 self.hits += 1
                 out.append(_from_json(hit))
-        if missing:
-            done = len(requests) - len(missing)
-            fresh = self.inner.generate([requests[i] for i in missing],
-                                        progress=lambda d, t, w: progress(done + d, len(requests), w))
-            for i, g in zip(missing, fresh):
-                self._cache.put(self._key(requests[i]), dataclasses.asdict(g))
-                out[i] = g
+        done = len(requests) - len(missing)
+        for i in missing:  # one at a time, each stored at once: an interrupted run keeps what it computed
+            g = self.inner.generate([requests[i]])[0]
+            self._cache.put(self._key(requests[i]), dataclasses.asdict(g))
+            out[i] = g
+            done += 1
+            progress(done, len(requests), "generate")
         progress(len(requests), len(requests), "generate")
         return out  # type: ignore[return-value]
 
