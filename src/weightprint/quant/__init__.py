@@ -82,6 +82,17 @@ _pool_lock = threading.Lock()
 _in_worker = threading.local()
 
 
+def _forget_pool_in_child() -> None:
+    """A forked child has none of the parent's pool threads (work sent there would wait forever): start afresh."""
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def num_threads() -> int:
     """Threads that :func:`quantize` and :func:`dequantize` use for one tensor.
 
