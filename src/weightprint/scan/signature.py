@@ -8,7 +8,7 @@ first layer's ``mlp.up_proj``, or the first 2-D layer weight):
   levels (a quantized model, or a dequantized copy of one: the miqu case), else None;
 - ``mantissa_bits`` -- 24 (float32 values), 11 (every value exactly a float16), 8 (bfloat16);
 - ``stored_bits`` -- bits per parameter on disk (file size * 8 / parameters);
-- ``order`` -- the row norms of that tensor, in stored order (float16): equal sorted but
+- ``order`` -- the row norms of that tensor, in stored order (float16, base64): equal sorted but
   not in order means the hidden units were permuted.
 
 Pairwise, :func:`compare_signatures` turns two signatures and two fingerprints into the
@@ -123,7 +123,17 @@ def _embedding_sample(model: Model, tokens: list[str]) -> tuple[list[str], str |
     if not kept:
         return [], None
     rows = model.read_rows(embed, np.array([index[t] for t in kept]))
-    return kept, base64.b64encode(np.ascontiguousarray(rows, dtype=np.float16).tobytes()).decode()
+    return kept, _pack(rows)
+
+
+def _pack(x: np.ndarray) -> str:
+    """float16 bytes, base64: how arrays sit in the signature's JSON."""
+    x = np.clip(np.nan_to_num(np.asarray(x, dtype=np.float64)), -65504.0, 65504.0)  # float16's range
+    return base64.b64encode(np.ascontiguousarray(x, dtype=np.float16).tobytes()).decode()
+
+
+def _unpack(s: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), dtype=np.float16).astype(np.float64)
 
 
 def model_signature(model: Model, *, total_bytes: int, tokens: list[str] | None = None) -> dict[str, Any]:
@@ -138,7 +148,7 @@ def model_signature(model: Model, *, total_bytes: int, tokens: list[str] | None 
     w = model.tensor(name)
     rows = w[:MAX_ORDER_ROWS]
     sig.update(probe=name, grid_bits=grid_bits(rows), mantissa_bits=mantissa_bits(rows),
-               order=np.linalg.norm(rows.astype(np.float64), axis=1).astype(np.float16).tolist())
+               order=_pack(np.linalg.norm(rows.astype(np.float64), axis=1)))
     return sig
 
 
@@ -168,7 +178,7 @@ def _rows(sig: dict[str, Any]) -> dict[str, np.ndarray]:
     toks, blob = sig.get("emb_tokens") or [], sig.get("emb_rows")
     if not toks or not blob:
         return {}
-    rows = np.frombuffer(base64.b64decode(blob), dtype=np.float16).astype(np.float64).reshape(len(toks), -1)
+    rows = _unpack(blob).reshape(len(toks), -1)
     return dict(zip(toks, rows))
 
 
@@ -206,8 +216,8 @@ def compare_signatures(fa: Fingerprint, fb: Fingerprint, sa: dict[str, Any], sb:
     """
     permuted = None
     oa, ob = sa.get("order"), sb.get("order")
-    if oa and ob and len(oa) == len(ob) and sa.get("probe") == sb.get("probe"):
-        a, b = np.asarray(oa, np.float64), np.asarray(ob, np.float64)
+    a, b = (_unpack(oa), _unpack(ob)) if oa and ob else (None, None)
+    if a is not None and b is not None and len(a) == len(b) and sa.get("probe") == sb.get("probe"):
         same_sorted = _corr(np.sort(a), np.sort(b))
         same_order = _corr(a, b)
         permuted = bool(same_sorted > 0.9 and same_order < 0.5 * same_sorted)
