@@ -95,6 +95,8 @@ def test_twenty_rounds_of_concurrent_init_and_issue_lose_no_key(source, tmp_path
         results = [r.recv() if r.poll(120) else ("error", "no answer", False) for r in pipes]
         for p in procs:
             p.join(30)
+            if p.is_alive():  # hung: fail, but leave no process behind
+                p.kill()
         assert all(r[0] == "ok" for r in results), (rnd, results)
         assert sum(r[2] for r in results) == 1, (rnd, "exactly one init creates the key", results)
         master = keys.load_key_file(key)  # the key is there, complete and 0600
@@ -317,6 +319,8 @@ def test_concurrent_issuers_to_one_output_path_never_replace_each_other(source, 
     for p, fd in started:
         said.append(_read_until(fd, "\n", 120))
         p.join(30)
+        if p.is_alive():
+            p.kill()
         os.close(fd)
     assert sum(s.startswith("done") for s in said) == 1, said
     assert all(s.startswith(("done", "error WeightprintError: output")) for s in said), said

@@ -345,10 +345,13 @@ def _issued_before(source, recipient: str, ft: FileType, out: Path, delta: float
     ``mark issue`` reports the copy it placed instead of refusing the existing output.
     """
     t0 = time.perf_counter()
-    master = load_key_file(key_file)
-    with open_registry(registry_url) as reg:
-        reg.check_key(master)
-        rec = reg.issued_at(out, recipient, ft.name)
+    try:
+        master = load_key_file(key_file)
+        with open_registry(registry_url) as reg:
+            reg.check_key(master)
+            rec = reg.issued_at(out, recipient, ft.name)
+    except RegistryError:
+        return None  # the caller reports the existing output; the registry's own error comes with a new --out
     if rec is None or rec.delta != delta or rec.scheme_version != SCHEME_VERSION:
         return None
     if rec.source_sha256 != model_sha256(source):

@@ -439,7 +439,10 @@ def open_registry(url: str) -> Registry:
         reg.header()
         if current < LATEST_SCHEMA:
             migrate(reg.engine, SCHEMA_COMPONENT, MIGRATIONS, url=url, what="registry", error=RegistryError)
-        reg.reconcile()
+        try:
+            reg.reconcile()
+        except RegistryError:
+            pass  # a read-only registry: the pending rows wait for the next writer
     except RegistryError:
         reg.close()
         raise
