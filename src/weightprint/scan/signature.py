@@ -132,7 +132,9 @@ def _pack(x: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(x, dtype=np.float16).tobytes()).decode()
 
 
-def _unpack(s: str) -> np.ndarray:
+def _unpack(s: str | list) -> np.ndarray:
+    if isinstance(s, list):  # signatures written before the base64 packing
+        return np.asarray(s, dtype=np.float64)
     return np.frombuffer(base64.b64decode(s), dtype=np.float16).astype(np.float64)
 
 
