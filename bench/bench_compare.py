@@ -105,35 +105,44 @@ def calibrate(threads: int, n_samples: int, with_finetune: bool, sampled_prompts
             backend.close()
         timings[name] = time.perf_counter() - t0
         print(f"{name}: answers in {timings[name]:.1f} s", flush=True)
+    # (regime, words compared, exact match of those words?) -- the shipped defaults first
+    variants = [("greedy", 10, False), ("sampled", 3, True), ("sampled", 2, True), ("sampled", 3, False)]
     rows = []
     for (na, (fa, _)), (nb, (fb, _)) in itertools.combinations(models.items(), 2):
-        for reg, kw in regimes.items():
+        for reg, pieces, exact in variants:
+            kw = regimes[reg]
             sb = SEED_OFFSET_B if kw["sampled"] else 0
             r = compare_answers(answers[(na, reg, 0)], answers[(nb, reg, sb)], reg_prompts[reg], sampled=kw["sampled"],
-                                prefix_pieces=kw["prefix"])
-            rows.append({"a": na, "b": nb, "regime": reg, "known": "related" if fa == fb else "different",
-                         "verdict": r.verdict, "mean_similarity": r.statistics["mean_similarity"],
+                                prefix_pieces=pieces, exact_match=exact, n_resamples=199)
+            rows.append({"a": na, "b": nb, "variant": f"{reg}/{pieces}{'/exact' if exact else ''}",
+                         "known": "related" if fa == fb else "different",
+                         "verdict": r.verdict, "statistic": r.unrelated_test.statistic, "n_obs": r.unrelated_test.n,
+                         "mean_similarity": r.statistics["mean_similarity"],
                          "log10_p_unrelated": r.unrelated_test.log10_pvalue,
                          "logprob_distance": r.statistics.get("logprob_distance"),
                          "argmax_agreement": r.statistics.get("argmax_agreement"),
                          "cross_within_ratio": r.statistics.get("cross_within_ratio"),
                          "exact_agreement": r.statistics["exact_agreement"]})
     summary = {}
-    for reg in regimes:
-        diff = [r for r in rows if r["regime"] == reg and r["known"] == "different"]
-        summary[reg] = {
+    for reg, pieces, exact in variants:
+        name = f"{reg}/{pieces}{'/exact' if exact else ''}"
+        mine = [r for r in rows if r["variant"] == name]
+        diff = [r for r in mine if r["known"] == "different"]
+        summary[name] = {
             "known_different_pairs": len(diff),
-            "max_similarity_of_different_pairs": max(r["mean_similarity"] for r in diff),
+            "max_statistic_of_different_pairs": max(r["statistic"] for r in diff),
+            "mean_statistic_of_different_pairs": sum(r["statistic"] for r in diff) / len(diff),
             "c0_in_use": C0_GREEDY if reg == "greedy" else C0_SAMPLED,
             "false_positive_rate_same": sum(r["verdict"] == "same" for r in diff) / len(diff),
             "false_positive_rate_same_or_related": sum(r["verdict"] != "different" for r in diff) / len(diff),
             "alpha": DEFAULT_ALPHA,
-            "related_pairs": [r for r in rows if r["regime"] == reg and r["known"] == "related"],
+            "related_pairs": [r for r in mine if r["known"] == "related"],
         }
-    for reg, s in summary.items():
-        print(reg, json.dumps({k: v for k, v in s.items() if k != "related_pairs"}))
-        for r in s["related_pairs"]:
-            print("   related:", r["a"], r["b"], r["verdict"], round(r["mean_similarity"], 3), r["logprob_distance"], r["cross_within_ratio"])
+    for name, s_ in summary.items():
+        print(name, json.dumps({k: v for k, v in s_.items() if k != "related_pairs"}))
+        for r in s_["related_pairs"]:
+            print("   related:", r["a"], r["b"], r["verdict"], round(r["statistic"], 3), r["log10_p_unrelated"],
+                  r["logprob_distance"], r["argmax_agreement"], r["cross_within_ratio"])
     return {"pairs": rows, "summary": summary, "answer_seconds": timings, "n_samples": n_samples,
             "n_prompts": {k: len(v) for k, v in reg_prompts.items()}, "models": {k: str(v[1]) for k, v in models.items()}}
 

@@ -224,16 +224,21 @@ def _token_agreement(ga: Generation, gb: Generation, n_pieces: int) -> float:
     return prefix_similarity(ga.text, gb.text, n_pieces)
 
 
-def _mean_pair_similarity(xs: Sequence[str], ys: Sequence[str] | None, n: int) -> float:
+def prefix_match(a: str, b: str, n: int) -> float:
+    """1.0 when the first ``n`` pieces of two texts agree (both may end early), else 0.0."""
+    return 1.0 if prefix_similarity(a, b, n) == 1.0 else 0.0
+
+
+def _mean_pair_similarity(xs: Sequence[str], ys: Sequence[str] | None, n: int, sim=prefix_similarity) -> float:
     if ys is None:  # within one side: distinct pairs
-        vals = [prefix_similarity(xs[i], xs[j], n) for i in range(len(xs)) for j in range(i + 1, len(xs))]
+        vals = [sim(xs[i], xs[j], n) for i in range(len(xs)) for j in range(i + 1, len(xs))]
     else:
-        vals = [prefix_similarity(x, y, n) for x in xs for y in ys]
+        vals = [sim(x, y, n) for x in xs for y in ys]
     return float(np.mean(vals)) if vals else 0.0
 
 
 def _identity_permutation_test(texts_a: list[list[str]], texts_b: list[list[str]], n: int, *,
-                               n_resamples: int, seed: int) -> TestResult:
+                               n_resamples: int, seed: int, sim=prefix_similarity) -> TestResult:
     """H0: per prompt, A's and B's samples come from one distribution (labels exchangeable within prompts)."""
     rng = np.random.default_rng(seed)
     sims = []
@@ -243,7 +248,7 @@ def _identity_permutation_test(texts_a: list[list[str]], texts_b: list[list[str]
         s = np.ones((m, m))
         for i in range(m):
             for j in range(i + 1, m):
-                s[i, j] = s[j, i] = prefix_similarity(allx[i], allx[j], n)
+                s[i, j] = s[j, i] = sim(allx[i], allx[j], n)
         sims.append((s, len(xa)))
 
     def stat(labels_list: list[np.ndarray]) -> float:
@@ -274,12 +279,14 @@ def _identity_permutation_test(texts_a: list[list[str]], texts_b: list[list[str]
 
 def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sampled: bool,
                     prefix_pieces: int, alpha: float = DEFAULT_ALPHA, c0: float | None = None,
-                    n_resamples: int = 999, seed: int = 0) -> CompareResult:
+                    n_resamples: int = 999, seed: int = 0, exact_match: bool | None = None) -> CompareResult:
     """The statistics and verdict of two sides' answers to the same prompts (see the module docstring)."""
     n = len(prompts)
     if not (len(side_a.answers) == len(side_b.answers) == n) or n == 0:
         raise WeightprintError(f"cannot compare {len(side_a.answers)} and {len(side_b.answers)} answers to {n} prompts")
     c0 = (C0_SAMPLED if sampled else C0_GREEDY) if c0 is None else c0
+    exact_match = sampled if exact_match is None else exact_match
+    sim = prefix_match if exact_match else prefix_similarity
     rows: list[dict[str, Any]] = []
     cross = np.empty(n)
     within = np.empty(n)
@@ -293,16 +300,16 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
         tb = [g.text for g in side_b.answers[i]]
         row: dict[str, Any] = {"id": p.id, "lang": p.lang}
         if sampled:
-            cross[i] = _mean_pair_similarity(ta, tb, prefix_pieces)
-            paired += [prefix_similarity(x, y, prefix_pieces) for x, y in zip(ta, tb)]
-            wa, wb = _mean_pair_similarity(ta, None, prefix_pieces), _mean_pair_similarity(tb, None, prefix_pieces)
+            cross[i] = _mean_pair_similarity(ta, tb, prefix_pieces, sim)
+            paired += [sim(x, y, prefix_pieces) for x, y in zip(ta, tb)]
+            wa, wb = _mean_pair_similarity(ta, None, prefix_pieces, sim), _mean_pair_similarity(tb, None, prefix_pieces, sim)
             within[i] = math.sqrt(wa * wb)
             exact[i] = any(x.strip() == y.strip() for x in ta for y in tb)
             tok_agree[i] = cross[i]
             row.update(cross=cross[i], within_a=wa, within_b=wb, a=ta[0], b=tb[0])
         else:
             ga, gb = side_a.answers[i][0], side_b.answers[i][0]
-            cross[i] = prefix_similarity(ga.text, gb.text, prefix_pieces)
+            cross[i] = sim(ga.text, gb.text, prefix_pieces)
             within[i] = 1.0
             exact[i] = " ".join(ga.text.split()) == " ".join(gb.text.split())
             tok_agree[i] = _token_agreement(ga, gb, prefix_pieces)
@@ -347,7 +354,7 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
         stats["cross_within_ratio"] = mean_sim / w if w > 0 else None
         tests.append(_identity_permutation_test(
             [[g.text for g in a] for a in side_a.answers], [[g.text for g in b] for b in side_b.answers],
-            prefix_pieces, n_resamples=n_resamples, seed=seed))
+            prefix_pieces, n_resamples=n_resamples, seed=seed, sim=sim))
 
     if not unrelated.significant(alpha):
         verdict = "different"
