@@ -328,6 +328,7 @@ def write_hf_dir(
             target = model.dtype_name(t.name)
         specs.append((t.name, tuple(t.shape), target))
     total = len(specs)
+    targets = {name: target for name, _, target in specs}
     done = {"n": 0}
 
     def data(name: str) -> np.ndarray:
@@ -344,6 +345,8 @@ def write_hf_dir(
         done["n"] += 1
         if progress is not None:
             progress(done["n"], total, name)
+        if targets[name] == "F16" and values.dtype == np.float32:
+            return _to_float16(name, values)
         return values
 
     parent = out.parent
@@ -382,6 +385,24 @@ def write_hf_dir(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _to_float16(name: str, values: np.ndarray) -> np.ndarray:
+    """float32 -> float16 in chunks on the quantization threads, refusing what the safetensors
+    writer refuses (:func:`check_representable`: non-finite values, overflow), so that the writer
+    only copies (a float16 input is checked there by a cheap bit test)."""
+    from weightprint.io.safetensors_file import check_representable
+    from weightprint.quant import for_each_chunk
+
+    src = np.ascontiguousarray(values).reshape(-1)
+    half = np.empty(src.size, dtype=np.float16)
+
+    def work(start: int, stop: int) -> None:
+        check_representable(name, src[start:stop], "F16")
+        np.copyto(half[start:stop], src[start:stop], casting="same_kind")
+
+    for_each_chunk(src.size, work)
+    return half.reshape(values.shape)
 
 
 def _write_tokenizer_files(directory: Path, model: Model, config: dict[str, Any]) -> None:
