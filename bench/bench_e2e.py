@@ -122,7 +122,14 @@ def transformers_to_hf(source: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float16)
+    kwargs = {}
+    try:  # transformers 5 keeps GGUF weights packed (not savable) unless asked to dequantize
+        from transformers import GgufConfig
+
+        kwargs["quantization_config"] = GgufConfig(gguf_file=source.name, dequantize=True)
+    except ImportError:
+        pass
+    model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float16, **kwargs)
     model.save_pretrained(str(out))
 
 
@@ -138,6 +145,12 @@ def to_hf(source: Path, work: Path, repeats: int, fl: dict) -> dict:
         print(f"skip transformers: {skipped['transformers']}", flush=True)
     import gguf  # noqa: F401
     import safetensors  # noqa: F401
+
+    if "transformers" not in skipped:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
     import weightprint.convert  # noqa: F401
 

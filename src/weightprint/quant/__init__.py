@@ -46,6 +46,7 @@ __all__ = [
     "KeyedRounding",
     "QuantKernel",
     "dequantize",
+    "for_each_chunk",
     "kernel",
     "num_threads",
     "quantize",
@@ -143,6 +144,18 @@ def _run_chunks(work: Callable[[int], None], starts: list[int]) -> None:
         pool = _pool
     # list(): wait for all, re-raise the first failure (in chunk order)
     list(pool.map(task, starts))
+
+
+def for_each_chunk(n: int, work: Callable[[int, int], None]) -> None:
+    """Call ``work(start, stop)`` over ``[0, n)`` in chunks, on :func:`num_threads` threads.
+
+    For elementwise numpy work on one tensor (numpy releases the GIL): chunks of at most a
+    million elements, at least 32k, each thread getting some when ``n`` is large enough. The
+    first exception is raised after every chunk has finished.
+    """
+    starts, step = _chunk_starts(n, 1)
+    if n > 0:
+        _run_chunks(lambda start: work(start, min(start + step, n)), starts)
 
 
 def _chunk_starts(n_weights: int, block_size: int) -> tuple[list[int], int]:

@@ -1,0 +1,79 @@
+"""The fast paths of writing a Hugging Face directory: threaded float16 conversion, the bit test
+for float16 input, and the JSON layout of large objects. Same values and same refusals as the
+plain path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from weightprint.errors import NonFiniteError
+from weightprint.io.hf import _json_text, _to_float16
+from weightprint.io.safetensors_file import check_representable
+from weightprint.quant import set_num_threads
+
+
+@pytest.fixture(params=[1, 3])
+def threads(request):
+    set_num_threads(request.param)
+    yield request.param
+    set_num_threads(None)
+
+
+def test_float16_conversion_is_numpys(threads: int) -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((300, 700)) * np.float32(20000)).astype(np.float32)
+    x[0, :4] = [65504.0, -65504.0, 6e-8, 1e-9]  # largest half, subnormal, underflow to 0
+    x = np.clip(x, -65504, 65504)
+    got = _to_float16("w", x)
+    assert got.dtype == np.float16 and got.shape == x.shape
+    assert np.array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.nan, "1 non-finite values"),
+        (np.inf, "1 non-finite values"),
+        (70000.0, "1 values overflow F16"),
+        (65510.0, "1 values overflow F16"),  # rounds to 65504 in float16, refused as before
+    ],
+)
+def test_float16_conversion_refuses_what_the_writer_refuses(bad: float, match: str, threads: int) -> None:
+    x = np.zeros(250_000, dtype=np.float32)
+    x[-3] = bad  # in the last chunk
+    with pytest.raises(NonFiniteError, match=rf"tensor `w`: {match}"):
+        _to_float16("w", x)
+    with pytest.raises(NonFiniteError, match=rf"tensor `w`: {match}"):
+        check_representable("w", x, "F16")
+
+
+def test_float16_input_bit_test() -> None:
+    h = np.array([0.0, -65504.0, 65504.0, 6e-8], dtype=np.float16)
+    check_representable("h", h, "F16")
+    for bad in (np.inf, -np.inf, np.nan):
+        with pytest.raises(NonFiniteError, match=r"tensor `h`: 1 non-finite values \(NaN or infinity\); cannot store as F16"):
+            check_representable("h", np.append(h, np.float16(bad)), "F16")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        {"a": 1, "b": [1, {"c": None}], "d": {"e": "x\ny\u00e9"}},
+        {"added_tokens_decoder": {str(i): {"content": f"<t{i}>", "special": i % 2 == 0} for i in range(200)},
+         "model_max_length": 32768, "chat_template": "{{ x }}\n"},
+        [1, 2, {"a": []}],
+        "text",
+    ],
+)
+def test_json_layout(value) -> None:
+    text = _json_text(value)
+    assert json.loads(text) == value
+    big = isinstance(value, dict) and any(isinstance(v, dict) and len(v) > 64 for v in value.values())
+    if not big:
+        assert text == json.dumps(value, indent=2, ensure_ascii=False)
+    else:  # one entry per line
+        assert text.count("\n") == len(value) + 2 + 200  # braces of both objects, entries
