@@ -4,7 +4,8 @@ Run: ``python bench/bench_quant.py [--rows 2048 --cols 2048 --repeats 7]``. Prin
 measurement and writes ``bench/results/quant.json``. Targets: dequantize >= 10x gguf-py's numpy
 ``gguf.quants.dequantize``; quantize within 2x of single-threaded ``ggml_quantize_chunk``.
 
-Times are the minimum over repeats (the machine is shared; the load average is recorded).
+Our side runs on ``--threads`` threads (default 1: kernel against kernel; whole-model
+commands against llama.cpp at 1 and 2 threads are bench_e2e.py's). Times are the minimum over repeats (the machine is shared; the load average is recorded).
 Dequantize is timed twice: allocating its result (as gguf-py does; after gguf-py has run, that
 allocation page-faults, which can cost more than the kernel) and writing into a reused ``out=``
 buffer (how a streaming caller uses it).
@@ -129,9 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cols", type=int, default=2048)
     p.add_argument("--quant-rows", type=int, default=256)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1,
+                   help="weightprint threads per tensor (1: kernel against kernel, as gguf-py and ggml_quantize_chunk run)")
     p.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "quant.json")
     args = p.parse_args(argv)
+    from weightprint.quant import set_num_threads
+
+    set_num_threads(args.threads)
     result = run(args.rows, args.cols, args.repeats, args.quant_rows)
+    result["machine"]["weightprint_threads"] = args.threads
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
