@@ -1,7 +1,9 @@
 """Calibration with fresh keys: 10,000 never-issued (unseeded) keys traced on SmolLM2-135M leaks.
 
-H0 holds for every such key (it never produced the leak), so the p-values must be uniform (or
-conservative) and at most alpha * n of them below alpha. Leaks: the unmarked Q4_K_M copy and a
+H0 holds for every such key (it never produced the leak), so the p-values must be uniform or
+conservative: at most about alpha * n of them below alpha. The one-sided KS test
+(``alternative="greater"``: the empirical CDF above the uniform's) checks for anti-conservative
+p-values; the two-sided one also flags conservative ones (the Berry-Esseen term). Leaks: the unmarked Q4_K_M copy and a
 registered recipient's marked copy. The keys are scored on ``--layers`` decoder layers (the same
 code path as a full trace; a full trace streams ~134 MB per key) with the registry's code key.
 Writes ``bench/results/mark_calibration.json``.
@@ -50,7 +52,9 @@ def main() -> int:
         ps = np.array([t.pvalue for t in st.tests])
         res = {
             "n_candidates_per_key": st.tests[0].n,
-            "ks_pvalue": float(stats.kstest(ps, "uniform").pvalue),
+            "ks_pvalue_two_sided": float(stats.kstest(ps, "uniform").pvalue),
+            "ks_pvalue_anticonservative": float(stats.kstest(ps, "uniform", alternative="greater").pvalue),
+            "deciles": np.histogram(ps, bins=10, range=(0, 1))[0].tolist(),
             "min_p": float(ps.min()),
             "count_p_below": {str(a): int((ps < a).sum()) for a in (1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-9)},
             "expected_below_if_uniform": {str(a): a * args.keys for a in (1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-9)},

@@ -26,16 +26,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def auroc(score: np.ndarray, label: np.ndarray) -> float:
-    """Area under the ROC curve of ``score`` for ``label`` (Mann-Whitney, ties counted half)."""
-    from scipy.stats import rankdata
-
-    pos = int(label.sum())
-    neg = label.size - pos
+def binary_auroc(counts: dict[str, int]) -> float:
+    """AUROC of a yes/no flag as a detector of candidates: ``(1 + TPR - FPR) / 2`` (ties count half)."""
+    pos = counts["tp"] + counts["fn"]
+    neg = counts["fp"] + counts["tn"]
     if pos == 0 or neg == 0:
         return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[label].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    return 0.5 * (1.0 + counts["tp"] / pos - counts["fp"] / neg)
+
+
+def _count(counts: dict[str, int], flag: np.ndarray, label: np.ndarray) -> None:
+    counts["tp"] += int(np.count_nonzero(flag & label))
+    counts["fn"] += int(np.count_nonzero(~flag & label))
+    counts["fp"] += int(np.count_nonzero(flag & ~label))
+    counts["tn"] += int(np.count_nonzero(~flag & ~label))
 
 
 def main() -> int:
@@ -64,31 +68,31 @@ def main() -> int:
         t0 = time.perf_counter()
         res = issue_copy(source, "float-recipient", args.ftype, tmp / "copy.gguf", registry_url=url, key_file=key)
         out["issue_seconds"] = time.perf_counter() - t0
-        flags_v3, flags_v2, labels = [], [], []
+        c3 = dict.fromkeys(("tp", "fn", "fp", "tn"), 0)
+        c2 = dict(c3)
         on_grid = lambda v: dequantize(quantize(v, QType.Q8_0), QType.Q8_0, shape=v.shape) == v  # noqa: E731
         store = np.float16 if args.ftype == "F16" else np.float32
+        rng = np.random.default_rng(0)
         with open_model(source) as o, open_model(res.output) as c:
             for t in o.tensor_infos():
                 if not is_marked_tensor(t.name, tuple(t.shape)) or t.shape[-1] % 32:
                     continue
                 x = o.tensor(t.name)
-                y = c.tensor(t.name)
                 up, dn = level_pair(x, QType.Q8_0, DEFAULT_DELTA)
                 cand = up != dn
-                v2 = np.where(cand, np.where(np.random.default_rng(0).random(x.shape) < 0.5, up, dn), x)
-                v2 = v2.astype(store).astype(np.float32)
-                labels.append(cand.reshape(-1))
-                flags_v3.append(on_grid(y).reshape(-1))
-                flags_v2.append(on_grid(v2).reshape(-1))
-        lab = np.concatenate(labels)
-        f3 = np.concatenate(flags_v3)
-        f2 = np.concatenate(flags_v2)
+                _count(c3, on_grid(c.tensor(t.name)), cand)
+                # v2's float copy: candidates snapped to a (fair) key-side level, the rest as they were
+                v2 = np.where(cand, np.where(rng.random(x.shape, dtype=np.float32) < 0.5, up, dn), x)
+                del up, dn, x
+                _count(c2, on_grid(v2.astype(store).astype(np.float32)), cand)
+                del v2, cand
+        n = sum(c3.values())
         out["stripping_attack"] = {
             "detector": "flag weights on the Q8_0 grid (unchanged by a Q8_0 round trip of the copy)",
-            "n_weights": int(lab.size), "candidate_fraction": float(lab.mean()),
-            "v3_flagged_fraction": float(f3.mean()), "v3_auroc": auroc(f3.astype(float), lab),
-            "v2_style_flagged_fraction": float(f2.mean()), "v2_style_auroc": auroc(f2.astype(float), lab),
-            "target_auroc": 0.55,
+            "n_weights": n, "candidate_fraction": (c3["tp"] + c3["fn"]) / n,
+            "v3_flagged_fraction": (c3["tp"] + c3["fp"]) / n, "v3_auroc": binary_auroc(c3), "v3_counts": c3,
+            "v2_style_flagged_fraction": (c2["tp"] + c2["fp"]) / n, "v2_style_auroc": binary_auroc(c2),
+            "v2_style_counts": c2, "target_auroc": 0.55,
         }
         print(json.dumps(out["stripping_attack"], indent=2), flush=True)
         v = trace_leak(res.output, source=source, registry_url=url, key_file=key)

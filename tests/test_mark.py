@@ -494,13 +494,13 @@ def test_calibration_random_keys_on_unmarked_copy(tiny):
     with open_model(tiny["source"]) as o, open_model(_plain(tiny)) as leak:
         st = correlate_leak(o, leak, copies, code_key=_tiny_code_key(tiny))
     ps = np.array([t.pvalue for t in st.tests])
-    assert stats.kstest(ps, "uniform").pvalue > 1e-3
+    assert _super_uniform(ps)
     assert ps.min() > 1e-6
     # also against the marked copy of another recipient: the copies' keys are independent of each other
     with open_model(tiny["source"]) as o, open_model(tiny["copies"]["alice"].output) as leak:
         st = correlate_leak(o, leak, copies[:200], code_key=_tiny_code_key(tiny))
     ps = np.array([t.pvalue for t in st.tests])
-    assert stats.kstest(ps, "uniform").pvalue > 1e-3 and ps.min() > 1e-6
+    assert _super_uniform(ps) and ps.min() > 1e-6
 
 
 def test_trace_undoes_layer_reordering_under_canonical_names(tiny):
@@ -602,7 +602,7 @@ def test_basis_recovery_keeps_the_false_accusation_bound(tiny):
         with open_model(tiny["source"]) as o, open_model(_basis_leak(tiny, who, kind)) as leak:
             st = correlate_leak(o, leak, keys, code_key=_tiny_code_key(tiny))
         ps = np.array([t.pvalue for t in st.tests])
-        assert stats.kstest(ps, "uniform").pvalue > 1e-3, (who, kind)
+        assert _super_uniform(ps), (who, kind)
         assert ps.min() > 1e-6, (who, kind)
 
 
@@ -693,3 +693,11 @@ def test_float_copy_hides_its_candidates(tiny, tmp_path):
     q8 = tmp_path / "dora-q8.gguf"
     convert(out, q8, file_type="Q8_0")
     assert trace(q8).accused_recipient == "dora"
+
+
+def _super_uniform(ps: np.ndarray) -> bool:
+    """Fresh innocent keys' p-values are valid: no excess of small values over the uniform law
+    (one-sided KS, ``alternative="greater"``: the empirical CDF above the uniform's; fails 0.1% of
+    runs by chance), and not degenerate (the median stays near 1/2: the Berry-Esseen term makes
+    them slightly conservative, never much)."""
+    return bool(stats.kstest(ps, "uniform", alternative="greater").pvalue > 1e-3 and 0.35 < np.median(ps) < 0.7)

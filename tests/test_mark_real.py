@@ -228,7 +228,7 @@ def test_calibration_unmarked_copy_and_random_keys(smol):
     RESULTS["calibration"] = {"n_keys": len(keys), "keys": "fresh", "n_weights_per_key": st.tests[0].n,
                               "ks_pvalue": float(ks.pvalue), "min_p": float(ps.min()),
                               "registered_min_p_on_unmarked": min(t.result.pvalue for t in v.tests)}
-    assert ks.pvalue > 1e-3
+    assert _super_uniform(ps)
     assert ps.min() > 1e-6
 
 
@@ -420,3 +420,11 @@ def test_iq4_xs_requantization(smol):
     v = _trace(smol, out)
     _assert_right(v, SMOL_RECIPIENTS[2])
     _record("requantized-llama-IQ4_XS", v, [SMOL_RECIPIENTS[2]])
+
+
+def _super_uniform(ps: np.ndarray) -> bool:
+    """Fresh innocent keys' p-values are valid: no excess of small values over the uniform law
+    (one-sided KS, ``alternative="greater"``: the empirical CDF above the uniform's; fails 0.1% of
+    runs by chance), and not degenerate (the median stays near 1/2: the Berry-Esseen term makes
+    them slightly conservative, never much)."""
+    return bool(stats.kstest(ps, "uniform", alternative="greater").pvalue > 1e-3 and 0.35 < np.median(ps) < 0.7)
