@@ -1,11 +1,13 @@
 """Float copies and the stripping attack on SmolLM2-135M.
 
 An F16 copy is issued (scheme v3: every weight of a marked tensor on the keyed Q8_0 grid). The
-attacker holds the copy only and flags the weights that sit on the Q8_0 grid (its own Q8_0
-round trip leaves them unchanged). We score that flag as a detector of the candidates (the
-weights the key steered, known from the original) by its AUROC, for the v3 copy and for the
-v2-style copy (candidates snapped to the grid, every other weight left as it was), and trace
-the v3 copy and its Q8_0 requantization. Writes ``bench/results/mark_float.json``.
+attacker holds the copy only and looks for weights on the Q8_0 grid: per weight, its distance
+to the nearest Q8_0 level of its own block (``|y/d - round(y/d)|``, ``d`` = the block's absmax /
+127), small meaning "on the grid" (F16 storage moves a level by up to ~0.06 of a step). We
+score that distance as a detector of the candidates (the weights the key steered, known from
+the original) by its AUROC, for the v3 copy and for the v2-style copy (candidates snapped to
+the grid, every other weight left as it was), plus the exact-equality flag; and trace the v3
+copy and its Q8_0 requantization. Writes ``bench/results/mark_float.json``.
 
 Usage: ``python bench/bench_mark_float.py [--ftype F16]``.
 """
@@ -33,6 +35,26 @@ def binary_auroc(counts: dict[str, int]) -> float:
     if pos == 0 or neg == 0:
         return float("nan")
     return 0.5 * (1.0 + counts["tp"] / pos - counts["fp"] / neg)
+
+
+BINS = 2000
+
+
+def grid_distance(y: np.ndarray) -> np.ndarray:
+    """Distance (in Q8_0 steps, 0..0.5) of each weight to the nearest level of its block's Q8_0 grid."""
+    b = y.reshape(-1, 32).astype(np.float64)
+    d = np.abs(b).max(axis=1, keepdims=True) / 127.0
+    d[d == 0] = 1.0
+    v = b / d
+    return np.abs(v - np.rint(v)).reshape(-1)
+
+
+def histogram_auroc(h_pos: np.ndarray, h_neg: np.ndarray) -> float:
+    """AUROC of "small distance means candidate" from the two distance histograms (ties within a bin count half)."""
+    pos, neg = h_pos.sum(), h_neg.sum()
+    below = np.concatenate([[0], np.cumsum(h_neg)[:-1]])  # negatives in strictly larger-distance bins win for positives
+    wins = np.sum(h_pos * (neg - below - h_neg)) + 0.5 * np.sum(h_pos * h_neg)
+    return float(wins / (pos * neg))
 
 
 def _count(counts: dict[str, int], flag: np.ndarray, label: np.ndarray) -> None:
@@ -73,6 +95,13 @@ def main() -> int:
         on_grid = lambda v: dequantize(quantize(v, QType.Q8_0), QType.Q8_0, shape=v.shape) == v  # noqa: E731
         store = np.float16 if args.ftype == "F16" else np.float32
         rng = np.random.default_rng(0)
+        hist = {k: np.zeros(BINS, np.int64) for k in ("v3_pos", "v3_neg", "v2_pos", "v2_neg")}
+
+        def add_hist(tag: str, y: np.ndarray, cand: np.ndarray) -> None:
+            dist = grid_distance(y)
+            lab = cand.reshape(-1)
+            hist[tag + "_pos"] += np.histogram(dist[lab], bins=BINS, range=(0, 0.5 + 1e-9))[0]
+            hist[tag + "_neg"] += np.histogram(dist[~lab], bins=BINS, range=(0, 0.5 + 1e-9))[0]
         with open_model(source) as o, open_model(res.output) as c:
             for t in o.tensor_infos():
                 if not is_marked_tensor(t.name, tuple(t.shape)) or t.shape[-1] % 32:
@@ -80,18 +109,26 @@ def main() -> int:
                 x = o.tensor(t.name)
                 up, dn = level_pair(x, QType.Q8_0, DEFAULT_DELTA)
                 cand = up != dn
-                _count(c3, on_grid(c.tensor(t.name)), cand)
+                y = c.tensor(t.name)
+                _count(c3, on_grid(y), cand)
+                add_hist("v3", y, cand)
+                del y
                 # v2's float copy: candidates snapped to a (fair) key-side level, the rest as they were
                 v2 = np.where(cand, np.where(rng.random(x.shape, dtype=np.float32) < 0.5, up, dn), x)
                 del up, dn, x
-                _count(c2, on_grid(v2.astype(store).astype(np.float32)), cand)
+                v2 = v2.astype(store).astype(np.float32)
+                _count(c2, on_grid(v2), cand)
+                add_hist("v2", v2, cand)
                 del v2, cand
         n = sum(c3.values())
         out["stripping_attack"] = {
-            "detector": "flag weights on the Q8_0 grid (unchanged by a Q8_0 round trip of the copy)",
+            "detector": "distance of each weight to its block's Q8_0 grid (small = on the grid = flagged)",
+            "v3_auroc_grid_distance": histogram_auroc(hist["v3_pos"], hist["v3_neg"]),
+            "v2_style_auroc_grid_distance": histogram_auroc(hist["v2_pos"], hist["v2_neg"]),
+            "exact_flag": "unchanged by a Q8_0 round trip of the copy (exact equality; F16 storage breaks it)",
             "n_weights": n, "candidate_fraction": (c3["tp"] + c3["fn"]) / n,
-            "v3_flagged_fraction": (c3["tp"] + c3["fp"]) / n, "v3_auroc": binary_auroc(c3), "v3_counts": c3,
-            "v2_style_flagged_fraction": (c2["tp"] + c2["fp"]) / n, "v2_style_auroc": binary_auroc(c2),
+            "v3_flagged_fraction": (c3["tp"] + c3["fp"]) / n, "v3_auroc_exact_flag": binary_auroc(c3), "v3_counts": c3,
+            "v2_style_flagged_fraction": (c2["tp"] + c2["fp"]) / n, "v2_style_auroc_exact_flag": binary_auroc(c2),
             "v2_style_counts": c2, "target_auroc": 0.55,
         }
         print(json.dumps(out["stripping_attack"], indent=2), flush=True)
