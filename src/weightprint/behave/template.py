@@ -2,9 +2,10 @@
 
 A file or directory carries its template (``tokenizer.chat_template``), classified by
 :func:`weightprint.chat_templates.chat_template_family`. An endpoint shows only behaviour: it
-answers a few questions through ``/v1/chat/completions`` (where the server applies the model's
-template) and the same questions through ``/v1/completions`` written out by hand in each
-family's format. The family whose hand-written prompt reproduces the chat answers best (mean
+answers a few questions (after an explicit system message, so that a template's default system
+prompt does not differ) through ``/v1/chat/completions``, where the server applies the model's
+template, and the same messages through ``/v1/completions`` written out by hand in each family's
+format. The family whose hand-written prompt reproduces the chat answers best (mean
 prefix similarity of the greedy continuations) is the template the server applies; a model that
 was never trained on a format answers it with noise. When no family reproduces the answers
 (best similarity under ``min_similarity``) the answer is ``other``.
@@ -24,16 +25,21 @@ from weightprint.results import VerdictResult, to_jsonable
 
 __all__ = ["FAMILY_FORMATS", "TemplateResult", "detect_template", "template_family_of_text"]
 
-#: one user turn, then the assistant's turn opened, in each family's format
+#: a system message, one user turn, then the assistant's turn opened, in each family's format
+#: (families without a system role put the system text at the start of the user turn)
 FAMILY_FORMATS: dict[str, str] = {
-    "ChatML": "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n",
-    "Llama-3": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{q}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-    "Llama-2": "[INST] <<SYS>>\nYou are a helpful assistant.\n<</SYS>>\n\n{q} [/INST]",
-    "Mistral": "[INST] {q} [/INST]",
-    "Gemma": "<start_of_turn>user\n{q}<end_of_turn>\n<start_of_turn>model\n",
-    "Phi-3": "<|user|>\n{q}<|end|>\n<|assistant|>\n",
-    "Zephyr": "<|user|>\n{q}</s>\n<|assistant|>\n",
+    "ChatML": "<|im_start|>system\n{s}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n",
+    "Llama-3": ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{s}<|eot_id|>"
+                "<|start_header_id|>user<|end_header_id|>\n\n{q}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+    "Llama-2": "[INST] <<SYS>>\n{s}\n<</SYS>>\n\n{q} [/INST]",
+    "Mistral": "[INST] {s}\n\n{q} [/INST]",
+    "Gemma": "<start_of_turn>user\n{s}\n\n{q}<end_of_turn>\n<start_of_turn>model\n",
+    "Phi-3": "<|system|>\n{s}<|end|>\n<|user|>\n{q}<|end|>\n<|assistant|>\n",
+    "Zephyr": "<|system|>\n{s}</s>\n<|user|>\n{q}</s>\n<|assistant|>\n",
 }
+
+#: the system message of every probe (given explicitly, so a template's default one does not differ)
+PROBE_SYSTEM = "You are a helpful assistant."
 
 PROBE_QUESTIONS = (
     "What is the capital of France?",
@@ -113,11 +119,13 @@ def detect_template(ref: str | Path | Backend, *, model_options: dict[str, Any] 
 
     backend = ref if isinstance(ref, Backend) else open_backend(ref, **(model_options or {}))
     try:
-        chat = backend.generate([GenerateRequest(prompt=q, max_tokens=max_tokens, chat=True) for q in PROBE_QUESTIONS])
+        chat = backend.generate([GenerateRequest(prompt=q, max_tokens=max_tokens, chat=True, system=PROBE_SYSTEM)
+                                 for q in PROBE_QUESTIONS])
         progress(1, 1 + len(FAMILY_FORMATS), "chat answers")
         scores: dict[str, float] = {}
         for k, (family, fmt) in enumerate(FAMILY_FORMATS.items()):
-            raw = backend.generate([GenerateRequest(prompt=fmt.format(q=q), max_tokens=max_tokens) for q in PROBE_QUESTIONS])
+            raw = backend.generate([GenerateRequest(prompt=fmt.format(s=PROBE_SYSTEM, q=q), max_tokens=max_tokens)
+                                    for q in PROBE_QUESTIONS])
             scores[family] = sum(prefix_similarity(c.text.strip(), r.text.strip(), 8) for c, r in zip(chat, raw)) / len(chat)
             progress(2 + k, 1 + len(FAMILY_FORMATS), family)
         label = backend.label or str(ref)

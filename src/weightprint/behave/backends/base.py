@@ -73,7 +73,8 @@ class LoglikelihoodResult:
 @dataclass(frozen=True)
 class GenerateRequest:
     """One completion. ``temperature=0`` is greedy; ``chat=True`` wraps ``prompt`` as one user
-    message in the model's chat template; ``top_logprobs=k`` asks for the k best alternatives."""
+    message in the model's chat template (after a system message ``system``, when given);
+    ``top_logprobs=k`` asks for the k best alternatives."""
 
     prompt: str
     max_tokens: int = 64
@@ -83,6 +84,7 @@ class GenerateRequest:
     stop: tuple[str, ...] = ()
     chat: bool = False
     top_logprobs: int = 0
+    system: str | None = None
 
 
 @dataclass(frozen=True)

@@ -315,7 +315,8 @@ class OpenAIHttpBackend(Backend):
         return body
 
     def _chat_body(self, r: GenerateRequest, *, logprobs: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": [{"role": "user", "content": r.prompt}],
+        messages = ([{"role": "system", "content": r.system}] if r.system else []) + [{"role": "user", "content": r.prompt}]
+        body: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "max_tokens": r.max_tokens, "temperature": float(r.temperature),
                                 "top_p": float(r.top_p)}
         if r.seed is not None:
