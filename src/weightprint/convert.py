@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from weightprint.constants import FILE_TYPE_BASE, FileType, QType, parse_file_type
-from weightprint.errors import WeightprintError
+from weightprint.errors import ModelFormatError, WeightprintError
 from weightprint.io.limits import check_output_path, clean_stale_temporaries, io_boundary
 from weightprint.io.model import Model
 from weightprint.progress import ProgressCallback, no_progress
@@ -155,6 +155,7 @@ def convert(
 def _check_output(model: Model, out: Path, to: str) -> None:
     """Refuse an output that is the input (or holds it) or is not a file/directory; clean the
     temporaries that killed runs left beside it."""
+    _ = model.geometry  # the declared hyperparameters must be sane before anything is written from them
     inputs = {Path(model.path)} | {Path(t.file) for t in model.tensor_infos() if t.file is not None}
     check_output_path(out, "file" if to == "gguf" else "directory", sorted(inputs))
     clean_stale_temporaries(out)
@@ -187,6 +188,9 @@ def _convert_to_gguf(
     from weightprint.quant import quantize
 
     arch = model.architecture
+    if not model.geometry.n_layers:
+        raise ModelFormatError(f"{model.path}: the model declares no layer count (GGUF `{arch}.block_count`, "
+                               f"config.json `num_hidden_layers`), needed to choose tensor types")
     plan = plan_tensor_types(model, file_type)
     infos = {t.name: t for t in model.tensor_infos()}
     specs = [TensorSpec(hf_to_gguf_name(name, arch), tuple(infos[name].shape), plan[name]) for name in infos]

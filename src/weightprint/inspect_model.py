@@ -127,7 +127,9 @@ def _inspect(path: str | Path | Model, sha256: bool) -> InspectResult:
             s.count += 1
             s.n_elements += t.n_elements
             s.nbytes += t.nbytes
-        md, cfg, geo = model.metadata or {}, model.config or {}, model.geometry
+        geo = model.geometry  # checks every hyperparameter against the tensors
+        md = model.metadata or {}
+        cfg = (model.config or {}) if model.format != "gguf" else {}  # a GGUF's config is rebuilt: not needed here
         tok = model.tokenizer
         checked = Values(md, str(model.path))
         file_type = checked.int("general.file_type", lo=None)

@@ -159,8 +159,13 @@ def _highest_layer(infos: Iterable[TensorInfo]) -> int | None:
 
 
 def _check_layers(v: Values, key: str, n_layers: int | None, highest: int | None) -> None:
-    if n_layers is not None and highest is not None and n_layers > highest + 1:
+    """The declared block count must match the layer tensors present (when there are any)."""
+    if n_layers is None or highest is None:
+        return
+    if n_layers > highest + 1:
         raise v.fail(key, f"is {n_layers}, but the tensors stop at layer {highest}")
+    if highest >= n_layers:
+        raise v.fail(key, f"is {n_layers}, but there are tensors of layer {highest}")
 
 
 def _heads(v: Values, key: str) -> int | None:

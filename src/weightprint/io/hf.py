@@ -13,9 +13,10 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from weightprint.io.hf_config import architecture_from_hf
 from weightprint.io.model import Model, TensorInfo, TokenizerInfo
 from weightprint.io.safetensors_file import SafetensorsModel, write_safetensors_shards
 from weightprint.io.files import temp_dir_beside
-from weightprint.io.limits import confined_name, read_json, regular_file
+from weightprint.io.limits import check_json_file, confined_name, one_line, read_json, regular_file
 
 __all__ = ["HFModel", "write_hf_dir", "TOKENIZER_FILES"]
 
@@ -49,6 +50,18 @@ Progress = Callable[[int, int, str], None]
 def _read_json(path: Path, expect: type | None = dict) -> Any:
     """A JSON file of the directory, within size/count/depth limits (:func:`weightprint.io.limits.read_json`)."""
     return read_json(path, expect=expect)
+
+
+@contextmanager
+def _untrusted_json(path: Path) -> Iterator[None]:
+    """A JSON document of the wrong shape (a list where an object belongs, ids given as strings)
+    that the reader did not check: one line naming the file instead of an internal error."""
+    try:
+        yield
+    except WeightprintError:
+        raise
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError, RecursionError, OverflowError) as e:
+        raise ModelFormatError(one_line(f"{path}: unexpected JSON structure ({type(e).__name__}: {e})")) from e
 
 
 def _present(path: Path) -> bool:
@@ -197,16 +210,25 @@ class HFModel(Model):
         path = self.path / "tokenizer.json"
         if not _present(path):
             return None
-        regular_file(path, "tokenizer.json")
+        check_json_file(path)
+        if _present(self.path / "tokenizer_config.json"):
+            check_json_file(self.path / "tokenizer_config.json")
         from weightprint.io.tokenizer import tokenizer_info_from_hf
 
-        return tokenizer_info_from_hf(self.path)
+        with _untrusted_json(path):
+            return tokenizer_info_from_hf(self.path)
 
     @cached_property
     def chat_template(self) -> str | None:  # type: ignore[override]
         from weightprint.io.tokenizer import read_chat_template
 
-        return read_chat_template(self.path)
+        cfg = self.path / "tokenizer_config.json"
+        if _present(cfg):
+            check_json_file(cfg)
+        if _present(self.path / "chat_template.jinja"):
+            regular_file(self.path / "chat_template.jinja", "chat template")
+        with _untrusted_json(cfg):
+            return read_chat_template(self.path)
 
     def close(self) -> None:
         for st in self._files:

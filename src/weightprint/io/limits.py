@@ -44,6 +44,7 @@ __all__ = [
     "io_boundary",
     "loads_json",
     "read_json",
+    "check_json_file",
     "regular_file",
     "confined_name",
     "check_output_path",
@@ -69,6 +70,8 @@ JSON_MAX_BYTES: dict[str, int] = {
 JSON_DEFAULT_MAX_BYTES = 16 << 20
 JSON_MAX_CONTAINERS = 1 << 21
 JSON_MAX_VALUES = 1 << 23
+# configs hold a few dozen arrays/objects; a million of them is an attack on memory
+JSON_MAX_CONTAINERS_BY_NAME: dict[str, int] = {"config.json": 1 << 16, "generation_config.json": 1 << 12}
 
 
 def check_json_budget(raw: bytes, label: str, *, max_containers: int = JSON_MAX_CONTAINERS,
@@ -103,6 +106,29 @@ def loads_json(raw: bytes, label: str, *, object_pairs_hook: Any = None) -> Any:
         raise ModelFormatError(f"{label}: not valid JSON ({str(e).splitlines()[0]})") from None
 
 
+def check_json_file(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> bytes:
+    """The bytes of a JSON file that passed every limit :func:`read_json` applies before parsing
+    (regular file, size, UTF-8, bracket/value counts); for readers that parse it themselves."""
+    p = Path(path)
+    cap = max_bytes if max_bytes is not None else JSON_MAX_BYTES.get(p.name, JSON_DEFAULT_MAX_BYTES)
+    size = regular_file(p, "JSON file").st_size
+    if size > cap:
+        raise ModelFormatError(f"{p}: {size:,} bytes, more than the {cap:,} allowed for this file")
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(cap + 1)
+    except OSError as e:
+        raise ModelFormatError(f"{p}: cannot read ({e.strerror or e})") from None
+    if len(raw) > cap:
+        raise ModelFormatError(f"{p}: more than the {cap:,} bytes allowed for this file")
+    check_json_budget(raw, str(p), max_containers=JSON_MAX_CONTAINERS_BY_NAME.get(p.name, JSON_MAX_CONTAINERS))
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelFormatError(f"{p}: not UTF-8 (byte {e.start})") from None
+    return raw
+
+
 def read_json(path: str | os.PathLike[str], *, max_bytes: int | None = None, expect: type | None = dict) -> Any:
     """Read a JSON file of a model directory within size, count and depth limits.
 
@@ -122,17 +148,7 @@ def read_json(path: str | os.PathLike[str], *, max_bytes: int | None = None, exp
         or of the wrong top-level type; the message names the file.
     """
     p = Path(path)
-    cap = max_bytes if max_bytes is not None else JSON_MAX_BYTES.get(p.name, JSON_DEFAULT_MAX_BYTES)
-    size = regular_file(p, "JSON file").st_size
-    if size > cap:
-        raise ModelFormatError(f"{p}: {size:,} bytes, more than the {cap:,} allowed for this file")
-    try:
-        with open(p, "rb") as f:
-            raw = f.read(cap + 1)
-    except OSError as e:
-        raise ModelFormatError(f"{p}: cannot read ({e.strerror or e})") from None
-    if len(raw) > cap:
-        raise ModelFormatError(f"{p}: more than the {cap:,} bytes allowed for this file")
+    raw = check_json_file(p, max_bytes=max_bytes)
     value = loads_json(raw, str(p))
     if expect is not None and not isinstance(value, expect):
         want = {dict: "an object", list: "an array", str: "a string"}.get(expect, expect.__name__)

@@ -72,7 +72,7 @@ def _open_checked(p: Path) -> Model:
     if not is_dir:
         regular_file(p)  # a FIFO or device is refused before open(): it could block forever
     if is_dir:
-        if not any(p.glob("*.safetensors")):
+        if not any(p.glob("*.safetensors")) and not os.path.lexists(p / "model.safetensors.index.json"):
             raise ModelFormatError(f"{p}: no *.safetensors weights found")
         from weightprint.io.hf import HFModel
 

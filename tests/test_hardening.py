@@ -1,0 +1,283 @@
+"""Crafted inputs never crash weightprint: exit 0 or 2, one line, no traceback, bounded memory.
+
+H0 (what must hold): for every case of the generated corpus (``tests/_crafted.py``, >= 150 inputs
+over GGUF headers and metadata, safetensors headers, HF config/index/tokenizer JSON, shard
+names, special paths and memory amplifiers), ``weightprint inspect --json`` and ``weightprint
+convert --to hf`` exit 0 or 2; on 2 stderr is exactly one ``error: ...`` line (plus an optional
+``hint:``) and never an ``internal error``. Cases that must be refused are refused. A sample of the
+amplifiers runs in subprocesses under ``ulimit -v 4G`` and stays under 300 MB RSS and 10 s.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from _crafted import Case, build_corpus, tiny_gguf, write_hf_dir_files
+from weightprint.cli import app
+from weightprint.errors import WeightprintError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
+    return build_corpus(tmp_path_factory.mktemp("crafted"))
+
+
+def _args(case: Case, command: str, out: Path) -> list[str]:
+    if command == "inspect":
+        return ["inspect", "--json", str(case.path)]
+    if command == "convert-hf":
+        return ["convert", "--to", "hf", str(case.path), str(out / "hf")]
+    if command == "convert-gguf":
+        return ["convert", "--to", "gguf", "--type", "F16", str(case.path), str(out / "x.gguf")]
+    if command == "fingerprint":
+        return ["fingerprint", str(case.path), "--db", str(out / "fp.sqlite")]
+    if command == "compare":
+        return ["lineage", "compare", str(case.path), str(case.path)]
+    raise AssertionError(command)
+
+
+def _check(case: Case, command: str, code: int, stdout: str, stderr: str) -> str | None:
+    """None when the run behaved, else what was wrong."""
+    what = f"{case.name} [{command}] exit {code}"
+    if "Traceback" in stdout + stderr:
+        return f"{what}: traceback\n{stderr[-2000:]}"
+    if code not in (0, 2):
+        return f"{what}: exit code not 0/2\n{stderr[-2000:]}"
+    if code == 2:
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        if not lines or not lines[0].startswith("error: ") or any(not ln.startswith("hint: ") for ln in lines[1:]):
+            return f"{what}: not a one-line error: {stderr[:500]!r}"
+        if "internal error" in lines[0]:
+            return f"{what}: {lines[0][:300]}"
+    expect = case.expect if command != "inspect" or case.kind != "gguf-meta" or case.commands == ("inspect",) else "any"
+    if case.note.startswith("inspect works") and command == "inspect":
+        expect = "any"
+    if expect == "error" and code != 2:
+        return f"{what}: accepted, should be refused"
+    if expect == "ok" and code != 0:
+        return f"{what}: refused, should be accepted: {stderr[:300]!r}"
+    return None
+
+
+def test_corpus_size_and_classes(corpus: list[Case]) -> None:
+    assert len(corpus) >= 150
+    kinds = {c.kind for c in corpus}
+    assert {"baseline", "gguf-header", "gguf-meta", "safetensors", "hf-config", "hf-index", "hf-json", "paths",
+            "amplification", "silent"} <= kinds
+
+
+def test_every_crafted_input_exits_0_or_2_in_one_line(corpus: list[Case], tmp_path: Path) -> None:
+    runner = CliRunner()
+    problems = []
+    slow = []
+    for i, case in enumerate(corpus):
+        for command in case.commands:
+            out = tmp_path / f"{i}-{command}"
+            out.mkdir()
+            t0 = time.perf_counter()
+            r = runner.invoke(app, _args(case, command, out), catch_exceptions=True)
+            dt = time.perf_counter() - t0
+            if r.exception is not None and not isinstance(r.exception, SystemExit):
+                problems.append(f"{case.name} [{command}]: uncaught {type(r.exception).__name__}: {r.exception}")
+                continue
+            problem = _check(case, command, r.exit_code, r.stdout, r.stderr)
+            if problem:
+                problems.append(problem)
+            if dt > 10:
+                slow.append(f"{case.name} [{command}] {dt:.1f}s")
+    assert not problems, f"{len(problems)} bad runs:\n" + "\n".join(problems)
+    assert not slow, slow
+
+
+AMPLIFIERS = ["gguf-nested-over-cap", "st-many-empty-lists", "st-many-values", "cfg-many-lists", "meta-gemma3-block-count-huge",
+              "tok-5-padding_token_id-UINT64-1099511627776", "meta-1-block_count-UINT32-4294967295", "st-deep"]
+
+
+def test_amplifiers_stay_small_in_a_subprocess(corpus: list[Case], tmp_path: Path) -> None:
+    """RSS (getrusage of the children) and time of real CLI processes under ``ulimit -v 4G``."""
+    by_name = {c.name: c for c in corpus}
+    cases = [by_name[n] for n in AMPLIFIERS]
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+              "sys.argv = ['weightprint'] + sys.argv[1:]; from weightprint.cli import main; main()")
+    procs = []
+    for case in cases:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, "-c", script, *_args(case, "convert-hf", tmp_path)], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "NUMBA_DISABLE_JIT": os.environ.get("NUMBA_DISABLE_JIT", "0")})
+        dt = time.perf_counter() - t0
+        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        procs.append((case.name, p.returncode, dt, rss_mb, before / 1024, p.stderr.strip()[:200]))
+    for name, code, dt, rss_mb, before_mb, err in procs:
+        assert code == 2, (name, code, err)
+        assert dt < 10, (name, dt)
+        # ru_maxrss of the children is a running maximum: it bounds every process run so far
+        assert rss_mb < 300, (name, rss_mb, err)
+
+
+# --------------------------------------------------------------------------- targeted regressions
+
+
+def test_type_f32_writes_f32(tmp_path: Path) -> None:
+    from weightprint.constants import FileType, QType
+    from weightprint.convert import convert
+    from weightprint.io import open_model
+
+    src = tmp_path / "m.gguf"
+    src.write_bytes(tiny_gguf())
+    for ft in (FileType.F32, "F32"):
+        out = tmp_path / f"out-{ft!s}.gguf"
+        result = convert(src, out, to="gguf", file_type=ft)
+        assert result.file_type == "F32"
+        with open_model(out) as m:
+            assert {t.qtype for t in m.tensor_infos()} == {QType.F32}
+
+
+def test_f16_overflow_refused_by_both_targets(tmp_path: Path) -> None:
+    from weightprint.convert import convert
+    from weightprint.errors import NonFiniteError
+
+    src = tmp_path / "m.gguf"
+    src.write_bytes(tiny_gguf(values=lambda n, s: np.full(s, 1e6 if n == "blk.0.attn_q.weight" else 0.01, np.float32)))
+    with pytest.raises(NonFiniteError, match=r"tensor `model.layers.0.self_attn.q_proj.weight`: 64 values overflow F16"):
+        convert(src, tmp_path / "hf", to="hf")
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(NonFiniteError, match=r"tensor `model.layers.0.self_attn.q_proj.weight`: 64 values overflow F16"):
+        convert(src, tmp_path / "x.gguf", to="gguf", file_type="F16")
+    convert(src, tmp_path / "f32", to="hf", dtype="float32")  # float32 holds it
+
+
+def test_outputs_that_must_not_be_replaced(tmp_path: Path) -> None:
+    from weightprint.convert import convert
+
+    src = tmp_path / "m.gguf"
+    src.write_bytes(tiny_gguf())
+    before = src.read_bytes()
+    with pytest.raises(WeightprintError, match=r"^/dev/null: output exists and is a character device, not a file$"):
+        convert(src, "/dev/null", to="gguf")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    with pytest.raises(WeightprintError, match=r"m.gguf: output is the input"):
+        convert(src, src, to="gguf")
+    os.link(src, tmp_path / "hard.gguf")
+    with pytest.raises(WeightprintError, match=r"hard.gguf: output is the input"):
+        convert(src, tmp_path / "hard.gguf", to="gguf")
+    os.symlink(src, tmp_path / "soft.gguf")
+    with pytest.raises(WeightprintError, match=r"soft.gguf: output is the input"):
+        convert(src, tmp_path / "soft.gguf", to="gguf")
+    with pytest.raises(WeightprintError, match=r"m.gguf: output exists and is a regular file, not a directory"):
+        convert(src, src, to="hf")
+    hf = write_hf_dir_files(tmp_path / "hfdir")
+    with pytest.raises(WeightprintError, match=r"hfdir: output is the input"):
+        convert(hf, hf, to="hf")
+    with pytest.raises(WeightprintError, match=r"model.safetensors: output is the input"):
+        convert(hf, hf / "model.safetensors", to="gguf")
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(WeightprintError, match=r"out.fifo: output exists and is a FIFO, not a file"):
+        convert(src, fifo, to="gguf")
+    assert src.read_bytes() == before
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    from weightprint.convert import convert
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    src = tmp_path / "m.gguf"
+    src.write_bytes(tiny_gguf())
+    stale = tmp_path / f".out.gguf.{dead}.abc123.tmp"
+    live = tmp_path / f".out.gguf.{os.getpid()}.zzz999.tmp"
+    other = tmp_path / ".out.gguf.notapid.tmp"
+    for p in (stale, live, other):
+        p.write_bytes(b"partial")
+    stale_dir = tmp_path / f".hf.{dead}.q1w2e3.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "model.safetensors").write_bytes(b"partial")
+    convert(src, tmp_path / "out.gguf", to="gguf")
+    convert(src, tmp_path / "hf", to="hf")
+    assert not stale.exists() and not stale_dir.exists()
+    assert live.exists() and other.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".out.gguf.", ".hf.")) and p not in (live, other)]
+
+
+def test_shard_names_are_checked_before_anything_is_opened(tmp_path: Path) -> None:
+    from weightprint.io import open_model
+
+    secret = tmp_path / "secret.safetensors"
+    secret.write_bytes(b"TOP SECRET BYTES")
+    d = write_hf_dir_files(tmp_path / "m", index={"weight_map": {"w": "../secret.safetensors"}}, shards={})
+    with pytest.raises(WeightprintError) as e:
+        open_model(d)
+    assert "not a plain file name" in str(e.value) and "SECRET" not in str(e.value)
+    os.symlink(secret, d / "link.safetensors")
+    (d / "model.safetensors.index.json").write_text('{"weight_map": {"w": "link.safetensors"}}')
+    with pytest.raises(WeightprintError, match=r"shard 'link.safetensors' is a link that leads out of") as e:
+        open_model(d)
+    assert "SECRET" not in str(e.value)
+
+
+def test_fifo_and_dangling_symlink_are_refused_without_blocking(tmp_path: Path) -> None:
+    from weightprint.io import open_model
+
+    fifo = tmp_path / "m.gguf"
+    os.mkfifo(fifo)
+    with pytest.raises(WeightprintError, match=r"m.gguf: not a regular file \(a FIFO\), expected a model file$"):
+        open_model(fifo)
+    link = tmp_path / "l.gguf"
+    os.symlink(tmp_path / "gone.gguf", link)
+    with pytest.raises(WeightprintError, match=r"l.gguf: dangling symbolic link \(target '.*gone.gguf' does not exist\)$"):
+        open_model(link)
+
+
+def test_checked_values_name_file_and_key() -> None:
+    from weightprint.errors import ModelFormatError
+    from weightprint.io.values import Values
+
+    v = Values({"a.n": "12", "a.f": float("inf"), "a.l": np.array([4, 0, 4], np.uint32), "a.b": True, "a.ok": np.uint32(7)},
+               "m.gguf", prefix="a.")
+    with pytest.raises(ModelFormatError, match=r"^m.gguf: metadata key `a.n` is the string '12', expected an integer$"):
+        v.int("n")
+    with pytest.raises(ModelFormatError, match=r"^m.gguf: metadata key `a.f` is inf, expected a finite number$"):
+        v.float("f")
+    with pytest.raises(ModelFormatError, match=r"^m.gguf: metadata key `a.b` is the boolean True, expected an integer$"):
+        v.int("b")
+    with pytest.raises(ModelFormatError, match=r"holds 0, outside \[1, 8\]"):
+        v.int("l", lo=1, hi=8, per_layer=True)
+    assert v.int("l", lo=0, hi=8, per_layer=True) == 4
+    assert v.int("ok", lo=1, hi=8) == 7
+    with pytest.raises(ModelFormatError, match=r"`a.ok` is 7, but the vocabulary has 5 tokens"):
+        v.token_id("ok", 5)
+    assert v.int("missing") is None and v.int("missing", default=3) == 3
+
+
+def test_json_limits(tmp_path: Path) -> None:
+    from weightprint.errors import ModelFormatError
+    from weightprint.io.limits import read_json
+
+    p = tmp_path / "config.json"
+    p.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(ModelFormatError, match=r"config.json: more than .* JSON arrays/objects|nested too deeply"):
+        read_json(p, expect=None)
+    p.write_bytes(b"[" * 5000 + b"]" * 5000)
+    with pytest.raises(ModelFormatError, match=r"config.json: JSON nested too deeply$"):
+        read_json(p, expect=None)
+    p.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(ModelFormatError, match=r"config.json: not UTF-8 \(byte 7\)$"):
+        read_json(p)
+    p.write_bytes(b"[]")
+    with pytest.raises(ModelFormatError, match=r"config.json: top-level JSON value is an array, expected an object$"):
+        read_json(p)
+    p.write_bytes(b"{}" + b" " * (4 << 20))
+    with pytest.raises(ModelFormatError, match=r"config.json: 4,194,306 bytes, more than the 4,194,304 allowed"):
+        read_json(p)
