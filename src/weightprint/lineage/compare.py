@@ -6,7 +6,7 @@ residual sign flips, vocabulary changes and dropped layers (rank profiles of per
 norms over aligned layers; embedding rows of tokens matched by string). ``S[i, j]`` correlates
 profile ``i`` of A with profile ``j`` of B; the statistic is the thresholded diagonal of ``S``.
 
-Two tests decide the verdict (Bonferroni over both):
+Two tests decide the verdict (Sidak's correction over both, see :func:`_sidak`):
 
 - ``identity-basis``: B as it is; its null distribution comes from permuting B's residual
   coordinates (exact under H0; exact-tail bounds beyond the Monte Carlo floor);
@@ -42,7 +42,7 @@ from weightprint.lineage.stats import (
 )
 from scipy import special
 
-from weightprint.results import TestResult, VerdictResult, combine_bonferroni, format_pvalue, to_jsonable
+from weightprint.results import TestResult, VerdictResult, format_pvalue, to_jsonable
 from weightprint.io.open import open_or_borrow
 from weightprint.progress import ProgressCallback, no_progress
 
@@ -328,9 +328,28 @@ def _recovered_test(
     )
 
 
-def _bonferroni(tests: list[TestResult]) -> TestResult:
-    """One p-value for the verdict: Bonferroni over the identity-basis and recovered-basis tests."""
-    lp = combine_bonferroni([t.log10_pvalue for t in tests])
+def sidak_log10(log10_pvalues: list[float]) -> float:
+    """log10 of Sidak's ``1 - (1 - min p)^k``, computed without cancellation for tiny p.
+
+    Exact (uniform under H0) for independent tests. Under *any* dependence it is valid up to a
+    factor ``1 + alpha / 4`` for ``k = 2``: ``P(1 - (1 - min p)^2 <= alpha) = P(min p <= c)`` with
+    ``c = 1 - sqrt(1 - alpha)``, at most ``2 c`` by the union bound, and
+    ``2 - 2 sqrt(1 - alpha) <= alpha + alpha^2 / 4`` (2.5e-13 above alpha = 1e-6). Bonferroni's
+    ``min(1, k min p)`` is the same in the tail but piles up at p = 1 (not uniform).
+    """
+    k = len(log10_pvalues)
+    m = min(log10_pvalues)
+    if k <= 1:
+        return float(m)
+    if m < -8:  # 1 - (1 - p)^k = k p (1 - (k - 1) p / 2 + ...): the correction is below 1e-8 relative
+        return float(m + math.log10(k))
+    p = 10.0 ** m
+    return float(math.log10(-math.expm1(k * math.log1p(-p))) if p < 1 else 0.0)
+
+
+def _sidak(tests: list[TestResult]) -> TestResult:
+    """One p-value for the verdict: Sidak's correction over the identity-basis and recovered-basis tests."""
+    lp = sidak_log10([t.log10_pvalue for t in tests])
     best = min(tests, key=lambda t: t.log10_pvalue)
     ev = dict(best.evidence)
     ev.update({"tests": {t.name: t.log10_pvalue for t in tests}, "decided_by": best.name})
@@ -338,7 +357,8 @@ def _bonferroni(tests: list[TestResult]) -> TestResult:
         name="white-box-combined", statistic=best.statistic, log10_pvalue=lp,
         null_hypothesis=NULL_RESIDUAL_EXCHANGEABLE,
         alternative="greater",
-        method=f"Bonferroni over {len(tests)} tests ({', '.join(t.name for t in tests)}); smallest: {best.method}",
+        method=(f"Sidak's correction 1 - (1 - min p)^{len(tests)} over {len(tests)} tests "
+                f"({', '.join(t.name for t in tests)}); smallest: {best.method}"),
         n=best.n, n_resamples=best.n_resamples, seed=best.seed, evidence=ev,
     )
 
@@ -389,7 +409,7 @@ def compare_fingerprints(
     ``components=False`` runs the combined test only (no per-component p-values): what a
     database search over many references needs. ``recovered`` is B's fingerprint in A's
     residual basis (``basis`` describes the recovered map, :meth:`ResidualMap.to_dict`): its
-    layer features are tested too, and the verdict rests on the Bonferroni combination of the
+    layer features are tested too, and the verdict rests on Sidak's combination of the
     identity-basis and recovered-basis tests. ``restricted`` is A's fingerprint restricted to
     the residual coordinates a narrower B kept (width pruning, :func:`_recover_width`): then the
     recovered-basis test alone decides.
@@ -447,7 +467,7 @@ def compare_fingerprints(
             tests.append(rec)
     if components:
         result.components = comps + tests
-    final = tests[0] if len(tests) == 1 else _bonferroni(tests)
+    final = tests[0] if len(tests) == 1 else _sidak(tests)
     result.combined = TestResult(**{**final.__dict__, "name": "white-box-combined"})
     ptxt = result.combined.pvalue_text()
     layer_note = ""
