@@ -83,7 +83,7 @@ def zoo(with_finetune: bool) -> dict[str, tuple[str, Path]]:
     return models
 
 
-def calibrate(threads: int, n_samples: int, with_finetune: bool, sampled_prompts: int) -> dict:
+def calibrate(threads: int, n_samples: int, with_finetune: bool, sampled_prompts: int, reverse: bool = False) -> dict:
     prompts = load_prompts("default")
     reg_prompts = {"greedy": prompts, "sampled": prompts[::max(1, len(prompts) // sampled_prompts)][:sampled_prompts]}
     cache = Path(os.environ.get("WEIGHTPRINT_CACHE", Path.home() / ".cache" / "weightprint")) / "behave_bench.db"
@@ -92,7 +92,7 @@ def calibrate(threads: int, n_samples: int, with_finetune: bool, sampled_prompts
                "sampled": dict(sampled=True, max_tokens=8, top_logprobs=0, prefix=3)}
     answers: dict[tuple[str, str, int], object] = {}
     timings = {}
-    for name, (_, path) in models.items():
+    for name, (_, path) in (reversed(models.items()) if reverse else models.items()):
         t0 = time.perf_counter()
         backend = CachedBackend(open_backend(path, n_threads=threads, n_ctx=512), cache, model_identity(path))
         try:
@@ -153,9 +153,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=6)
     ap.add_argument("--finetune", action="store_true", help="include the 200-step fine-tune (built once, slow)")
+    ap.add_argument("--reverse", action="store_true", help="answer in reverse model order (a second process shares the cache)")
     ap.add_argument("--sampled-prompts", type=int, default=16, help="prompts of the sampled regime (evenly spaced)")
     args = ap.parse_args()
-    data = speed(args.threads) if args.mode == "speed" else calibrate(args.threads, args.samples, args.finetune, args.sampled_prompts)
+    data = speed(args.threads) if args.mode == "speed" else calibrate(args.threads, args.samples, args.finetune, args.sampled_prompts, args.reverse)
     print(_write(args.mode, data))
 
 

@@ -21,6 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.llama]
 
 LOCAL = {"n_threads": 1, "n_ctx": 512}
 N_PROMPTS = 16
+#: the test server answers one request at a time, slowly on a shared machine
+HTTP = {"concurrency": 1, "timeout": 600}
 
 
 @pytest.fixture(scope="session")
@@ -57,34 +59,54 @@ def finetuned_gguf(smollm2):
     return derived("gguf", ft, file_type="Q8_0")
 
 
+@pytest.fixture(scope="session")
+def local(tmp_path_factory):
+    """``local(path)``: one backend per model for the session, its answers cached for the session
+    (each model answers each prompt once, whichever tests compare it)."""
+    from weightprint.behave.backends import open_backend
+    from weightprint.behave.cached import CachedBackend, model_identity
+
+    db = tmp_path_factory.mktemp("answers") / "answers.db"
+    opened: dict = {}
+
+    def get(path):
+        if path not in opened:
+            opened[path] = CachedBackend(open_backend(path, **LOCAL), db, model_identity(path))
+        return opened[path]
+
+    yield get
+    for b in opened.values():
+        b.close()
+
+
 def _compare(a, b, http_cache, **kw):
     from weightprint.behave.compare import compare_models
 
-    opts = lambda ref: {"cache": http_cache} if str(ref).startswith("http") else dict(LOCAL)  # noqa: E731
-    return compare_models(a, b, n_prompts=N_PROMPTS, options_a=opts(a), options_b=opts(b), **kw)
+    opts = {"cache": http_cache, **HTTP} if isinstance(a, str) and a.startswith("http") else {}
+    return compare_models(a, b, n_prompts=N_PROMPTS, options_a=opts, **kw)
 
 
 # ------------------------------------------------------------------ greedy, with log-probabilities
-def test_server_vs_its_local_file_is_same(llama_server, smollm2, http_cache):
-    r = _compare(llama_server, smollm2, http_cache)
+def test_server_vs_its_local_file_is_same(llama_server, smollm2, local, http_cache):
+    r = _compare(llama_server, local(smollm2), http_cache)
     assert r.mode == "greedy"
     assert r.verdict == "same", r.summary()
     assert r.unrelated_test.log10_pvalue < -6
     assert r.statistics["logprob_distance"] is not None
 
 
-def test_server_vs_gemma_is_different(llama_server, gemma3, http_cache):
-    r = _compare(llama_server, gemma3, http_cache)
+def test_server_vs_gemma_is_different(llama_server, gemma3, local, http_cache):
+    r = _compare(llama_server, local(gemma3), http_cache)
     assert r.verdict == "different", r.summary()
 
 
-def test_requantized_copy_is_never_different(smollm2, smollm2_q8, http_cache):
-    r = _compare(smollm2, smollm2_q8, http_cache)
+def test_requantized_copy_is_never_different(smollm2, smollm2_q8, local, http_cache):
+    r = _compare(local(smollm2), local(smollm2_q8), http_cache)
     assert r.verdict in ("same", "related"), r.summary()
 
 
-def test_finetuned_copy_is_related_with_drift(llama_server, finetuned_gguf, http_cache):
-    r = _compare(llama_server, finetuned_gguf, http_cache)
+def test_finetuned_copy_is_related_with_drift(llama_server, finetuned_gguf, local, http_cache):
+    r = _compare(llama_server, local(finetuned_gguf), http_cache)
     assert r.verdict == "related", r.summary()
     assert r.statistics["exact_agreement"] < 1.0
 
@@ -93,41 +115,36 @@ def test_finetuned_copy_is_related_with_drift(llama_server, finetuned_gguf, http
 def test_proxy_is_detected_as_text_only_and_sampling(proxy, http_cache):
     from weightprint.behave.backends import open_backend
 
-    b = open_backend(proxy.url, cache=http_cache)
+    b = open_backend(proxy.url, cache=http_cache, **HTTP)
     assert not b.capabilities.logprobs
     assert b.is_sampling()
     b.close()
 
 
-def test_text_only_sampled_endpoint_vs_local_file_is_same(proxy, smollm2, http_cache):
-    r = _compare(proxy.url, smollm2, http_cache)
+def test_text_only_sampled_endpoint_vs_local_file_is_same(proxy, smollm2, local, http_cache):
+    r = _compare(proxy.url, local(smollm2), http_cache)
     assert r.mode == "sampled"
     assert r.verdict == "same", r.summary()
 
 
-def test_text_only_sampled_endpoint_vs_gemma_is_different(proxy, gemma3, http_cache):
-    r = _compare(proxy.url, gemma3, http_cache)
+def test_text_only_sampled_endpoint_vs_gemma_is_different(proxy, gemma3, local, http_cache):
+    r = _compare(proxy.url, local(gemma3), http_cache)
     assert r.verdict == "different", r.summary()
 
 
-def test_text_only_sampled_endpoint_vs_finetune_is_related(proxy, finetuned_gguf, http_cache):
-    r = _compare(proxy.url, finetuned_gguf, http_cache)
+def test_text_only_sampled_endpoint_vs_finetune_is_related(proxy, finetuned_gguf, local, http_cache):
+    r = _compare(proxy.url, local(finetuned_gguf), http_cache)
     assert r.verdict == "related", r.summary()
 
 
 # ------------------------------------------------------------------ identify, template, CLI
 def test_identify_picks_smollm2_among_five_in_at_most_8_queries(llama_server, smollm2, smollm2_q8, finetuned_gguf,
-                                                                 gemma3, http_cache):
-    from weightprint.behave.backends import open_backend
+                                                                 gemma3, local, http_cache):
     from weightprint.behave.identify import identify_model
 
     q4k = requantized(smollm2, ftype=15, name="q4_k_m")
-    cands = [open_backend(p, **LOCAL) for p in (gemma3, finetuned_gguf, smollm2_q8, q4k, smollm2)]
-    try:
-        r = identify_model(llama_server, cands, max_queries=8, target_options={"cache": http_cache})
-    finally:
-        for c in cands:
-            c.close()
+    cands = [local(p) for p in (gemma3, finetuned_gguf, smollm2_q8, q4k, smollm2)]
+    r = identify_model(llama_server, cands, max_queries=8, target_options={"cache": http_cache, **HTTP})
     assert r.best == smollm2.name, r.ranking
     assert r.queries_used <= 8
     assert r.verdict == "identified"
@@ -138,7 +155,7 @@ def test_template_of_file_and_endpoint(llama_server, smollm2, gemma3, http_cache
 
     assert detect_template(smollm2).verdict == "ChatML"
     assert detect_template(gemma3).verdict == "none"
-    r = detect_template(llama_server, model_options={"cache": http_cache})
+    r = detect_template(llama_server, model_options={"cache": http_cache, **HTTP})
     assert r.source == "behaviour" and r.verdict == "ChatML", r.scores
 
 

@@ -329,12 +329,13 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
     log10_p = chernoff_log10_pvalue(test_stat, c0, n_obs)
     unrelated = TestResult(
         name="unrelated-null", statistic=test_stat, log10_pvalue=log10_p,
-        null_hypothesis=f"A and B are unrelated models: the mean prefix similarity of their continuations is at most {c0} "
-                        "(the bound calibrated on known-different pairs)",
+        null_hypothesis=(f"A and B are unrelated models: the mean {'exact-match rate of the first' if exact_match else 'prefix similarity over the first'} "
+                         f"{prefix_pieces} words of their continuations is at most {c0} (the bound calibrated on known-different pairs)"),
         alternative="greater",
         method=("Chernoff-Hoeffding bound exp(-n KL(mean || c0)) over independent observations: "
                 + ("disjoint pairs of independent samples (j-th of A, j-th of B) of every prompt" if sampled else "one per prompt")),
-        n=n_obs, evidence={"c0": c0, "prefix_pieces": prefix_pieces, "mode": "sampled" if sampled else "greedy"},
+        n=n_obs, evidence={"c0": c0, "prefix_pieces": prefix_pieces, "mode": "sampled" if sampled else "greedy",
+                           "match": "exact prefix" if exact_match else "prefix fraction"},
     )
     tests = [unrelated]
     stats: dict[str, Any] = {
