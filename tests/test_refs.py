@@ -140,3 +140,35 @@ def test_ollama_errors(tmp_path, monkeypatch):
         resolve_ref("ollama:gone")
     with pytest.raises(ModelFormatError, match=r"not an ollama reference"):
         resolve_ref("ollama:../etc:x")
+
+
+def test_every_command_opens_refs(tmp_path, monkeypatch):
+    """open_model -- and so every command -- takes hf: and ollama: references (real tiny model)."""
+    from typer.testing import CliRunner
+
+    from weightprint.cli import app
+    from weightprint.io import open_model
+    from weightprint.testing.derive import derived
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama"))
+    tiny = Path(derived("tiny_llama", None, seed=7100, n_layers=4, steps=150))
+    snap = tmp_path / "hub" / "models--tiny--llama" / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    for f in tiny.iterdir():
+        (snap / f.name).symlink_to(f)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text(COMMIT)
+    gguf = Path(derived("gguf", tiny, file_type="Q8_0"))
+    make_ollama(tmp_path / "ollama", "tiny", "q8_0", gguf.read_bytes())
+    with open_model("hf:tiny/llama") as m:
+        assert m.format != "gguf" and Path(m.path) == snap
+    with open_model("ollama:tiny:q8_0") as m:
+        assert m.format == "gguf"
+    res = CliRunner().invoke(app, ["inspect", "hf:tiny/llama", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["path"] == str(snap)
+    res = CliRunner().invoke(app, ["inspect", "ollama:tiny:q8_0"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["inspect", "hf:tiny/nothing"])
+    assert res.exit_code == 2 and "error: hf:tiny/nothing: not in the Hugging Face cache" in res.stderr

@@ -11,6 +11,7 @@ from weightprint.constants import GGUF_MAGIC
 from weightprint.errors import ModelFormatError, WeightprintError
 from weightprint.io.limits import one_line, regular_file, tidy_error
 from weightprint.io.model import Model
+from weightprint.io.refs import is_ref, resolve_ref
 
 
 def _looks_like_safetensors(head: bytes, file_size: int) -> bool:
@@ -30,7 +31,8 @@ def open_model(path: str | os.PathLike[str]) -> Model:
     Parameters
     ----------
     path : str or Path
-        A ``.gguf`` file, a ``.safetensors`` file or a model directory.
+        A ``.gguf`` file, a ``.safetensors`` file or a model directory, or a reference
+        ``hf:org/name[@revision]`` / ``ollama:name[:tag]`` resolved offline (:mod:`weightprint.io.refs`).
 
     Returns
     -------
@@ -49,7 +51,7 @@ def open_model(path: str | os.PathLike[str]) -> Model:
     >>> with open_model("model.gguf") as m:   # doctest: +SKIP
     ...     print(m.architecture, len(m.tensor_names()))
     """
-    p = Path(path)
+    p = resolve_ref(str(path)).path if is_ref(str(path)) else Path(path)
     try:
         return _open_checked(p)
     except WeightprintError as e:
