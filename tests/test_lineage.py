@@ -93,6 +93,19 @@ def test_strong_matches_are_resolved_beyond_the_chatterjee_floor():
     assert perfect.evidence["z"] == pytest.approx((500 - 1) / 1.0, rel=1e-3)
 
 
+def test_sidak_combination():
+    """1 - (1 - min p)^2, stable in log space; uniform for independent uniform p-values."""
+    from weightprint.lineage.compare import sidak_log10
+
+    assert 10 ** sidak_log10([math.log10(0.3), math.log10(0.6)]) == pytest.approx(1 - 0.7**2)
+    assert sidak_log10([-1000.0, -0.1]) == pytest.approx(-1000.0 + math.log10(2))
+    assert sidak_log10([0.0, 0.0]) == 0.0
+    rng = np.random.default_rng(5)
+    u = rng.random((2000, 2))
+    combined = np.array([10 ** sidak_log10(list(np.log10(x))) for x in u])
+    assert stats.kstest(combined, "uniform").pvalue > 0.01
+
+
 def test_assignment_test_rejects_bad_input():
     with pytest.raises(ValueError, match="square"):
         assignment_test(np.zeros((3, 4)), name="t")
