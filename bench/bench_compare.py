@@ -65,7 +65,7 @@ def speed(threads: int) -> dict:
     return data
 
 
-def zoo(with_finetune: bool) -> dict[str, tuple[str, Path]]:
+def zoo(with_finetune: bool, finetune_dir: str | None = None) -> dict[str, tuple[str, Path]]:
     """name -> (family, path)."""
     from _fixtures_behave import requantized
     from weightprint.testing.derive import derived
@@ -74,7 +74,7 @@ def zoo(with_finetune: bool) -> dict[str, tuple[str, Path]]:
     sm = smollm2_path()
     models = {"smollm2": ("smollm2", sm), "smollm2-q8_0": ("smollm2", requantized(sm)), "gemma3": ("gemma3", gemma3_path())}
     if with_finetune:
-        ft = derived("finetune", sm, steps=200, seed=0)
+        ft = Path(finetune_dir) if finetune_dir else derived("finetune", sm, steps=200, seed=0)
         models["smollm2-ft200"] = ("smollm2", derived("gguf", ft, file_type="Q8_0"))
     for i, (h, layers, inter, heads, kv) in enumerate(TINY_SHAPES):
         p = derived("tiny_llama", None, seed=1000 + i, steps=60, hidden_size=h, n_layers=layers,
@@ -83,11 +83,12 @@ def zoo(with_finetune: bool) -> dict[str, tuple[str, Path]]:
     return models
 
 
-def calibrate(threads: int, n_samples: int, with_finetune: bool, sampled_prompts: int, reverse: bool = False) -> dict:
+def calibrate(threads: int, n_samples: int, with_finetune: bool, sampled_prompts: int, reverse: bool = False,
+              finetune_dir: str | None = None) -> dict:
     prompts = load_prompts("default")
     reg_prompts = {"greedy": prompts, "sampled": prompts[::max(1, len(prompts) // sampled_prompts)][:sampled_prompts]}
     cache = Path(os.environ.get("WEIGHTPRINT_CACHE", Path.home() / ".cache" / "weightprint")) / "behave_bench.db"
-    models = zoo(with_finetune)
+    models = zoo(with_finetune, finetune_dir)
     regimes = {"greedy": dict(sampled=False, max_tokens=16, top_logprobs=5, prefix=10),
                "sampled": dict(sampled=True, max_tokens=8, top_logprobs=0, prefix=3)}
     answers: dict[tuple[str, str, int], object] = {}
@@ -153,10 +154,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=6)
     ap.add_argument("--finetune", action="store_true", help="include the 200-step fine-tune (built once, slow)")
+    ap.add_argument("--finetune-dir", help="an already fine-tuned Hugging Face directory to use instead of building one")
     ap.add_argument("--reverse", action="store_true", help="answer in reverse model order (a second process shares the cache)")
     ap.add_argument("--sampled-prompts", type=int, default=16, help="prompts of the sampled regime (evenly spaced)")
     args = ap.parse_args()
-    data = speed(args.threads) if args.mode == "speed" else calibrate(args.threads, args.samples, args.finetune, args.sampled_prompts, args.reverse)
+    data = speed(args.threads) if args.mode == "speed" else calibrate(args.threads, args.samples, args.finetune or bool(args.finetune_dir), args.sampled_prompts, args.reverse,
+                  args.finetune_dir)
     print(_write(args.mode, data))
 
 

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from weightprint.behave.backends.base import Backend, GenerateRequest, Generation
 from weightprint.progress import ProgressCallback, no_progress
+from weightprint.results import to_jsonable
 
 __all__ = ["CachedBackend", "model_identity"]
 
@@ -76,7 +77,7 @@ class CachedBackend(Backend):
         done = len(requests) - len(missing)
         for i in missing:  # one at a time, each stored at once: an interrupted run keeps what it computed
             g = self.inner.generate([requests[i]])[0]
-            self._cache.put(self._key(requests[i]), dataclasses.asdict(g))
+            self._cache.put(self._key(requests[i]), to_jsonable(dataclasses.asdict(g)))  # numpy scalars -> floats
             out[i] = g
             done += 1
             progress(done, len(requests), "generate")
