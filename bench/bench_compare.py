@@ -148,9 +148,50 @@ def calibrate(threads: int, n_samples: int, with_finetune: bool, sampled_prompts
             "n_prompts": {k: len(v) for k, v in reg_prompts.items()}, "models": {k: str(v[1]) for k, v in models.items()}}
 
 
+def acceptance(threads: int, n_samples: int, sampled_prompts: int, finetune_dir: str | None) -> dict:
+    """The issue's acceptance runs against a real llama_cpp.server on 127.0.0.1 (started here) and a
+    text-only sampling proxy in front of it; local answers come from the calibration cache."""
+    from _fixtures_behave import TextOnlySamplingProxy, requantized, start_llama_server, stop
+    from weightprint.behave.identify import identify_model
+
+    prompts = load_prompts("default")
+    sampled_subset = prompts[::max(1, len(prompts) // sampled_prompts)][:sampled_prompts]
+    cache = Path(os.environ.get("WEIGHTPRINT_CACHE", Path.home() / ".cache" / "weightprint")) / "behave_bench.db"
+    models = zoo(True, finetune_dir)
+    sm = models["smollm2"][1]
+    http = {"cache": RESULTS / ".acceptance_http.db", "concurrency": 1, "timeout": 900}
+    local = {name: CachedBackend(open_backend(models[name][1], n_threads=threads, n_ctx=512), cache, model_identity(models[name][1]))
+             for name in ("smollm2", "smollm2-q8_0", "smollm2-ft200", "gemma3")}
+    out: dict = {"runs": []}
+    proc, url = start_llama_server(sm, threads=threads)
+    try:
+        with TextOnlySamplingProxy(url, temperature=0.8) as proxy:
+            for target, regime, plist in ((url, "greedy", prompts), (proxy.url, "sampled", sampled_subset)):
+                for name in ("smollm2", "gemma3", "smollm2-ft200", "smollm2-q8_0"):
+                    t0 = time.perf_counter()
+                    r = compare_models(target, local[name], prompts=plist, n_samples=n_samples, options_a=http)
+                    row = {"target": "server" if target == url else "text-only sampling proxy", "b": name,
+                           "regime": r.mode, "verdict": r.verdict, "log10_p_unrelated": r.unrelated_test.log10_pvalue,
+                           "summary": r.summary(), "statistics": r.statistics, "seconds": time.perf_counter() - t0}
+                    out["runs"].append(row)
+                    print(json.dumps({k: row[k] for k in ("target", "b", "verdict", "summary")}), flush=True)
+            q4k = requantized(sm, ftype=15, name="q4_k_m")
+            cands = [local["gemma3"], local["smollm2-ft200"], local["smollm2-q8_0"],
+                     CachedBackend(open_backend(q4k, n_threads=threads, n_ctx=512), cache, model_identity(q4k)), local["smollm2"]]
+            t0 = time.perf_counter()
+            idr = identify_model(url, cands, max_queries=8, target_options=http)
+            out["identify"] = {**idr.to_dict(), "seconds": time.perf_counter() - t0}
+            print(idr.summary(), flush=True)
+    finally:
+        stop(proc)
+        for b in local.values():
+            b.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["speed", "calibrate"])
+    ap.add_argument("mode", choices=["speed", "calibrate", "acceptance"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=6)
     ap.add_argument("--finetune", action="store_true", help="include the 200-step fine-tune (built once, slow)")
@@ -158,6 +199,9 @@ def main() -> None:
     ap.add_argument("--reverse", action="store_true", help="answer in reverse model order (a second process shares the cache)")
     ap.add_argument("--sampled-prompts", type=int, default=16, help="prompts of the sampled regime (evenly spaced)")
     args = ap.parse_args()
+    if args.mode == "acceptance":
+        print(_write("acceptance", acceptance(args.threads, args.samples, args.sampled_prompts, args.finetune_dir)))
+        return
     data = speed(args.threads) if args.mode == "speed" else calibrate(args.threads, args.samples, args.finetune or bool(args.finetune_dir), args.sampled_prompts, args.reverse,
                   args.finetune_dir)
     print(_write(args.mode, data))
