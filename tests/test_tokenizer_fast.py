@@ -61,6 +61,11 @@ def test_merges_match_the_definition_on_crafted_vocabularies(seed: int) -> None:
     expected = _definition(info, np.array(types))
     assert len(expected) > 50
     assert list(map(list, _spm_merges(info, np.array(types)))) == expected
+    # without the repeated strings, the shortcut for distinct tokens gives the definition too
+    first = list({t: i for i, t in reversed(list(enumerate(tokens)))}.values())
+    unique = _info([tokens[i] for i in first], [types[i] for i in first], [scores[i] for i in first])
+    u_types = np.asarray(unique.token_types)
+    assert list(map(list, _spm_merges(unique, u_types, distinct=True))) == _definition(unique, u_types)
 
 
 def test_no_merges_and_missing_scores() -> None:

@@ -208,7 +208,7 @@ def _hash_table(keys: np.ndarray, values: np.ndarray):
     return lookup
 
 
-def _spm_merges(info: TokenizerInfo, types: np.ndarray) -> list[tuple[str, str]]:
+def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = False) -> list[tuple[str, str]]:
     """Merges for a SentencePiece BPE vocabulary, ranked by the score of the merged piece.
 
     Every split ``token[:k] | token[k:]`` of a normal token into two vocabulary pieces (normal
@@ -221,8 +221,11 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray) -> list[tuple[str, str]]
     scores = np.asarray(info.scores, dtype=np.float64)
     if len(scores) < len(tokens):
         raise ModelFormatError(f"tokenizer has {len(tokens)} tokens but {len(scores)} scores")
-    vocab = {t: i for i, t in enumerate(tokens) if types[i] in (TOKEN_NORMAL, TOKEN_USER_DEFINED)}
-    members = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+    if distinct:  # no token string repeats (the caller checked): every piece stands for itself
+        members = np.nonzero((types == TOKEN_NORMAL) | (types == TOKEN_USER_DEFINED))[0].astype(np.int64)
+    else:
+        vocab = {t: i for i, t in enumerate(tokens) if types[i] in (TOKEN_NORMAL, TOKEN_USER_DEFINED)}
+        members = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
     lens = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
     members = members[lens[members] > 0]
     merged = members[(types[members] == TOKEN_NORMAL) & (lens[members] >= 2)]
@@ -236,7 +239,8 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray) -> list[tuple[str, str]]
     for _attempt in range(8):
         key = _substring_hashes(cps, pos, max_len, rng)
         member_keys = key(offsets[members], offsets[members] + lens[members], offsets[members])
-        if len(np.unique(member_keys)) == len(member_keys):
+        ordered = np.sort(member_keys)
+        if not (ordered[1:] == ordered[:-1]).any():
             break
     else:  # eight colliding draws of 62-bit hashes: not a real vocabulary
         raise ModelFormatError("SentencePiece vocabulary defeats the merge search (hash collisions)")
@@ -296,7 +300,8 @@ def tokenizer_json_from_info(info: TokenizerInfo, *, add_space_prefix: bool | No
     types = _types(info)
     added = _added_tokens(info, types)
     vocab = {t: i for i, t in enumerate(info.tokens)}
-    if len(vocab) != len(info.tokens):
+    distinct = len(vocab) == len(info.tokens)
+    if not distinct:
         # duplicated token strings: keep the first id, as llama.cpp's text->id map does
         vocab = {}
         for i, t in enumerate(info.tokens):
@@ -374,7 +379,7 @@ def tokenizer_json_from_info(info: TokenizerInfo, *, add_space_prefix: bool | No
                 "byte_fallback": True,
                 "ignore_merges": False,
                 "vocab": vocab,
-                "merges": _spm_merges(info, types),
+                "merges": _spm_merges(info, types, distinct=distinct),
             },
         }
     raise WeightprintError(f"cannot build a tokenizer.json for GGUF tokenizer model `{info.model}`; supported: gpt2, llama")
