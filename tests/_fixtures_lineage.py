@@ -148,17 +148,49 @@ def permute_hidden(t: dict[str, np.ndarray], seed: int, *, n_heads: int, n_kv: i
     return out
 
 
+def lora_merged(name: str, v: np.ndarray, rank: int, rel: float, seed: int) -> np.ndarray:
+    """``v`` plus a merged LoRA update ``B A`` of rank ``rank`` whose Frobenius norm is ``rel``
+    times ``v``'s (what ``merge_and_unload`` leaves behind); the update is seeded by the name."""
+    import hashlib
+
+    rng = np.random.default_rng([seed, int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little")])
+    b = rng.normal(size=(v.shape[0], rank)).astype(np.float32)
+    a = rng.normal(size=(rank, v.shape[1])).astype(np.float32)
+    delta = b @ a
+    return (v + rel * np.linalg.norm(v) / np.linalg.norm(delta) * delta).astype(np.float32)
+
+
 def merge_lora(t: dict[str, np.ndarray], rank: int, rel: float, seed: int) -> dict[str, np.ndarray]:
-    """Every 2-D block matrix plus a merged LoRA update ``B A`` of rank ``rank`` whose Frobenius
-    norm is ``rel`` times the matrix's own (what ``merge_and_unload`` leaves behind)."""
-    rng = np.random.default_rng(seed)
-    out = dict(t)
-    for k, v in t.items():
-        if v.ndim != 2 or "layers." not in k:
-            continue
-        delta = rng.normal(size=(v.shape[0], rank)) @ rng.normal(size=(rank, v.shape[1]))
-        out[k] = (v + rel * np.linalg.norm(v) / np.linalg.norm(delta) * delta).astype(np.float32)
-    return out
+    """Every 2-D block matrix with a merged LoRA update (:func:`lora_merged`)."""
+    return {k: lora_merged(k, v, rank, rel, seed) if v.ndim == 2 and "layers." in k else v for k, v in t.items()}
+
+
+class LoraMergedView(Model):
+    """A lazy view of a real model with a merged LoRA update in every 2-D block matrix."""
+
+    def __init__(self, inner: Model, *, rank: int = 16, rel: float = 0.2, seed: int = 0) -> None:
+        self.inner, self.rank, self.rel, self.seed = inner, rank, rel, seed
+        self.path, self.format, self.architecture = Path(f"{inner.path}-lora{rank}"), inner.format, inner.architecture
+        self.metadata, self.config = inner.metadata, inner.config
+        self.tokenizer, self.chat_template = inner.tokenizer, inner.chat_template
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return self.inner.tensor_infos()
+
+    def info(self, name: str) -> TensorInfo:
+        return self.inner.info(name)
+
+    def raw(self, name: str) -> np.ndarray:
+        raise NotImplementedError("a LoRA-merged view has no stored bytes")
+
+    def tensor(self, name: str, dtype=np.float32) -> np.ndarray:
+        v = np.asarray(self.inner.tensor(name), dtype=np.float32)
+        if v.ndim == 2 and "layers." in name:
+            v = lora_merged(name, v, self.rank, self.rel, self.seed)
+        return v.astype(dtype, copy=False)
+
+    def close(self) -> None:
+        pass
 
 
 def prune_width(t: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:

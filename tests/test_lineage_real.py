@@ -104,6 +104,16 @@ def test_smollm2_width_pruned_to_512_is_derived(smollm2):
     assert "width pruning" in r.reason
 
 
+def test_smollm2_with_a_merged_lora_is_derived(smollm2):
+    """A rank-16 LoRA update of 20% relative norm merged into every block matrix."""
+    from _fixtures_lineage import LoraMergedView
+
+    with open_model(smollm2) as m:
+        r = compare_models(m, LoraMergedView(m, rank=16, rel=0.2, seed=0))
+    assert r.verdict == "derived", r.reason
+    assert r.log10_pvalue < -8
+
+
 def test_stored_fingerprint_fits_budget(reference):
     full, _ = reference
     blob = full.compact().to_bytes()
