@@ -14,7 +14,7 @@ from weightprint.progress import ProgressCallback, no_progress, substep
 from weightprint.results import TestResult, VerdictResult, format_pvalue, to_jsonable
 from weightprint.scan.db import ScanDB
 from weightprint.scan.discover import discover_models
-from weightprint.scan.execute import run_local, run_ray
+from weightprint.scan.execute import LocalExecutor, RayExecutor, scan_items
 from weightprint.scan.graph import DEFAULT_FDR, Edge, build_graph
 
 __all__ = ["DEFAULT_DB", "ScanResult", "scan_models"]
@@ -164,15 +164,16 @@ def scan_models(
     db = ScanDB(db_url)
     items = discover_models(targets)
     dicts = [it.to_dict() for it in items]
-    work = substep(progress, 0, 2, "fingerprint")
     if ray_address:
-        files = run_ray(dicts, db.url, address=ray_address, workers=workers, memory_bytes=worker_memory_bytes,
-                        progress=work)
+        executor: LocalExecutor | RayExecutor = RayExecutor(ray_address, workers=workers,
+                                                            memory_bytes=worker_memory_bytes)
     else:
-        files = run_local(dicts, db.url, workers=workers, progress=work) if dicts else []
-    shas = sorted({f["content_sha256"] for f in files if f["status"] != "error" and f["content_sha256"]})
-    nodes, edges, n_pairs = build_graph(db, shas, fdr=fdr, n_resamples=n_resamples, seed=seed,
-                                        progress=substep(progress, 1, 2, "graph"))
+        executor = LocalExecutor(workers)
+    with executor:
+        files = scan_items(executor, dicts, db.url, progress=substep(progress, 0, 2, "fingerprint"))
+        shas = sorted({f["content_sha256"] for f in files if f["status"] != "error" and f["content_sha256"]})
+        nodes, edges, n_pairs = build_graph(db, shas, fdr=fdr, n_resamples=n_resamples, seed=seed, executor=executor,
+                                            progress=substep(progress, 1, 2, "graph"))
     names: dict[str, list[str]] = {}
     for f in files:
         if f["content_sha256"]:
@@ -195,7 +196,7 @@ def scan_models(
     return ScanResult(
         verdict="lineage found" if related else "no evidence", targets=[str(t) for t in targets], db_url=db.redacted,
         fdr=fdr, files=files, nodes=node_list, edges=tree, related=related, n_candidate_pairs=n_pairs,
-        n_tested=len(edges), counts=counts, executor=f"ray:{ray_address}" if ray_address else f"local pool",
+        n_tested=len(edges), counts=counts, executor=executor.name,
         seconds=time.perf_counter() - t0,
     )
 

@@ -4,7 +4,8 @@
    a band of their vocabulary MinHash -- a database join, so a hub of N models tests about
    the sum over blocks of ``size**2``, not ``N**2``.
 2. **Tests**: :func:`weightprint.lineage.compare_fingerprints` on each candidate pair (H0:
-   "the two models were trained independently"), the combined test only.
+   "the two models were trained independently"), the combined test only, in chunks of
+   :data:`PAIR_CHUNK` pairs run on the scan's executor (Ray tasks or the local pool).
 3. **Correction**: Benjamini-Yekutieli over the pairs tested, valid under the arbitrary
    dependence of tests that share models; an edge is significant when its adjusted p-value
    (q-value) is at most ``fdr``: among the edges reported, the expected fraction of false ones
@@ -30,18 +31,20 @@ from typing import Any
 
 import numpy as np
 
+from weightprint.errors import WeightprintError
 from weightprint.lineage.compare import compare_fingerprints
 from weightprint.lineage.fingerprint import Fingerprint
 from weightprint.progress import ProgressCallback, no_progress
 from weightprint.scan.db import ScanDB
 from weightprint.scan.signature import compare_signatures, source_rank
 
-__all__ = ["DEFAULT_FDR", "TIE_DRIFT", "Edge", "benjamini_yekutieli", "build_graph"]
+__all__ = ["DEFAULT_FDR", "TIE_DRIFT", "Edge", "benjamini_yekutieli", "build_graph", "run_pair_tests"]
 
 DEFAULT_FDR = 0.01
 TIE_DRIFT = 0.02
 """Embedding drift below which two related models count as re-encodings of the same weights."""
 UNKNOWN_DRIFT = 1.0
+PAIR_CHUNK = 32
 
 
 @dataclass
@@ -121,6 +124,28 @@ def _kind(diff: dict[str, Any], sp: dict[str, Any], sc: dict[str, Any]) -> str:
     return " + ".join(parts)
 
 
+def run_pair_tests(db_url: str, pairs: list[tuple[str, str]], n_resamples: int, seed: int) -> list[dict[str, Any] | None]:
+    """The pair tests of one chunk (a Ray task or pool job): fingerprints read from the database.
+
+    One dict per pair (``log10_pvalue``, ``statistic``, the unmatched layers), None when the
+    two models cannot be compared (no weight component in common).
+    """
+    db = ScanDB(db_url)
+    rows = db.fingerprint_rows(sorted({s for pair in pairs for s in pair}))
+    fps = {sha: Fingerprint.from_bytes(r.blob, source=f"{db.redacted}:{r.label}") for sha, r in rows.items()}
+    out: list[dict[str, Any] | None] = []
+    for a, b in pairs:
+        r = compare_fingerprints(fps[a], fps[b], n_resamples=n_resamples, rng=seed, components=False)
+        out.append(None if r.combined is None else {
+            "log10_pvalue": r.log10_pvalue, "statistic": float(r.combined.statistic),
+            "unmatched_a": r.alignment.get("unmatched_a"), "unmatched_b": r.alignment.get("unmatched_b")})
+    return out
+
+
+def _chunks(pairs: list[tuple[str, str]], size: int) -> list[list[tuple[str, str]]]:
+    return [pairs[i:i + size] for i in range(0, len(pairs), size)]
+
+
 def build_graph(
     db: ScanDB,
     shas: list[str],
@@ -128,10 +153,14 @@ def build_graph(
     fdr: float = DEFAULT_FDR,
     n_resamples: int = 199,
     seed: int = 0,
+    executor: Any = None,
+    chunk_size: int = PAIR_CHUNK,
     progress: ProgressCallback | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[Edge], int]:
     """Nodes (by content hash), tested edges, and the number of candidate pairs.
 
+    The pair tests run in chunks of ``chunk_size`` on ``executor`` (a
+    :class:`~weightprint.scan.execute.LocalExecutor` or ``RayExecutor``), or here when None.
     Each node gets ``parent`` (content hash or None), ``family`` (the root's hash) and
     ``depth``; edges of the parent tree get ``parent``/``child``/``kind``.
     """
@@ -144,16 +173,27 @@ def build_graph(
         sigs[sha] = json.loads(r.signature)
     nodes = {sha: {"parent": None, "family": None, "depth": 0} for sha in rows}
     pairs = db.candidate_pairs(set(rows))
+    chunks = _chunks(pairs, chunk_size)
+    jobs = [(db.url, c, n_resamples, seed) for c in chunks]
+    if executor is None:
+        tested = []
+        for k, job in enumerate(jobs):
+            progress(k, len(jobs), f"pair tests {k * chunk_size}/{len(pairs)}")
+            tested.append(run_pair_tests(*job))
+    else:
+        def lost(i: int, why: str) -> list[None]:
+            raise WeightprintError(f"pair tests {i * chunk_size}..{i * chunk_size + len(chunks[i])} failed: {why}")
+
+        tested = executor.map(run_pair_tests, jobs, on_fail=lost, progress=progress,
+                              describe=lambda i: f"pair tests {min(len(pairs), (i + 1) * chunk_size)}/{len(pairs)}")
+    progress(len(jobs), len(jobs), "pair tests")
     edges: list[Edge] = []
-    for k, (a, b) in enumerate(pairs):
-        progress(k, len(pairs), "pair tests")
-        r = compare_fingerprints(fps[a], fps[b], n_resamples=n_resamples, rng=seed, components=False)
-        if r.combined is None:
+    for (a, b), t in zip(pairs, (t for chunk in tested for t in chunk)):
+        if t is None:
             continue
-        e = Edge(a, b, r.log10_pvalue, float(r.combined.statistic))
-        e.diff = {"alignment": {"unmatched_a": r.alignment.get("unmatched_a"), "unmatched_b": r.alignment.get("unmatched_b")}}
+        e = Edge(a, b, t["log10_pvalue"], t["statistic"])
+        e.diff = {"alignment": {"unmatched_a": t["unmatched_a"], "unmatched_b": t["unmatched_b"]}}
         edges.append(e)
-    progress(len(pairs), len(pairs), "pair tests")
     for e, q in zip(edges, benjamini_yekutieli([e.log10_pvalue for e in edges])):
         e.log10_qvalue = q
         e.significant = q <= math.log10(fdr)
