@@ -30,6 +30,25 @@ def test_float16_conversion_is_numpys(threads: int) -> None:
     got = _to_float16("w", x)
     assert got.dtype == np.float16 and got.shape == x.shape
     assert np.array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16))
+    reuse: list[np.ndarray] = []
+    first = _to_float16("w", x, reuse)
+    assert np.array_equal(first, got) and reuse[0].size == x.size
+    smaller = _to_float16("v", x[:10], reuse)  # a view of the same buffer
+    assert np.shares_memory(smaller, reuse[0]) and np.array_equal(smaller, got[:10])
+
+
+def test_float16_bits_exhaustive_sample() -> None:
+    """Every float32 whose top 16 bits are any value, with low bits around rounding ties."""
+    from weightprint.quant.legacy import half_bits_checked
+
+    high = np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)
+    low = np.array([0, 1, 0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x3000, 0xFFFF], dtype=np.uint32)
+    x = (high[:, None] | low[None, :]).reshape(-1).view(np.float32)
+    dst = np.zeros(x.size, dtype=np.uint16)
+    ok = np.isfinite(x) & (np.abs(x) <= 65504)
+    assert half_bits_checked(x, dst) == int(np.count_nonzero(~ok))
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert np.array_equal(dst[ok], x[ok].astype(np.float16).view(np.uint16))
 
 
 @pytest.mark.parametrize(

@@ -351,6 +351,7 @@ def write_hf_dir(
         specs.append((t.name, tuple(t.shape), target))
     total = len(specs)
     targets = {name: target for name, _, target in specs}
+    half_buffer: list[np.ndarray] = []
     done = {"n": 0}
 
     def data(name: str) -> np.ndarray:
@@ -368,7 +369,8 @@ def write_hf_dir(
         if progress is not None:
             progress(done["n"], total, name)
         if targets[name] == "F16" and values.dtype == np.float32:
-            return _to_float16(name, values)
+            # the writer copies each tensor out before it asks for the next: one buffer serves all
+            return _to_float16(name, values, half_buffer)
         return values
 
     parent = out.parent
@@ -409,22 +411,30 @@ def write_hf_dir(
     return out
 
 
-def _to_float16(name: str, values: np.ndarray) -> np.ndarray:
-    """float32 -> float16 in chunks on the quantization threads, refusing what the safetensors
-    writer refuses (:func:`check_representable`: non-finite values, overflow), so that the writer
-    only copies (a float16 input is checked there by a cheap bit test)."""
+def _to_float16(name: str, values: np.ndarray, reuse: list[np.ndarray] | None = None) -> np.ndarray:
+    """float32 -> float16 in chunks on the quantization threads (one integer pass per value),
+    refusing what the safetensors writer refuses (:func:`check_representable`: non-finite values,
+    overflow, with its message), so that the writer only copies (a float16 input is checked there
+    by a cheap bit test). ``reuse`` holds one buffer kept from call to call (the result is a view
+    of it, valid until the next call): fresh pages cost more than the conversion itself."""
     from weightprint.io.safetensors_file import check_representable
     from weightprint.quant import for_each_chunk
+    from weightprint.quant.legacy import half_bits_checked
 
-    src = np.ascontiguousarray(values).reshape(-1)
-    half = np.empty(src.size, dtype=np.float16)
+    src = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    if reuse and reuse[0].size >= src.size:
+        half = reuse[0][: src.size]
+    else:
+        half = np.empty(src.size, dtype=np.uint16)
+        if reuse is not None:
+            reuse[:] = [half]
 
     def work(start: int, stop: int) -> None:
-        check_representable(name, src[start:stop], "F16")
-        np.copyto(half[start:stop], src[start:stop], casting="same_kind")
+        if half_bits_checked(src[start:stop], half[start:stop]):
+            check_representable(name, src[start:stop], "F16")  # raises, naming the tensor
 
     for_each_chunk(src.size, work)
-    return half.reshape(values.shape)
+    return half.view(np.float16).reshape(values.shape)
 
 
 def _write_tokenizer_files(directory: Path, model: Model, config: dict[str, Any]) -> None:

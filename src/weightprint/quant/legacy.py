@@ -45,6 +45,46 @@ class F32Kernel(QuantKernel, qtype=QType.F32):
         return y
 
 
+@_njit
+def half_bits_checked(src, dst):
+    """float32 ``src`` -> float16 bit patterns in ``dst`` (uint16), rounding to nearest even as
+    numpy's ``astype(np.float16)`` and ``GGML_FP32_TO_FP16`` do; returns how many values were
+    refused (NaN, infinity or ``|x| > 65504``), whose ``dst`` entries are left unspecified.
+
+    One integer pass, no temporaries: several times faster than numpy's cast plus its checks.
+    """
+    bits = src.view(np.uint32)
+    refused = 0
+    for i in range(bits.size):
+        f = bits[i]
+        sign = np.uint16((f >> 16) & 0x8000)
+        a = f & 0x7FFFFFFF
+        if a > 0x477FE000:  # 65504 (largest half) < |x|, or inf/NaN
+            refused += 1
+            continue
+        if a < 0x38800000:  # below 2**-14: subnormal half or zero
+            if a < 0x33000000:  # below 2**-25: rounds to zero
+                dst[i] = sign
+                continue
+            e = a >> 23
+            sig = (a & 0x007FFFFF) | 0x00800000
+            shift = 126 - e  # x = sig * 2**(e - 150) and a subnormal half is k * 2**-24
+            half = sig >> shift
+            rest = sig & ((np.uint32(1) << shift) - 1)
+            mid = np.uint32(1) << (shift - 1)
+            if rest > mid or (rest == mid and (half & 1)):
+                half += 1
+            dst[i] = sign | np.uint16(half)
+            continue
+        # normal: rebias the exponent, round the mantissa to 10 bits (a carry bumps the exponent)
+        h = ((a - 0x38000000) >> 13)
+        rest = a & 0x1FFF
+        if rest > 0x1000 or (rest == 0x1000 and (h & 1)):
+            h += 1
+        dst[i] = sign | np.uint16(h)
+    return refused
+
+
 class F16Kernel(QuantKernel, qtype=QType.F16):
     """IEEE half, little-endian, 2 bytes per weight; rounding to nearest even as ``GGML_FP32_TO_FP16``."""
 
