@@ -26,8 +26,20 @@ def _endpoint_options(ref: str, model: str | None, api_key_env: str, no_cache: b
     return opts
 
 
-def _register_sections() -> None:
+def _render(result, title: str, header: tuple[str, str], rows: list[tuple[str, str]], html, as_json: bool) -> None:
+    """Report (``--html``), then JSON or the summary and a two-column table, then the exit code."""
     import weightprint.report.behave_sections  # noqa: F401  (registers the report sections)
+
+    write_report(html, title, result)
+    if as_json:
+        emit_json(result)
+    else:
+        say(result.summary())
+        t = Table(*header)
+        for k, v in rows:
+            t.add_row(k, v)
+        console.print(t)
+    finish(result)
 
 
 @app.command("compare")
@@ -57,17 +69,7 @@ def compare(
             options_a=_endpoint_options(a, model, api_key_env, no_cache),
             options_b=_endpoint_options(b, model_b or model, api_key_env, no_cache), progress=progress,
         )
-    _register_sections()
-    write_report(html, f"Compare: {result.a} vs {result.b}", result)
-    if as_json:
-        emit_json(result)
-    else:
-        say(result.summary())
-        t = Table("statistic", "value")
-        for k, v in describe(result):
-            t.add_row(k, v)
-        console.print(t)
-    finish(result)
+    _render(result, f"Compare: {result.a} vs {result.b}", ("statistic", "value"), describe(result), html, as_json)
 
 
 @app.command("identify")
@@ -91,17 +93,7 @@ def identify(
     with progress_bar("identifying", steps=True) as progress:
         result = identify_model(target, refs, prompts=prompts, max_queries=max_queries, confidence=confidence,
                                 target_options=_endpoint_options(target, model, api_key_env, no_cache), progress=progress)
-    _register_sections()
-    write_report(html, f"Identify: {result.target}", result)
-    if as_json:
-        emit_json(result)
-    else:
-        say(result.summary())
-        t = Table("candidate", "confidence")
-        for k, v in describe(result):
-            t.add_row(k, v)
-        console.print(t)
-    finish(result)
+    _render(result, f"Identify: {result.target}", ("candidate", "confidence"), describe(result), html, as_json)
 
 
 @app.command("template")
