@@ -98,7 +98,7 @@ def identify_model(
     confidence: float = 0.99,
     max_tokens: int = 16,
     prefix_pieces: int = 10,
-    top_logprobs: int = 1,
+    top_logprobs: int = 5,
     n_pool: int | None = 16,
     target_options: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
