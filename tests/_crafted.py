@@ -301,6 +301,10 @@ def build_corpus(root: Path, *, heavy: bool = False) -> list[Case]:  # noqa: C90
     gguf("gguf-tensor-5-dims", tens(set_t(0, ne=(8, 16, 1, 1, 1))), "gguf-header")
     gguf("gguf-tensor-ne-overflow", tens(set_t(0, ne=(2**63, 2**63))), "gguf-header")
     gguf("gguf-tensor-ne-zero", tens(set_t(0, ne=(0, 16))), "gguf-header", "any")
+    # atheris finding: a zero dimension makes the tensor empty, so byte-size checks passed it, and
+    # numpy then refused the other dimension (ValueError "Maximum allowed dimension exceeded")
+    gguf("fuzz-gguf-zero-and-huge-dim", tens(set_t(2, ne=(2**64 - 248, 0))), "gguf-header")
+    gguf("fuzz-gguf-zero-and-huge-dims-3", tens(set_t(2, ne=(0, 2**40, 2**40))), "gguf-header")
     gguf("gguf-tensor-offset-misaligned", tens(set_t(1, off=3)), "gguf-header")
     gguf("gguf-tensor-offset-past-eof", tens(set_t(1, off=2**40)), "gguf-header")
     gguf("gguf-tensor-offset-wraps", tens(set_t(1, off=2**64 - 32)), "gguf-header")
@@ -418,6 +422,9 @@ def build_corpus(root: Path, *, heavy: bool = False) -> list[Case]:  # noqa: C90
                             {"data_offsets": [0, 2**70]}, {"data_offsets": [0]}, {"data_offsets": "0-8"}, {"data_offsets": [True, 8]},
                             {"shape": [3]}]):
         st(f"st-entry-{i}-{'-'.join(kw)}", entry(**kw))
+    st("fuzz-st-zero-and-huge-dim", safetensors_bytes(header_obj={"w": {"dtype": "F32", "shape": [0, 2**63], "data_offsets": [0, 0]}}))
+    st("fuzz-st-zero-and-huge-dims-3", safetensors_bytes(header_obj={"w": {"dtype": "F32", "shape": [2**46, 2**38, 0],
+                                                                             "data_offsets": [0, 0]}}))
     st("st-entry-missing-fields", safetensors_bytes(header_obj={"w": {"dtype": "F32"}}))
     st("st-entry-not-object", safetensors_bytes(header_obj={"w": [1, 2]}))
     st("st-metadata-not-str", safetensors_bytes(header_obj={"__metadata__": {"a": 1}}))

@@ -281,3 +281,23 @@ def test_json_limits(tmp_path: Path) -> None:
     p.write_bytes(b"{}" + b" " * (4 << 20))
     with pytest.raises(ModelFormatError, match=r"config.json: 4,194,306 bytes, more than the 4,194,304 allowed"):
         read_json(p)
+
+
+def test_fuzz_finding_empty_tensor_with_a_huge_dimension(tmp_path: Path) -> None:
+    """atheris: ne = (2**64 - 248, 0) has 0 bytes, passed the bounds checks, and numpy's reshape
+    raised ValueError; now refused while parsing, for GGUF and safetensors alike."""
+    from _crafted import safetensors_bytes
+    from weightprint.io import open_model
+
+    def huge(infos: list) -> None:
+        name, _, qt, off = infos[2]
+        infos[2] = (name, (2**64 - 248, 0), qt, off)
+
+    g = tmp_path / "m.gguf"
+    g.write_bytes(tiny_gguf(tensor_edit=huge))
+    with pytest.raises(WeightprintError, match=r"tensor `blk.0.attn_q.weight` has dimensions \[18446744073709551368, 0\], more than"):
+        open_model(g)
+    st = tmp_path / "m.safetensors"
+    st.write_bytes(safetensors_bytes(header_obj={"w": {"dtype": "F32", "shape": [0, 2**63], "data_offsets": [0, 0]}}))
+    with pytest.raises(WeightprintError, match=r"tensor `w` has shape \[0, 9223372036854775808\], more than"):
+        open_model(st)

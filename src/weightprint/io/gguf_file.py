@@ -36,7 +36,15 @@ from weightprint.errors import (
     UnsupportedQuantType,
     WeightprintError,
 )
-from weightprint.io.limits import MAX_ALIGNMENT, MAX_ARRAY_NESTING, MAX_NESTED_ITEMS, MAX_STRING_ITEMS, regular_file
+from weightprint.io.limits import (
+    MAX_ALIGNMENT,
+    MAX_ARRAY_NESTING,
+    MAX_ELEMENTS,
+    MAX_NESTED_ITEMS,
+    MAX_STRING_ITEMS,
+    regular_file,
+    shape_fits,
+)
 from weightprint.io.model import STORED_DTYPES, Model, TensorInfo, TokenizerInfo, dequantize_raw
 from weightprint.io.names import from_stored_layout, gguf_to_hf_name, layout_config_from_gguf, needs_layout_change
 
@@ -427,6 +435,8 @@ class GGUFModel(Model):
             p.need(8 * n_dims)
             ne = struct.unpack_from(f"<{n_dims}Q", self._mmap, p.pos)
             p.pos += 8 * n_dims
+            if not shape_fits(ne):
+                raise p.fail(f"tensor `{name}` has dimensions {list(ne)}, more than {MAX_ELEMENTS} elements")
             type_id = p.u32()
             offset = p.u64()
             try:

@@ -39,6 +39,7 @@ __all__ = [
     "JSON_MAX_CONTAINERS",
     "JSON_MAX_VALUES",
     "check_json_budget",
+    "shape_fits",
     "one_line",
     "tidy_error",
     "io_boundary",
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 MAX_ALIGNMENT = 1 << 16
+MAX_ELEMENTS = 1 << 48  # a tensor's dimensions, zeros counted as 1, multiply to at most this (numpy needs < 2**63)
 MAX_STRING_ITEMS = 1 << 22
 MAX_NESTED_ITEMS = 1 << 16
 MAX_ARRAY_NESTING = 4
@@ -72,6 +74,20 @@ JSON_MAX_CONTAINERS = 1 << 21
 JSON_MAX_VALUES = 1 << 23
 # configs hold a few dozen arrays/objects; a million of them is an attack on memory
 JSON_MAX_CONTAINERS_BY_NAME: dict[str, int] = {"config.json": 1 << 16, "generation_config.json": 1 << 12}
+
+
+def shape_fits(shape: Iterable[int]) -> bool:
+    """Whether the dimensions, with zeros counted as 1, multiply to at most :data:`MAX_ELEMENTS`.
+
+    A zero dimension makes a tensor empty whatever the others say, so byte-size checks pass it;
+    numpy still refuses to build an array with a dimension of 2**63 (``ValueError``).
+    """
+    n = 1
+    for d in shape:
+        n *= max(int(d), 1)
+        if n > MAX_ELEMENTS:
+            return False
+    return True
 
 
 def check_json_budget(raw: bytes, label: str, *, max_containers: int = JSON_MAX_CONTAINERS,

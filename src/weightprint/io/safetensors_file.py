@@ -35,7 +35,7 @@ from weightprint.errors import (
 )
 from weightprint.io.model import Model, TensorInfo
 from weightprint.io.files import temp_file_beside
-from weightprint.io.limits import check_json_budget, regular_file
+from weightprint.io.limits import MAX_ELEMENTS, check_json_budget, regular_file, shape_fits
 from weightprint.io.values import describe
 
 __all__ = [
@@ -226,6 +226,8 @@ def _parse_header(path: Path) -> tuple[int, dict[str, Any], list[_Entry]]:
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
             shown = repr(shape) if len(repr(shape)) <= 60 else describe(shape)
             raise SafetensorsFormatError(f"{fname}: tensor `{name}` has invalid shape {shown}")
+        if not shape_fits(shape):
+            raise SafetensorsFormatError(f"{fname}: tensor `{name}` has shape {shape}, more than {MAX_ELEMENTS} elements")
         offsets = spec["data_offsets"]
         if (
             not isinstance(offsets, list)
