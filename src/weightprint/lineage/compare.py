@@ -363,6 +363,37 @@ def _sidak(tests: list[TestResult]) -> TestResult:
     )
 
 
+SKIP_RECOVERY_LOG10 = -8.0  # identity-basis p below 1e-8: the basis recovery cannot change the verdict
+
+
+def _not_run(identity: TestResult, log10_pvalue: float, why: str) -> TestResult:
+    """The recovered-basis slot of the combination when that test was not run on its own.
+
+    Counting it (with p = 1, or with the identity-basis p when the two tests coincide) keeps the
+    Sidak combination over two tests whenever a recovery was attempted, so the decision to skip
+    it -- taken on the data -- cannot make the combined p-value smaller than it should be.
+    """
+    return TestResult(name="recovered-basis", statistic=identity.statistic, log10_pvalue=float(log10_pvalue),
+                      null_hypothesis=identity.null_hypothesis, alternative="greater", method=why, n=identity.n,
+                      evidence={"not_run": why})
+
+
+def _basis_from_signs(fa: Fingerprint, fb: Fingerprint) -> dict[str, Any]:
+    """The residual map when the recovery was skipped: identity up to the signs of the coordinates,
+    read from the signed correlations of matched embedding columns."""
+    ta, tb, _ = _token_profiles(fa, fb, "embedding")
+    out: dict[str, Any] = {"skipped": True, "fit_quality": None,
+                           "method": "signs of the matched embedding columns (identity-basis test already decisive)"}
+    if ta.shape[0] == 0:
+        return {**out, "kind": "identity"}
+    diag = np.diag(correlation_matrix(ta, tb))
+    strong = np.abs(diag) > 0.5
+    flipped = int(np.count_nonzero(diag[strong] < 0))
+    n = int(np.count_nonzero(strong))
+    kind = "identity" if flipped == 0 else ("sign flip" if flipped == n else "partial sign flip")
+    return {**out, "kind": kind, "flipped_coordinates": flipped, "matched_coordinates": n}
+
+
 def _basis_text(basis: dict[str, Any] | None) -> str:
     if not basis:
         return ""
@@ -370,13 +401,16 @@ def _basis_text(basis: dict[str, Any] | None) -> str:
     words = {
         "identity": "residual basis unchanged",
         "sign flip": "residual basis sign-flipped",
+        "partial sign flip": "some residual coordinates sign-flipped",
         "permutation": "residual coordinates permuted",
         "signed permutation": "residual coordinates permuted with sign flips",
         "orthogonal": "residual basis rotated (orthogonal map)",
         "width pruned": "residual channels dropped (width pruning)",
     }.get(str(kind), f"residual map {kind}")
     fold = ", norms folded into the layers" if basis.get("folded_norms") and kind == "orthogonal" else ""
-    return f"{words}{fold} (held-out fit residual {basis.get('fit_quality', float('nan')):.3f})"
+    fit = basis.get("fit_quality")
+    how = f"held-out fit residual {fit:.3f}" if isinstance(fit, (int, float)) else "from the embedding signs"
+    return f"{words}{fold} ({how})"
 
 
 def _tokenizer_evidence_from_fingerprints(fa: Fingerprint, fb: Fingerprint) -> dict[str, Any]:
@@ -463,8 +497,12 @@ def compare_fingerprints(
     tests = [identity]
     if recovered is not None:
         rec = _recovered_test(a, recovered, result.basis, n_resamples=n_resamples, rng=gen)
-        if rec is not None:
-            tests.append(rec)
+        tests.append(rec if rec is not None else _not_run(identity, 0.0, "no layer feature left in the recovered basis"))
+    elif result.basis.get("skipped"):
+        tests.append(_not_run(identity, 0.0, f"not run: the identity-basis test already gave p < 1e{SKIP_RECOVERY_LOG10:.0f}"))
+    elif result.basis.get("kind") in ("identity", "sign flip"):
+        # such a map changes no norm: the test in the recovered basis is the identity-basis test
+        tests.append(_not_run(identity, identity.log10_pvalue, "the recovered map changes no norm: same as identity-basis"))
     if components:
         result.components = comps + tests
     final = tests[0] if len(tests) == 1 else _sidak(tests)
@@ -710,8 +748,15 @@ def compare_models(
             fb = build_fingerprint(mb, tokens=tokens if weights else [], weights=weights)
             progress(2, 4, "recover the residual basis")
             recovered = restricted = basis = None
+            if isinstance(rng, np.random.Generator):  # one seed for both calls below
+                rng = int(rng.integers(2**62))
             if weights and recover and same_width:
-                recovered, basis = _recover(ma, mb, fa)
+                pre = compare_fingerprints(fa, fb, n_resamples=n_resamples, rng=rng, alpha=alpha, tokenizer_evidence={},
+                                           components=False)
+                if pre.combined is not None and pre.combined.log10_pvalue < SKIP_RECOVERY_LOG10:
+                    basis = _basis_from_signs(fa, fb)  # reading both embeddings whole would change nothing
+                else:
+                    recovered, basis = _recover(ma, mb, fa)
             elif weights:
                 restricted, basis = _recover_width(fa, fb)
             merges_a = set(ma.tokenizer.merges or []) if ma.tokenizer is not None else set()
