@@ -100,3 +100,23 @@ def test_thread_count_setting(threads, monkeypatch) -> None:
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="positive integer"):
             set_num_threads(bad)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_forked_child_gets_a_fresh_pool(weights: np.ndarray, threads) -> None:
+    """The parent's pool threads do not exist in a forked child: it must start its own."""
+    import os
+    import signal
+
+    threads(2)
+    expected = quantize(weights, "Q8_0")  # the parent's pool is up
+    pid = os.fork()
+    if pid == 0:  # child: exit 0 only if quantizing works and agrees; a hang dies by SIGALRM
+        ok = False
+        try:
+            signal.alarm(60)
+            ok = np.array_equal(quantize(weights, "Q8_0"), expected)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
