@@ -226,7 +226,7 @@ def test_short_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "x.safetensors").write_bytes(b"\1\2\3")
     with pytest.raises(SafetensorsFormatError, match=r"^x.safetensors: file is 3 bytes, too short for the 8-byte header length$"):
         SafetensorsModel(tmp_path / "x.safetensors")
-    with pytest.raises(ModelFormatError, match=r"missing.safetensors: no such file$"):
+    with pytest.raises(ModelFormatError, match=r"missing.safetensors: no such file or directory$"):
         SafetensorsModel(tmp_path / "missing.safetensors")
 
 

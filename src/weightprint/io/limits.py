@@ -47,6 +47,9 @@ __all__ = [
     "read_json",
     "check_json_file",
     "regular_file",
+    "stat_input",
+    "file_kind",
+    "pid_alive",
     "confined_name",
     "check_output_path",
     "clean_stale_temporaries",
@@ -229,6 +232,20 @@ def io_boundary(label: str | os.PathLike[str]) -> Iterator[None]:
 # --------------------------------------------------------------------------- inputs
 
 
+def stat_input(path: str | os.PathLike[str]) -> os.stat_result:
+    """``os.stat`` of an input path (symlinks followed), every failure one :class:`ModelFormatError`
+    line: a dangling symlink names its target, a missing path says so."""
+    p = Path(path)
+    try:
+        return os.stat(p)
+    except FileNotFoundError:
+        if os.path.islink(p):
+            raise ModelFormatError(f"{p}: dangling symbolic link (target {os.readlink(p)!r} does not exist)") from None
+        raise ModelFormatError(f"{p}: no such file or directory") from None
+    except OSError as e:
+        raise ModelFormatError(f"{p}: cannot access ({e.strerror or e})") from None
+
+
 def regular_file(path: str | os.PathLike[str], what: str = "model file") -> os.stat_result:
     """``os.stat`` of ``path``, refusing anything but an existing regular file (symlinks followed).
 
@@ -241,20 +258,14 @@ def regular_file(path: str | os.PathLike[str], what: str = "model file") -> os.s
         Missing (a dangling symlink says so), unreadable, or not a regular file.
     """
     p = Path(path)
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        if os.path.islink(p):
-            raise ModelFormatError(f"{p}: dangling symbolic link (target {os.readlink(p)!r} does not exist)") from None
-        raise ModelFormatError(f"{p}: no such file") from None
-    except OSError as e:
-        raise ModelFormatError(f"{p}: cannot access ({e.strerror or e})") from None
+    st = stat_input(p)
     if not stat.S_ISREG(st.st_mode):
-        raise ModelFormatError(f"{p}: not a regular file ({_kind(st.st_mode)}), expected a {what}")
+        raise ModelFormatError(f"{p}: not a regular file ({file_kind(st.st_mode)}), expected a {what}")
     return st
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """``a directory``, ``a FIFO``, ``a character device``... for an ``st_mode``, in messages."""
     for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
         if test(mode):
@@ -322,7 +333,7 @@ def check_output_path(out: str | os.PathLike[str], kind: str, inputs: Iterable[s
         raise WeightprintError(f"{p}: cannot check the output path ({e.strerror or e})") from None
     want = stat.S_ISREG if kind == "file" else stat.S_ISDIR
     if not want(st.st_mode):
-        what = "a regular file" if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)
+        what = "a regular file" if stat.S_ISREG(st.st_mode) else file_kind(st.st_mode)
         raise WeightprintError(f"{p}: output exists and is {what}, not a {kind}", hint="choose a new path")
     real_out = p.resolve()
     for src in inputs:
@@ -340,7 +351,8 @@ def check_output_path(out: str | os.PathLike[str], kind: str, inputs: Iterable[s
 _TEMP_PID = re.compile(r"\.(\d+)\.[A-Za-z0-9_]+\.(?:tmp|old|build)")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still run (another user's process counts as alive)."""
     if pid <= 0:
         return True  # unknown: keep it
     try:
@@ -373,7 +385,7 @@ def clean_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
         if not entry.name.startswith(prefix):
             continue
         m = _TEMP_PID.fullmatch(entry.name[len(p.name) + 1:])
-        if m is None or _alive(int(m.group(1))):
+        if m is None or pid_alive(int(m.group(1))):
             continue
         target = Path(entry.path)
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from weightprint.constants import GGUF_MAGIC
 from weightprint.errors import ModelFormatError, WeightprintError
-from weightprint.io.limits import one_line, regular_file, tidy_error
+from weightprint.io.limits import one_line, regular_file, stat_input, tidy_error
 from weightprint.io.model import Model
 from weightprint.io.refs import is_ref, resolve_ref
 
@@ -62,14 +62,7 @@ def open_model(path: str | os.PathLike[str]) -> Model:
 
 
 def _open_checked(p: Path) -> Model:
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        if os.path.islink(p):
-            raise ModelFormatError(f"{p}: dangling symbolic link (target {os.readlink(p)!r} does not exist)") from None
-        raise ModelFormatError(f"{p}: no such file or directory") from None
-    except OSError as e:
-        raise ModelFormatError(f"{p}: cannot access ({e.strerror or e})") from e
+    st = stat_input(p)
     is_dir = stat.S_ISDIR(st.st_mode)
     if not is_dir:
         regular_file(p)  # a FIFO or device is refused before open(): it could block forever
