@@ -55,6 +55,7 @@ def _record(name: str, verdict, expected: list[str], extra: dict | None = None) 
                       if k in ("mlp_permuted_layers", "head_permuted_layers", "n_tensors", "mean_tensor_cosine")},
         **(extra or {}),
     }
+    write_result("mark_attacks", {name: RESULTS[name]}, merge=True)  # as we go: a stopped run keeps its numbers
 
 
 def _assert_right(verdict, who: str) -> None:
