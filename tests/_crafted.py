@@ -553,8 +553,12 @@ def build_corpus(root: Path, *, heavy: bool = False) -> list[Case]:  # noqa: C90
     if heavy:  # the measured amplifications, at full size
         gguf("heavy-gguf-million-nested", gguf_bytes({}, [], b"", raw_kv=_s("x") + struct.pack("<I", T.ARRAY)
                                                      + _nested_empty_string_arrays(1_000_000)), "amplification", heavy=True)
-        gguf("heavy-gguf-strings-over-cap", gguf_bytes({}, [], b"", raw_kv=_s("x") + struct.pack("<IIQ", T.ARRAY, T.STRING, (1 << 22) + 1)
-                                                       + b"\0" * 8 * ((1 << 22) + 1)), "amplification", heavy=True)
-        st("heavy-st-32m-empty-lists", safetensors_bytes(header=b'{"a":[' + b"[]," * (32 << 20) + b"[]]}"), kind="amplification",
-           heavy=True)
+        gguf("heavy-gguf-strings-over-cap", gguf_bytes({}, [], b"", raw_kv=_s("x") + struct.pack("<IIQ", T.ARRAY, T.STRING, (1 << 20) + 1)
+                                                       + b"\0" * 8 * ((1 << 20) + 1)), "amplification", heavy=True)
+        st("heavy-st-30m-empty-lists", safetensors_bytes(header=b'{"a":[' + b"[]," * (30 << 20) + b"[]]}"), kind="amplification",
+           heavy=True)  # 94 MB: under the 100 MB header cap, refused by the bracket count
+        n = (1 << 20) - 1  # a vocabulary just under the string cap: accepted, decoded, hashed
+        vocab = lambda m: (m.__setitem__("tokenizer.ggml.tokens", (T.ARRAY, (T.STRING, [f"t{i}" for i in range(n)]))),  # noqa: E731
+                           m.pop("tokenizer.ggml.token_type"), m.pop("tokenizer.ggml.merges"))
+        gguf("heavy-gguf-vocab-at-cap", tiny_gguf(vocab), "amplification", "ok", heavy=True, commands=("inspect",))
     return cases

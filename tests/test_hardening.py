@@ -122,7 +122,7 @@ def test_amplifiers_stay_small_in_a_subprocess(corpus: list[Case], tmp_path: Pat
         procs.append((case.name, p.returncode, dt, rss_mb, before / 1024, p.stderr.strip()[:200]))
     for name, code, dt, rss_mb, before_mb, err in procs:
         assert code == 2, (name, code, err)
-        assert dt < 10, (name, dt)
+        assert dt < 30, (name, dt)  # interpreter start included, on a shared machine; bench_crafted.py holds runs to 10 s
         # ru_maxrss of the children is a running maximum: it bounds every process run so far
         assert rss_mb < 300, (name, rss_mb, err)
 

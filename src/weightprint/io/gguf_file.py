@@ -18,6 +18,7 @@ naming the file and the numbers.
 
 from __future__ import annotations
 
+import array
 import mmap
 import os
 import struct
@@ -286,7 +287,7 @@ class _HeaderParser:
         region_start = pos = self.pos
         buf, size = self.buf, self.size
         unpack = _U64.unpack_from
-        starts = [0] * count
+        starts = array.array("q", bytes(8 * count))  # 8 bytes a string: no Python int kept per item
         try:  # a length past the end makes the next unpack raise; the last one is checked below
             for i in range(count):
                 n = unpack(buf, pos)[0]
@@ -299,7 +300,7 @@ class _HeaderParser:
             ) from None
         if pos > size:
             raise self.fail(f"string array `{key}` of {count} items runs past end of file ({size} bytes)")
-        start_arr = np.array(starts, dtype=np.int64)
+        start_arr = np.frombuffer(starts, dtype=np.int64) if count else np.zeros(0, np.int64)
         end_arr = np.empty_like(start_arr)
         if count:
             end_arr[:-1] = start_arr[1:] - 8
@@ -617,7 +618,7 @@ def tokenizer_from_gguf_metadata(metadata: Mapping[str, Any], label: str = "GGUF
         value = metadata.get(key)
         if value is None:
             return None
-        if not isinstance(value, (StringArray, list)) or not all(isinstance(t, str) for t in value):
+        if not isinstance(value, (StringArray, list)) or (isinstance(value, list) and not all(isinstance(t, str) for t in value)):
             raise fail(key, f"is {describe(value)}, expected a string array")
         return list(value)
 

@@ -8,7 +8,7 @@ line naming the file and the key or field.
 Caps (each far above any real checkpoint):
 
 - :data:`MAX_ALIGNMENT` ``2**16`` bytes for ``general.alignment`` (llama.cpp writes 32);
-- :data:`MAX_STRING_ITEMS` ``2**22`` strings in all GGUF string arrays together (Gemma 3's
+- :data:`MAX_STRING_ITEMS` ``2**20`` strings in all GGUF string arrays together (Gemma 3's
   vocabulary is 262,144 tokens, Llama 3's merges 280,147);
 - :data:`MAX_NESTED_ITEMS` ``2**16`` arrays inside arrays in a GGUF (llama.cpp rejects nested
   arrays outright), nested at most :data:`MAX_ARRAY_NESTING` deep;
@@ -57,7 +57,7 @@ __all__ = [
 
 MAX_ALIGNMENT = 1 << 16
 MAX_ELEMENTS = 1 << 48  # a tensor's dimensions, zeros counted as 1, multiply to at most this (numpy needs < 2**63)
-MAX_STRING_ITEMS = 1 << 22
+MAX_STRING_ITEMS = 1 << 20
 MAX_NESTED_ITEMS = 1 << 16
 MAX_ARRAY_NESTING = 4
 
