@@ -8,7 +8,7 @@ The model has 7B's tensor shapes (hidden 4096, ffn 11008, vocab 32000, 32 layers
 weights, ~13.5 GB as F16). With ``--layers N`` it keeps those shapes and N of the 32 layers, so
 the largest tensor (what a streaming step may hold) is the 7B's; the run refuses to start when
 the disk lacks room for the source plus the largest output. Steps, each in a fresh subprocess
-(peak RSS from ``getrusage``; wall time includes the interpreter's start):
+(peak RSS: the child's ``VmHWM``; wall time includes the interpreter's start):
 
 1. ``convert f16.gguf q4km.gguf --type Q4_K_M`` vs ``llama_model_quantize`` (same thread count),
    and whether the tensors are byte-identical;
@@ -44,7 +44,12 @@ def _f16_bytes(layers: int) -> int:
 
 def _step(label: str, code: str, threads: int) -> dict:
     """Run ``code`` in a fresh Python; return wall seconds and peak RSS (MB) of that process."""
-    wrapped = code + "\nimport resource; print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    # VmHWM, not getrusage's ru_maxrss: Linux carries the parent's high-water mark into a forked
+    # and exec'd child's ru_maxrss (the bench's own ~1 GB from writing the model), VmHWM is the
+    # child's own address space
+    wrapped = code + (
+        "\nprint('PEAK_RSS_KB', next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
+    )
     env = dict(os.environ, WEIGHTPRINT_THREADS=str(threads))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, env=env)

@@ -92,12 +92,16 @@ def write_synthetic(path: Path, n_layers: int, hidden: int = 2048, ffn: int = 56
     return path.stat().st_size
 
 
+# The child's own peak (VmHWM, kB). Not getrusage's ru_maxrss: Linux carries the parent's
+# high-water mark into a forked and exec'd child's ru_maxrss.
+_PRINT_HWM = "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
+
+
 def convert_peak_rss(src: Path, out: Path) -> tuple[float, float]:
     """Run `weightprint convert` in a child process; return (peak RSS in MB, seconds)."""
     code = (
-        "import resource,sys;from weightprint.convert import convert;"
-        f"convert({str(src)!r},{str(out)!r},to='gguf',file_type='Q4_K_M');"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "from weightprint.convert import convert;"
+        f"convert({str(src)!r},{str(out)!r},to='gguf',file_type='Q4_K_M');" + _PRINT_HWM
     )
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -106,7 +110,7 @@ def convert_peak_rss(src: Path, out: Path) -> tuple[float, float]:
 
 
 def baseline_rss() -> float:
-    code = "import resource;import weightprint.convert, weightprint.quant, weightprint.io;print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    code = "import weightprint.convert, weightprint.quant, weightprint.io;" + _PRINT_HWM
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return int(out.strip()) / 1024
 
