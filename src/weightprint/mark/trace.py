@@ -159,7 +159,7 @@ def correlate_leak(
         for (grid, delta), members in by_grid.items():
             idx, c = candidate_scores(x, y, grid, delta)
             if idx.size:
-                tables.append((code_table(name, x.size, idx, c, code_key), members))
+                tables.append((code_table(name, x.size, idx, c, code_key), frozenset(members)))
         scored = sorted({k for _, members in tables for k in members})
         for k in scored:
             stream = key_stream(copies[k].key, name, x.size)  # one stream per copy and tensor
