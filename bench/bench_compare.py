@@ -83,8 +83,26 @@ def zoo(with_finetune: bool, finetune_dir: str | None = None) -> dict[str, tuple
     return models
 
 
+class _NotCached(Exception):
+    pass
+
+
+class _CachedOnly:
+    """A backend stand-in that refuses to compute (--cached-only: use the answers stored so far)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name, self.label, self.capabilities = inner.name, inner.label, inner.capabilities
+
+    def generate(self, requests, progress=None):
+        raise _NotCached
+
+    def close(self):
+        self.inner.close()
+
+
 def calibrate(threads: int, n_samples: int, with_finetune: bool, sampled_prompts: int, reverse: bool = False,
-              finetune_dir: str | None = None) -> dict:
+              finetune_dir: str | None = None, cached_only: bool = False) -> dict:
     prompts = load_prompts("default")
     reg_prompts = {"greedy": prompts, "sampled": prompts[::max(1, len(prompts) // sampled_prompts)][:sampled_prompts]}
     cache = Path(os.environ.get("WEIGHTPRINT_CACHE", Path.home() / ".cache" / "weightprint")) / "behave_bench.db"
@@ -93,15 +111,22 @@ def calibrate(threads: int, n_samples: int, with_finetune: bool, sampled_prompts
                "sampled": dict(sampled=True, max_tokens=8, top_logprobs=0, prefix=3)}
     answers: dict[tuple[str, str, int], object] = {}
     timings = {}
-    for name, (_, path) in (reversed(models.items()) if reverse else models.items()):
+    skipped = []
+    for name, (_, path) in list(reversed(models.items()) if reverse else models.items()):
         t0 = time.perf_counter()
-        backend = CachedBackend(open_backend(path, n_threads=threads, n_ctx=512), cache, model_identity(path))
+        inner = _CachedOnly(open_backend(path, n_threads=threads, n_ctx=512)) if cached_only else \
+            open_backend(path, n_threads=threads, n_ctx=512)
+        backend = CachedBackend(inner, cache, model_identity(path))
         try:
             for reg, kw in regimes.items():
                 for side_seed in ((0, SEED_OFFSET_B) if kw["sampled"] else (0,)):
                     answers[(name, reg, side_seed)] = collect_answers(
                         backend, reg_prompts[reg], sampled=kw["sampled"], max_tokens=kw["max_tokens"], n_samples=n_samples,
                         temperature=0.8, top_logprobs=kw["top_logprobs"], seed=side_seed)
+        except _NotCached:
+            skipped.append(name)
+            del models[name]
+            continue
         finally:
             backend.close()
         timings[name] = time.perf_counter() - t0
@@ -123,7 +148,8 @@ def calibrate(threads: int, n_samples: int, with_finetune: bool, sampled_prompts
                          "logprob_distance": r.statistics.get("logprob_distance"),
                          "argmax_agreement": r.statistics.get("argmax_agreement"),
                          "cross_within_ratio": r.statistics.get("cross_within_ratio"),
-                         "exact_agreement": r.statistics["exact_agreement"]})
+                         "exact_agreement": r.statistics["exact_agreement"],
+                         "first_topk_overlap": r.statistics.get("first_topk_overlap")})
     summary = {}
     for reg, pieces, exact in variants:
         name = f"{reg}/{pieces}{'/exact' if exact else ''}"
@@ -132,6 +158,7 @@ def calibrate(threads: int, n_samples: int, with_finetune: bool, sampled_prompts
         summary[name] = {
             "known_different_pairs": len(diff),
             "max_statistic_of_different_pairs": max(r["statistic"] for r in diff),
+            "max_first_topk_overlap_of_different_pairs": max((r["first_topk_overlap"] or 0.0) for r in diff),
             "mean_statistic_of_different_pairs": sum(r["statistic"] for r in diff) / len(diff),
             "c0_in_use": C0_GREEDY if reg == "greedy" else C0_SAMPLED,
             "false_positive_rate_same": sum(r["verdict"] == "same" for r in diff) / len(diff),
@@ -142,9 +169,9 @@ def calibrate(threads: int, n_samples: int, with_finetune: bool, sampled_prompts
     for name, s_ in summary.items():
         print(name, json.dumps({k: v for k, v in s_.items() if k != "related_pairs"}))
         for r in s_["related_pairs"]:
-            print("   related:", r["a"], r["b"], r["verdict"], round(r["statistic"], 3), r["log10_p_unrelated"],
+            print("   related:", r["a"], r["b"], r["verdict"], round(r["statistic"], 3), r["log10_p_unrelated"], r["first_topk_overlap"],
                   r["logprob_distance"], r["argmax_agreement"], r["cross_within_ratio"])
-    return {"pairs": rows, "summary": summary, "answer_seconds": timings, "n_samples": n_samples,
+    return {"pairs": rows, "summary": summary, "answer_seconds": timings, "skipped_not_cached": skipped, "n_samples": n_samples,
             "n_prompts": {k: len(v) for k, v in reg_prompts.items()}, "models": {k: str(v[1]) for k, v in models.items()}}
 
 
@@ -196,6 +223,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=6)
     ap.add_argument("--finetune", action="store_true", help="include the 200-step fine-tune (built once, slow)")
     ap.add_argument("--finetune-dir", help="an already fine-tuned Hugging Face directory to use instead of building one")
+    ap.add_argument("--cached-only", action="store_true", help="use only the answers already cached (skip other models)")
     ap.add_argument("--reverse", action="store_true", help="answer in reverse model order (a second process shares the cache)")
     ap.add_argument("--sampled-prompts", type=int, default=16, help="prompts of the sampled regime (evenly spaced)")
     args = ap.parse_args()
@@ -203,7 +231,7 @@ def main() -> None:
         print(_write("acceptance", acceptance(args.threads, args.samples, args.sampled_prompts, args.finetune_dir)))
         return
     data = speed(args.threads) if args.mode == "speed" else calibrate(args.threads, args.samples, args.finetune or bool(args.finetune_dir), args.sampled_prompts, args.reverse,
-                  args.finetune_dir)
+                  args.finetune_dir, args.cached_only)
     print(_write(args.mode, data))
 
 

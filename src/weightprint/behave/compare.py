@@ -25,12 +25,16 @@ observations are independent and bounded, so the Chernoff-Hoeffding bound in KL 
 The identity question (``same`` or ``related``) is asked only after H0 is rejected, a fixed
 sequence of tests, so the chance of any false claim stays at ``alpha``.
 
+Greedy answers that a side also gives to another prompt (its first ``prefix_pieces // 2``
+words equal), or that loop (at most half of the compared words distinct), do not depend on the
+prompt -- a degenerate model looping on one phrase -- and are no evidence of identity: their observations count as 0 (which can only make the test more
+conservative). Two briefly trained tiny models agree on 25-40% of such loops otherwise.
+
 **Verdict.** ``different`` when that p-value is not below ``alpha``; otherwise ``same`` when
 the sides are indistinguishable at the precision the regime allows (greedy with log-probs: the
 arg-max agrees at >= 97% of the shared positions and the log-prob distance is <= 0.1 nats;
-greedy text only: mean similarity >= 0.9; sampled: cross/within ratio >= 0.8, where within is
-the geometric mean of the two sides' own match rates, so the ratio is the kernel cosine of the
-two output distributions and a side that samples more sharply, e.g. with top-k, does not lower it), else
+greedy text only: mean similarity >= 0.9; sampled: cross/within ratio >= 0.8, within being the
+mean of the two sides' own match rates), else
 ``related`` (a fine-tune, a different quantization, a merge), with the drift statistics as
 evidence. A sampled regime also reports a permutation test of H0 *both sides sample the same
 distribution* (labels exchanged within each prompt).
@@ -58,9 +62,15 @@ __all__ = [
     "chernoff_log10_pvalue", "prefix_similarity", "text_pieces",
 ]
 
-#: calibrated null bounds of the mean prefix similarity of unrelated models (see module docstring)
-C0_GREEDY = 0.25
+#: null bounds of the mean similarity of unrelated models (see module docstring). Greedy: the
+#: largest mean over 33 known-different pairs (SmolLM2 family x 6 independently initialised tiny
+#: llamas of 4 shapes, tiny x tiny) was 0.0 after the generic-answer rule (0.42 before it), so 0.1
+#: leaves a margin (bench/results/bench_compare_calibrate.json). Sampled and top-k: not calibrated
+#: beyond those pairs (largest seen 0.016 and 0.0); 0.25 is kept as the conservative bound.
+C0_GREEDY = 0.1
 C0_SAMPLED = 0.25
+#: calibrated null bound of the mean first-token top-k overlap (Jaccard) of unrelated models
+C0_TOPK = 0.25
 #: default significance level of "not unrelated"
 DEFAULT_ALPHA = 1e-3
 SAME_ARGMAX_AGREEMENT = 0.97
@@ -192,6 +202,14 @@ class CompareResult(VerdictResult):
         })
 
 
+def _first_topk_overlap(ga: Generation, gb: Generation) -> float | None:
+    """Jaccard overlap of the two sides' top-k first tokens (the same context: the prompt), or None."""
+    if not ga.top_logprobs or not gb.top_logprobs or not ga.top_logprobs[0] or not gb.top_logprobs[0]:
+        return None
+    a, b = set(ga.top_logprobs[0]), set(gb.top_logprobs[0])
+    return len(a & b) / len(a | b)
+
+
 def _logprob_stats(ga: Generation, gb: Generation) -> tuple[int, float, int, int] | None:
     """(shared positions, sum |dlogp|, arg-max agreements, positions with both top lists) over the common token prefix."""
     if ga.tokens is None or gb.tokens is None or ga.token_logprobs is None or gb.token_logprobs is None:
@@ -227,6 +245,26 @@ def _token_agreement(ga: Generation, gb: Generation, n_pieces: int) -> float:
 def prefix_match(a: str, b: str, n: int) -> float:
     """1.0 when the first ``n`` pieces of two texts agree (both may end early), else 0.0."""
     return 1.0 if prefix_similarity(a, b, n) == 1.0 else 0.0
+
+
+def _generic_answers(side: Side, n: int) -> np.ndarray:
+    """Per prompt: does this side give (the first half of) the same greedy answer to another prompt
+    too, or loop (at most n/2 distinct words among its first n)?
+
+    A barely trained or broken model loops on the same phrase whatever it is asked (", and the c, and
+    the c"); two such models agree without being one model. Their agreement on such answers is not
+    counted (the observation is set to 0, which can only make the test more conservative).
+    """
+    texts = [a[0].text for a in side.answers]
+    half = max(1, n // 2)
+    pieces = [text_pieces(t)[:n] for t in texts]
+    heads = [tuple(p[:half]) for p in pieces]
+    counts: dict[tuple, int] = {}
+    for h in heads:
+        counts[h] = counts.get(h, 0) + 1
+    shared = np.array([counts[h] > 1 for h in heads])  # empty and whitespace-only answers too
+    looping = np.array([len(p) == n and len(set(p)) <= n // 2 for p in pieces])
+    return shared | looping
 
 
 def _mean_pair_similarity(xs: Sequence[str], ys: Sequence[str] | None, n: int, sim=prefix_similarity) -> float:
@@ -295,6 +333,10 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
     lp_n = lp_sum = lp_agree = lp_tops = 0
     lp_prompts = 0
     paired: list[float] = []  # sampled: the j-th sample of A against the j-th of B (disjoint, independent pairs)
+    topk: list[float] = []  # greedy with log-probs: first-token top-k overlap per prompt
+    generic = np.zeros(n, dtype=bool)
+    if not sampled:  # answers that do not depend on the prompt are no evidence of identity
+        generic = _generic_answers(side_a, prefix_pieces) | _generic_answers(side_b, prefix_pieces)
     for i, p in enumerate(prompts):
         ta = [g.text for g in side_a.answers[i]]
         tb = [g.text for g in side_b.answers[i]]
@@ -303,17 +345,20 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
             cross[i] = _mean_pair_similarity(ta, tb, prefix_pieces, sim)
             paired += [sim(x, y, prefix_pieces) for x, y in zip(ta, tb)]
             wa, wb = _mean_pair_similarity(ta, None, prefix_pieces, sim), _mean_pair_similarity(tb, None, prefix_pieces, sim)
-            within[i] = math.sqrt(wa * wb)
+            within[i] = (wa + wb) / 2
             exact[i] = any(x.strip() == y.strip() for x in ta for y in tb)
             tok_agree[i] = cross[i]
             row.update(cross=cross[i], within_a=wa, within_b=wb, a=ta[0], b=tb[0])
         else:
             ga, gb = side_a.answers[i][0], side_b.answers[i][0]
-            cross[i] = sim(ga.text, gb.text, prefix_pieces)
+            cross[i] = 0.0 if generic[i] else sim(ga.text, gb.text, prefix_pieces)
             within[i] = 1.0
             exact[i] = " ".join(ga.text.split()) == " ".join(gb.text.split())
             tok_agree[i] = _token_agreement(ga, gb, prefix_pieces)
             lps = _logprob_stats(ga, gb) if side_a.logprobs and side_b.logprobs else None
+            ov = _first_topk_overlap(ga, gb) if side_a.logprobs and side_b.logprobs else None
+            if ov is not None:
+                topk.append(0.0 if generic[i] else ov)
             if lps is not None and lps[0] > 0:
                 lp_prompts += 1
                 lp_n += lps[0]
@@ -321,7 +366,8 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
                 lp_agree += lps[2]
                 lp_tops += lps[3]
                 row["logprob_distance"] = lps[1] / lps[0]
-            row.update(similarity=cross[i], exact=bool(exact[i]), token_agreement=tok_agree[i], a=ga.text, b=gb.text)
+            row.update(similarity=cross[i], exact=bool(exact[i]), token_agreement=tok_agree[i], generic=bool(generic[i]),
+                       a=ga.text, b=gb.text)
         rows.append(row)
 
     mean_sim = float(cross.mean())
@@ -338,6 +384,16 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
                            "match": "exact prefix" if exact_match else "prefix fraction"},
     )
     tests = [unrelated]
+    if len(topk) >= n / 2:
+        # where both sides give log-probabilities: the top-k first tokens for the same prompt overlap
+        # for related models even when their greedy texts part at once (a fine-tune in a new style)
+        tests.append(TestResult(
+            name="unrelated-null-topk", statistic=float(np.mean(topk)),
+            log10_pvalue=chernoff_log10_pvalue(float(np.mean(topk)), C0_TOPK, len(topk)),
+            null_hypothesis=(f"A and B are unrelated models: the mean Jaccard overlap of their top-k first tokens "
+                             f"is at most {C0_TOPK} (the bound calibrated on known-different pairs)"),
+            alternative="greater", method="Chernoff-Hoeffding bound exp(-n KL(mean || c0)) over prompts",
+            n=len(topk), evidence={"c0": C0_TOPK}))
     stats: dict[str, Any] = {
         "mean_similarity": mean_sim,
         "exact_agreement": float(exact.mean()),
@@ -347,6 +403,7 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
         "logprob_positions": lp_n,
         "logprob_prompts": lp_prompts,
         "cross_within_ratio": None,
+        "generic_answers": int(generic.sum()),
         "c0": c0,
     }
     if sampled:
@@ -357,8 +414,14 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
             [[g.text for g in a] for a in side_a.answers], [[g.text for g in b] for b in side_b.answers],
             prefix_pieces, n_resamples=n_resamples, seed=seed, sim=sim))
 
-    if not unrelated.significant(alpha):
+    # the unrelated null is rejected when any of its tests is significant at alpha / (number of tests) (Bonferroni)
+    null_tests = [t for t in tests if t.name.startswith("unrelated-null")]
+    rejected = [t.significant(alpha / len(null_tests)) for t in null_tests]
+    stats["first_topk_overlap"] = float(np.mean(topk)) if topk else None
+    if not any(rejected):
         verdict = "different"
+    elif not rejected[0]:  # only the log-prob test: related, texts parted
+        verdict = "related"
     elif sampled:
         ratio = stats["cross_within_ratio"] or 0.0
         verdict = "same" if ratio >= SAME_SAMPLED_RATIO else "related"
