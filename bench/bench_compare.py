@@ -186,7 +186,7 @@ def acceptance(threads: int, n_samples: int, sampled_prompts: int, finetune_dir:
     cache = Path(os.environ.get("WEIGHTPRINT_CACHE", Path.home() / ".cache" / "weightprint")) / "behave_bench.db"
     models = zoo(True, finetune_dir)
     sm = models["smollm2"][1]
-    http = {"cache": RESULTS / ".acceptance_http.db", "concurrency": 1, "timeout": 900}
+    http = {"cache": cache.with_name("behave_acceptance_http.db"), "concurrency": 1, "timeout": 900}
     local = {name: CachedBackend(open_backend(models[name][1], n_threads=threads, n_ctx=512), cache, model_identity(models[name][1]))
              for name in ("smollm2", "smollm2-q8_0", "smollm2-ft200", "gemma3")}
     out: dict = {"runs": []}
