@@ -13,10 +13,10 @@ from weightprint.cli._common import app
 from weightprint.cli import model as _model  # noqa: F401  (registers commands, in --help order)
 from weightprint.cli import mark as _mark  # noqa: F401
 from weightprint.cli import lineage as _lineage  # noqa: F401
-from weightprint.cli import evals as _evals  # noqa: F401
-from weightprint.cli import demo as _demo  # noqa: F401
-from weightprint.cli import scan as _scan  # noqa: F401
 from weightprint.cli import behave as _behave  # noqa: F401
+from weightprint.cli import evals as _evals  # noqa: F401
+from weightprint.cli import scan as _scan  # noqa: F401
+from weightprint.cli import demo as _demo  # noqa: F401
 
 __all__ = ["app", "main"]
 
