@@ -193,15 +193,22 @@ def acceptance(threads: int, n_samples: int, sampled_prompts: int, finetune_dir:
     proc, url = start_llama_server(sm, threads=threads)
     try:
         with TextOnlySamplingProxy(url, temperature=0.8) as proxy:
-            for target, regime, plist in ((url, "greedy", prompts), (proxy.url, "sampled", sampled_subset)):
-                for name in ("smollm2", "gemma3", "smollm2-ft200", "smollm2-q8_0"):
-                    t0 = time.perf_counter()
-                    r = compare_models(target, local[name], prompts=plist, n_samples=n_samples, options_a=http)
-                    row = {"target": "server" if target == url else "text-only sampling proxy", "b": name,
-                           "regime": r.mode, "verdict": r.verdict, "log10_p_unrelated": r.unrelated_test.log10_pvalue,
-                           "summary": r.summary(), "statistics": r.statistics, "seconds": time.perf_counter() - t0}
-                    out["runs"].append(row)
-                    print(json.dumps({k: row[k] for k in ("target", "b", "verdict", "summary")}), flush=True)
+            def run(target, plist, name):
+                t0 = time.perf_counter()
+                r = compare_models(target, local[name], prompts=plist, n_samples=n_samples, options_a=http)
+                row = {"target": "server" if target == url else "text-only sampling proxy", "b": name,
+                       "regime": r.mode, "verdict": r.verdict, "log10_p_unrelated": r.unrelated_test.log10_pvalue,
+                       "summary": r.summary(), "statistics": r.statistics,
+                       "tests": [t.to_dict() for t in r.tests], "seconds": time.perf_counter() - t0}
+                out["runs"].append(row)
+                print(json.dumps({k: row[k] for k in ("target", "b", "verdict", "summary")}), flush=True)
+                _write("acceptance", out)  # partial results survive an interrupted run
+
+            # models whose local answers are cached first; Gemma (slow log-probs over 262k tokens) last
+            for name in ("smollm2", "smollm2-ft200", "smollm2-q8_0"):
+                run(url, prompts, name)
+            for name in ("smollm2", "smollm2-ft200", "smollm2-q8_0"):
+                run(proxy.url, sampled_subset, name)
             q4k = requantized(sm, ftype=15, name="q4_k_m")
             cands = [local["gemma3"], local["smollm2-ft200"], local["smollm2-q8_0"],
                      CachedBackend(open_backend(q4k, n_threads=threads, n_ctx=512), cache, model_identity(q4k)), local["smollm2"]]
@@ -209,6 +216,9 @@ def acceptance(threads: int, n_samples: int, sampled_prompts: int, finetune_dir:
             idr = identify_model(url, cands, max_queries=8, target_options=http)
             out["identify"] = {**idr.to_dict(), "seconds": time.perf_counter() - t0}
             print(idr.summary(), flush=True)
+            _write("acceptance", out)
+            run(url, prompts, "gemma3")
+            run(proxy.url, sampled_subset, "gemma3")
     finally:
         stop(proc)
         for b in local.values():
