@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import sys
 import tempfile
 import time
@@ -49,6 +48,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import atheris  # noqa: E402
 
+from _crafted import HF_NAMES, pack_dir, unpack_dir  # noqa: E402
+
 with atheris.instrument_imports(include=["weightprint"]):
     import weightprint.inspect_model  # noqa: F401
     from weightprint.errors import WeightprintError
@@ -57,29 +58,7 @@ with atheris.instrument_imports(include=["weightprint"]):
     from weightprint.io import gguf_file, hf, hf_config, geometry, limits, safetensors_file, values  # noqa: F401
     from weightprint.io import tokenizer as _tokenizer  # noqa: F401
 
-HF_NAMES = ["config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
-            "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "chat_template.jinja"]
 MAX_TENSOR_ELEMENTS = 1 << 20  # reading a tensor of a crafted file is bounded by the file size anyway
-
-
-# --------------------------------------------------------------------------- archive for HF dirs
-
-
-def pack_dir(files: dict[str, bytes]) -> bytes:
-    out = b""
-    for name, content in files.items():
-        out += bytes([HF_NAMES.index(name)]) + struct.pack("<I", len(content)) + content
-    return out
-
-
-def unpack_dir(data: bytes, directory: Path) -> None:
-    pos = 0
-    while pos + 5 <= len(data):
-        idx = data[pos] % len(HF_NAMES)
-        (n,) = struct.unpack_from("<I", data, pos + 1)
-        pos += 5
-        (directory / HF_NAMES[idx]).write_bytes(data[pos:pos + n])
-        pos += n
 
 
 # --------------------------------------------------------------------------- seeds

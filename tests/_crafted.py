@@ -228,6 +228,30 @@ def write_hf_dir_files(d: Path, *, config: Any = None, config_raw: bytes | None 
     return d
 
 
+# --------------------------------------------------------------------------- HF directories as one byte string
+
+# The fuzzer's HF-directory input: repeated ``name index (1 byte) | length (u32 LE) | bytes`` records.
+HF_NAMES = ["config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+            "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "chat_template.jinja"]
+
+
+def pack_dir(files: dict[str, bytes]) -> bytes:
+    out = b""
+    for name, content in files.items():
+        out += bytes([HF_NAMES.index(name)]) + struct.pack("<I", len(content)) + content
+    return out
+
+
+def unpack_dir(data: bytes, directory: Path) -> None:
+    pos = 0
+    while pos + 5 <= len(data):
+        idx = data[pos] % len(HF_NAMES)
+        (n,) = struct.unpack_from("<I", data, pos + 1)
+        pos += 5
+        (directory / HF_NAMES[idx]).write_bytes(data[pos:pos + n])
+        pos += n
+
+
 # --------------------------------------------------------------------------- the corpus
 
 

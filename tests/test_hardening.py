@@ -301,3 +301,32 @@ def test_fuzz_finding_empty_tensor_with_a_huge_dimension(tmp_path: Path) -> None
     st.write_bytes(safetensors_bytes(header_obj={"w": {"dtype": "F32", "shape": [0, 2**63], "data_offsets": [0, 0]}}))
     with pytest.raises(WeightprintError, match=r"tensor `w` has shape \[0, 9223372036854775808\], more than"):
         open_model(st)
+
+
+FINDINGS = sorted((ROOT / "bench" / "results" / "fuzz_findings").glob("*"))
+
+
+@pytest.mark.parametrize("finding", FINDINGS, ids=[p.name for p in FINDINGS])
+def test_atheris_findings_replay_cleanly(finding: Path, tmp_path: Path) -> None:
+    """Every input the fuzzer saved (bench/fuzz_atheris.py) now opens or is refused in one line."""
+    from weightprint.inspect_model import inspect_model
+    from weightprint.io import open_model
+
+    target = finding.name.split("-")[0]
+    if target == "hfdir":
+        from _crafted import unpack_dir
+
+        path = tmp_path / "d"
+        path.mkdir()
+        unpack_dir(finding.read_bytes(), path)
+    else:
+        path = tmp_path / ("x.gguf" if target == "gguf" else "x.safetensors")
+        path.write_bytes(finding.read_bytes())
+    try:
+        with open_model(path) as model:
+            for info in model.tensor_infos():
+                model.tensor(info.name)
+            _ = (model.geometry, model.tokenizer, model.chat_template, model.config)
+        inspect_model(path)
+    except WeightprintError as e:
+        assert "\n" not in str(e)
