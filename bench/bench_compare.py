@@ -190,7 +190,8 @@ def acceptance(threads: int, n_samples: int, sampled_prompts: int, finetune_dir:
     local = {name: CachedBackend(open_backend(models[name][1], n_threads=threads, n_ctx=512), cache, model_identity(models[name][1]))
              for name in ("smollm2", "smollm2-q8_0", "smollm2-ft200", "gemma3")}
     out: dict = {"runs": []}
-    proc, url = start_llama_server(sm, threads=threads)
+    # a fixed port keeps the HTTP cache's keys (which include the URL) valid from one run to the next
+    proc, url = start_llama_server(sm, threads=threads, port=int(os.environ.get("WEIGHTPRINT_BENCH_PORT", "41351")))
     try:
         with TextOnlySamplingProxy(url, temperature=0.8) as proxy:
             def run(target, plist, name):

@@ -34,9 +34,11 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 
     raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
 
 
-def start_llama_server(model: Path, *, threads: int = 2, log: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """Start ``python -m llama_cpp.server`` for ``model`` on a free 127.0.0.1 port; returns (process, base URL)."""
-    port = free_port()
+def start_llama_server(model: Path, *, threads: int = 2, log: Path | None = None,
+                       port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``python -m llama_cpp.server`` for ``model`` on 127.0.0.1 (``port``, default a free one);
+    returns (process, base URL)."""
+    port = port or free_port()
     out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
