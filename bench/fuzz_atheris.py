@@ -229,14 +229,14 @@ class Harness:
         self.results.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def merge_log(target: str, log: Path) -> None:
+def merge_log(target: str, log: Path, suffix: str = "") -> None:
     """Put libFuzzer's final statistics (the authoritative execution count) from ``log`` into the results."""
-    results = HERE / "results" / f"fuzz_atheris_{target}.json"
+    results = HERE / "results" / f"fuzz_atheris_{target}{suffix}.json"
     report = json.loads(results.read_text())
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("stat::"):
-            k, _, v = line.partition(":")[2].partition(":")
-            report.setdefault("libfuzzer", {})[k.strip(": ")] = int(v.strip()) if v.strip().isdigit() else v.strip()
+            k, _, v = line.removeprefix("stat::").partition(":")
+            report.setdefault("libfuzzer", {})[k.strip()] = int(v.strip()) if v.strip().isdigit() else v.strip()
         elif " DONE " in line or line.startswith("#") and "cov:" in line:
             report.setdefault("libfuzzer", {})["last_status"] = line.strip()
         elif line.startswith("==") and "ERROR: libFuzzer" in line:
@@ -252,15 +252,16 @@ def main() -> None:
     ap.add_argument("--target", choices=["gguf", "safetensors", "hfdir"], required=True)
     ap.add_argument("--seconds", type=int, default=600)
     ap.add_argument("--merge-log", type=Path, help="only merge libFuzzer's final stats from this log into the results")
+    ap.add_argument("--suffix", default="", help="results file fuzz_atheris_<target><suffix>.json (keep several runs)")
     ap.add_argument("libfuzzer", nargs="*", help="extra libFuzzer flags after --")
     args = ap.parse_args()
     if args.merge_log:
-        merge_log(args.target, args.merge_log)
+        merge_log(args.target, args.merge_log, args.suffix)
         return
     results_dir = HERE / "results"
     seed_dir = Path(tempfile.mkdtemp(prefix=f"wp-fuzz-corpus-{args.target}-"))
     build_seeds(args.target, seed_dir)
-    harness = Harness(args.target, results_dir / f"fuzz_atheris_{args.target}.json", results_dir / "fuzz_findings")
+    harness = Harness(args.target, results_dir / f"fuzz_atheris_{args.target}{args.suffix}.json", results_dir / "fuzz_findings")
     import atexit
 
     atexit.register(harness.write)
