@@ -145,6 +145,7 @@ def smol():
         yield m
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, expected", [("sign_flip", "sign flip"), ("permute", "permutation"),
                                             ("rotate", "orthogonal")])
 def test_smollm2_recovery(smol, kind, expected):
@@ -161,6 +162,7 @@ def test_smollm2_recovery(smol, kind, expected):
     assert err < 0.02
 
 
+@pytest.mark.slow
 def test_smollm2_identity(smol):
     rmap = recover_residual_map(smol, smol)
     assert rmap.kind == "identity" and rmap.is_identity
