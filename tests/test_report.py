@@ -75,7 +75,7 @@ def test_section_dispatches_on_the_result_type() -> None:
     r = section(_lineage(), heading="2. Is it ours?")
     assert r.heading == "2. Is it ours?" and r.evidence is True and r.verdict.startswith("derived")
     assert r.charts and r.charts[0].startswith("<svg") and r.table is not None
-    assert section(_lineage("independent")).evidence is False
+    assert section(_lineage("no evidence")).evidence is False
 
 
 @dataclass

@@ -33,7 +33,7 @@ def lineage_compare(
     html: HtmlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Is B derived from A? `derived` / `independent` / `not comparable`, a p-value and the evidence."""
+    """Is B derived from A? `derived` / `no evidence` / `not comparable`, a p-value and the evidence."""
     from weightprint.lineage.compare import compare_models
 
     with progress_bar("comparing", steps=True) as progress:

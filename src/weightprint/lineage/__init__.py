@@ -1,6 +1,6 @@
 """White-box lineage: is model B derived from model A? (see ``docs/lineage.md``)
 
-- :func:`compare_models` -- a p-value verdict (``derived`` / ``independent`` / ``not comparable``)
+- :func:`compare_models` -- a p-value verdict (``derived`` / ``no evidence`` / ``not comparable``)
   from the weights of two models, robust to fine-tuning, requantization, hidden-unit and head
   permutation, vocabulary changes and dropped layers, with per-component evidence.
 - :func:`fingerprint_model` / :func:`search_fingerprints` -- compact fingerprints in a database;
@@ -11,6 +11,7 @@
 from weightprint.lineage.compare import LineageResult, compare_fingerprints, compare_models
 from weightprint.lineage.db import (
     FingerprintResult,
+    SearchResult,
     fingerprint_model,
     list_fingerprints,
     search_fingerprints,
@@ -24,6 +25,7 @@ __all__ = [
     "Fingerprint",
     "FingerprintResult",
     "LineageResult",
+    "SearchResult",
     "TensorDifference",
     "build_fingerprint",
     "compare_fingerprints",
