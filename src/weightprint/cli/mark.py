@@ -27,7 +27,6 @@ KeyFileOpt = Annotated[
 ]
 DEFAULT_REGISTRY = "sqlite:///weightprint-registry.db"
 DEFAULT_KEY_FILE = Path("weightprint-master.key")
-DEFAULT_DELTA = DEFAULT_MARK_DELTA
 
 @mark_app.command("init")
 @handles_errors
@@ -62,7 +61,7 @@ def mark_issue(
     delta: Annotated[float, typer.Option(
         "--delta", help="Mark strength: the band around rounding boundaries the key steers, in levels "
                         "(about this fraction of weights change level). Smaller keeps greedy outputs closer "
-                        "to the unmarked copy; larger survives heavier attacks. See docs/watermark.md.")] = DEFAULT_DELTA,
+                        "to the unmarked copy; larger survives heavier attacks. See docs/watermark.md.")] = DEFAULT_MARK_DELTA,
     registry: RegistryOpt = DEFAULT_REGISTRY,
     key_file: KeyFileOpt = DEFAULT_KEY_FILE,
     as_json: JsonOpt = False,
