@@ -157,3 +157,37 @@ def test_entry_point_catches_what_escapes_a_command(monkeypatch, capsys) -> None
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.splitlines()[0].startswith("error: <unknown file>: internal error (TypeError): ")
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["convert", "a.gguf", "b", "--to", "onnx"], "`weightprint convert`: Invalid value for '--to'"),
+        (["no-such-command"], "`weightprint`: No such command 'no-such-command'"),
+        (["inspect"], "`weightprint inspect`: Missing argument 'path'"),
+    ],
+)
+def test_usage_errors_are_one_error_line_and_exit_2(argv, fragment, monkeypatch, capsys):
+    """Click's usage errors go through main() as `error: ...` + hint, exit 2, no box drawing."""
+    from weightprint.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["weightprint", *argv])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[0].startswith("error: ") and fragment in lines[0] and not lines[0].endswith(".")
+    assert lines[1].startswith("hint: ") and len(lines) == 2
+    assert not any(ch in err for ch in "╭╰│")
+
+
+def test_main_passes_verdict_exit_codes_through(monkeypatch, capsys):
+    """`--help` exits 0 through main(); a command's own typer.Exit code is kept."""
+    from weightprint.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["weightprint", "--help"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 0
+    assert "Usage" in capsys.readouterr().out

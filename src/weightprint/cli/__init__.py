@@ -25,16 +25,29 @@ def main() -> None:
     """Console-script entry point.
 
     Commands turn every error into one line themselves (:func:`~weightprint.cli._common.handles_errors`);
-    this catches what escapes outside a command (argument parsing, start-up) the same way.
+    this catches what escapes outside a command (argument parsing, start-up) the same way. Usage
+    errors (an unknown option, `--to onnx`) are one ``error:`` line and exit 2 too, not Click's box.
     """
+    import typer
+
+    from weightprint.cli._common import _fail, _show_traceback, debug_enabled, internal_error_message
+
     try:
-        app()
+        code = app(prog_name="weightprint", standalone_mode=False)
+    except typer.Abort:
+        _fail("interrupted")
+        sys.exit(130)
+    except typer.TyperException as e:  # Click's usage errors (typer vendors Click; this is their public base)
+        ctx = getattr(e, "ctx", None)
+        command = ctx.command_path if ctx is not None else "weightprint"
+        _fail(f"`{command}`: " + " ".join(e.format_message().split()).rstrip("."),
+              hint=f"`{command} --help` lists the arguments and options")
+        sys.exit(2)
     except (SystemExit, KeyboardInterrupt):
         raise
     except BaseException as e:  # noqa: BLE001 - the last resort: one line and exit 2, never a traceback
-        from weightprint.cli._common import _fail, _show_traceback, debug_enabled, internal_error_message
-
         if debug_enabled():
             _show_traceback()
         _fail(internal_error_message(e))
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
