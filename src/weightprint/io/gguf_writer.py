@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from gguf import GGUFValueType
 
+from weightprint.progress import ProgressCallback
 from weightprint.constants import GGUF_MAGIC, QUANT_SIZES, QType
 from weightprint.errors import ShapeMismatchError, UnsupportedQuantType, WeightprintError
 from weightprint.io.files import temp_file_beside
@@ -170,7 +171,7 @@ def write_gguf(
     metadata_types: Mapping[str, Any] | None,
     tensors: Sequence[TensorSpec],
     data: Callable[[TensorSpec], np.ndarray],
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Write a GGUF v3 file, streaming one tensor at a time.
 
@@ -195,7 +196,7 @@ def write_gguf(
     data : Callable[[TensorSpec], numpy.ndarray]
         Returns the stored bytes of a tensor (quantized ``uint8 (rows, row_bytes)``, or F32/F16/...
         values); called once per tensor, in order, so peak memory is one tensor.
-    progress : Callable[[int, int], None], *optional*
+    progress : ProgressCallback, *optional*
         Called with ``(tensors_done, n_tensors)`` after each tensor.
 
     Returns
@@ -256,7 +257,7 @@ def write_gguf(
                 f.write(arr.reshape(-1).view(np.uint8).data)
                 f.write(b"\0" * (-spec.nbytes % alignment))
                 if progress is not None:
-                    progress(i + 1, len(tensors))
+                    progress(i + 1, len(tensors), spec.stored_name)
         os.replace(tmp_name, path)
     except BaseException:
         try:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from weightprint.progress import ProgressCallback
 from weightprint.errors import ModelFormatError, TensorNotFound, WeightprintError
 from weightprint.io.hf_config import architecture_from_hf
 from weightprint.io.model import Model, TensorInfo, TokenizerInfo
@@ -44,7 +45,6 @@ TOKENIZER_FILES = (
 _DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 
 TensorTransform = Callable[[str, np.ndarray], np.ndarray]
-Progress = Callable[[int, int, str], None]
 
 
 def _read_json(path: Path, expect: type | None = dict) -> Any:
@@ -278,7 +278,7 @@ def write_hf_dir(
     *,
     dtype: str = "float16",
     tensor_transform: TensorTransform | None = None,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     max_shard_bytes: int = 5 * 10**9,
     overwrite: bool = False,
 ) -> Path:

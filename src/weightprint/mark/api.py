@@ -13,8 +13,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from weightprint.progress import ProgressCallback
 from weightprint.constants import FileType, parse_file_type
 from weightprint.errors import NotComparableError, RegistryError, WeightprintError
 from weightprint.mark.keys import CreatedKey, KeyFileExists, create_key_file_exclusive, load_key_file, new_salt
@@ -371,7 +372,7 @@ def issue_copy(
     key_file: str | Path | None = None,
     delta: float = DEFAULT_DELTA,
     overwrite: bool = False,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> IssueResult:
     """Write ``recipient``'s watermarked copy of ``source`` as a GGUF of ``file_type``; record it.
 
@@ -488,7 +489,7 @@ def trace_leak(
     alpha: float = DEFAULT_ALPHA,
     undo_permutations: bool = True,
     recover_basis: bool = True,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> TraceVerdict:
     """Test a leaked model against every copy of ``source`` in the registry.
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from weightprint.progress import ProgressCallback
 from weightprint.basis import recover_residual_map
 from weightprint.constants import QType, parse_file_type
 from weightprint.convert import plan_tensor_types
@@ -105,7 +106,7 @@ def correlate_leak(
     undo_permutations: bool = True,
     recover_basis: bool = True,
     tensor_filter: Callable[[str], bool] | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> TraceStatistics:
     """Correlate the leak's residual with every copy's signs.
 
