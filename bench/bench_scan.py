@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--ray", action="store_true", help="also run on a local Ray cluster with the largest worker count")
     args = ap.parse_args()
-    from weightprint.scan.synthetic_hub import build_hub
+    from weightprint.testing.hub import build_hub
 
     hub = build_hub(args.root)
     os.environ.update(hub.env())

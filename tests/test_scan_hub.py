@@ -5,7 +5,7 @@ dequantized, requantized, permuted, noised (fine-tune-like), pruned and vocabula
 derivatives, three trained tiny models with seven derivatives each (fine-tuned, noised,
 permuted, pruned, vocabulary-extended, quantized, cast to float16), six independent tiny
 models, and a hard link of SmolLM2 -- laid out as a Hugging Face cache, an ollama store and a
-plain tree (:func:`weightprint.scan.synthetic_hub.build_hub`, files symlinked from the
+plain tree (:func:`weightprint.testing.hub.build_hub`, files symlinked from the
 derived-model cache).
 
 H0 of every pair test: the two models were trained independently. The scan must link every
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    from weightprint.scan.synthetic_hub import build_hub
+    from weightprint.testing.hub import build_hub
 
     hub = build_hub(tmp_path_factory.mktemp("hub"))
     mp = pytest.MonkeyPatch()
