@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from weightprint.io.limits import pid_alive
 from weightprint.progress import ProgressCallback
 from weightprint.constants import FileType, parse_file_type
 from weightprint.errors import NotComparableError, RegistryError, WeightprintError
@@ -236,16 +237,6 @@ def _validate_recipient(recipient: str) -> str:
     return r
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _clean_stale_staging(directory: Path) -> None:
     """Remove staging folders of issuing processes that died (SIGKILL leaves them behind)."""
     root = directory / STAGING_DIR
@@ -253,7 +244,7 @@ def _clean_stale_staging(directory: Path) -> None:
         return
     for sub in root.iterdir():
         pid_text = sub.name.split("-", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+        if pid_text.isdigit() and not pid_alive(int(pid_text)):
             shutil.rmtree(sub, ignore_errors=True)
     try:
         root.rmdir()  # only when empty

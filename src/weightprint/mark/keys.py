@@ -27,6 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from weightprint.io.limits import file_kind
 from weightprint.errors import RegistryError
 
 MASTER_BYTES = 32
@@ -234,7 +235,7 @@ def load_key_file(path: str | Path | None) -> MasterKey:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise RegistryError(f"key file {path} is not a regular file ({_file_kind(st.st_mode)})",
+            raise RegistryError(f"key file {path} is not a regular file ({file_kind(st.st_mode)})",
                                 hint="pass the key file created by `weightprint mark init`")
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise RegistryError(
@@ -261,11 +262,3 @@ def load_key_file(path: str | Path | None) -> MasterKey:
     if len(secret) != MASTER_BYTES:
         raise RegistryError(f"key file {path} is corrupt (secret has {len(secret)} bytes, expected {MASTER_BYTES})")
     return MasterKey(secret)
-
-
-def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
