@@ -11,7 +11,6 @@ amplifiers runs in subprocesses under ``ulimit -v 4G`` and stays under 300 MB RS
 from __future__ import annotations
 
 import os
-import resource
 import stat
 import subprocess
 import sys
@@ -106,25 +105,31 @@ AMPLIFIERS = ["gguf-nested-over-cap", "st-many-empty-lists", "st-many-values", "
 
 
 def test_amplifiers_stay_small_in_a_subprocess(corpus: list[Case], tmp_path: Path) -> None:
-    """RSS (getrusage of the children) and time of real CLI processes under ``ulimit -v 4G``."""
+    """Peak RSS (the child's own VmHWM, written at exit) and time of real CLI processes under ``ulimit -v 4G``.
+
+    The child reports its own high-water mark: ``getrusage(RUSAGE_CHILDREN)`` in this process would
+    be the maximum over every child the test session ever waited for (servers, issuers...).
+    """
     by_name = {c.name: c for c in corpus}
     cases = [by_name[n] for n in AMPLIFIERS]
-    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+    script = ("import atexit, os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+              "atexit.register(lambda: open(os.environ['WP_TEST_HWM'], 'w').write("
+              "[l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])); "
               "sys.argv = ['weightprint'] + sys.argv[1:]; from weightprint.cli import main; main()")
     procs = []
     for case in cases:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        hwm_file = tmp_path / f"{case.name}.hwm"
         t0 = time.perf_counter()
         p = subprocess.run([sys.executable, "-c", script, *_args(case, "convert-hf", tmp_path)], capture_output=True, text=True,
-                           timeout=60, env={**os.environ, "NUMBA_DISABLE_JIT": os.environ.get("NUMBA_DISABLE_JIT", "0")})
+                           timeout=60, env={**os.environ, "WP_TEST_HWM": str(hwm_file),
+                                            "NUMBA_DISABLE_JIT": os.environ.get("NUMBA_DISABLE_JIT", "0")})
         dt = time.perf_counter() - t0
-        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        procs.append((case.name, p.returncode, dt, rss_mb, before / 1024, p.stderr.strip()[:200]))
-    for name, code, dt, rss_mb, before_mb, err in procs:
+        rss_mb = int(hwm_file.read_text()) / 1024
+        procs.append((case.name, p.returncode, dt, rss_mb, p.stderr.strip()[:200]))
+    for name, code, dt, rss_mb, err in procs:
         assert code == 2, (name, code, err)
         assert dt < 30, (name, dt)  # interpreter start included, on a shared machine; bench_crafted.py holds runs to 10 s
-        # ru_maxrss of the children is a running maximum: it bounds every process run so far
-        assert rss_mb < 300, (name, rss_mb, err)
+        assert 20 < rss_mb < 300, (name, rss_mb, err)  # 20: the measurement is real (an interpreter alone is more)
 
 
 # --------------------------------------------------------------------------- targeted regressions
