@@ -476,8 +476,8 @@ def test_writer_validates_before_writing_and_cleans_up(tmp_path):
     assert list(tmp_path.iterdir()) == []
     progress = []
     write_gguf(out, metadata={}, metadata_types=None, tensors=[spec, TensorSpec("c", (4,), QType.F32)],
-               data=lambda s: np.zeros(s.nbytes, np.uint8), progress=lambda i, n: progress.append((i, n)))
-    assert progress == [(1, 2), (2, 2)]
+               data=lambda s: np.zeros(s.nbytes, np.uint8), progress=lambda i, n, what: progress.append((i, n, what)))
+    assert progress == [(1, 2, spec.stored_name), (2, 2, "c")]
     assert [p.name for p in tmp_path.iterdir()] == ["out.gguf"]
 
 
