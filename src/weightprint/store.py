@@ -288,6 +288,27 @@ def _create_engine(url: str, *, what: str, error: type[WeightprintError]) -> Eng
     return engine
 
 
+def _retry_locked(step: Callable[[], Any], timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> Any:
+    """Run ``step``, retrying while SQLite says "database is locked".
+
+    Switching a new database to WAL needs an exclusive lock, and SQLite answers a concurrent
+    switch (several processes creating one registry) with SQLITE_BUSY at once, without its busy
+    handler; so the switch is retried here, with a short growing sleep, up to ``timeout_s``.
+    """
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     """WAL, full sync, and ``BEGIN IMMEDIATE``: a writer takes the lock when its transaction starts.
 
@@ -300,7 +321,7 @@ def _configure_sqlite(engine: Engine) -> None:
     def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
         dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below take the lock
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _retry_locked(lambda: cur.execute("PRAGMA journal_mode=WAL"))
         cur.execute("PRAGMA synchronous=FULL")
         cur.close()
 
