@@ -255,6 +255,26 @@ def unpack_dir(data: bytes, directory: Path) -> None:
 # --------------------------------------------------------------------------- the corpus
 
 
+def million_vocab_gguf(*, spm: bool) -> bytes:
+    """A tiny model whose vocabulary is just under the string cap (2^20 - 1 tokens): byte-level BPE
+    without merges (``spm=False``), or SentencePiece with scores and merges to rebuild (``spm=True``:
+    ``▁t<i>`` plus the pieces ``▁``, ``t``, ``▁t`` and the digits, so that 1M merges exist)."""
+    n = (1 << 20) - 1
+
+    def edit(m: dict) -> None:
+        m.pop("tokenizer.ggml.token_type")
+        m.pop("tokenizer.ggml.merges")
+        if not spm:
+            m["tokenizer.ggml.tokens"] = (T.ARRAY, (T.STRING, [f"t{i}" for i in range(n)]))
+            return
+        pieces = ["\u2581", "t", "\u2581t", *"0123456789"] + [f"\u2581t{i}" for i in range(n - 13)]
+        m["tokenizer.ggml.tokens"] = (T.ARRAY, (T.STRING, pieces))
+        m["tokenizer.ggml.scores"] = (T.ARRAY, (T.FLOAT32, [-float(i) for i in range(n)]))
+        m["tokenizer.ggml.model"] = (T.STRING, "llama")
+
+    return tiny_gguf(edit)
+
+
 def _nested_empty_string_arrays(n: int) -> bytes:
     """The body of an array of ``n`` empty string arrays (element type STRING, count 0)."""
     return struct.pack("<IQ", T.ARRAY, n) + struct.pack("<IQ", T.STRING, 0) * n
@@ -581,8 +601,11 @@ def build_corpus(root: Path, *, heavy: bool = False) -> list[Case]:  # noqa: C90
                                                        + b"\0" * 8 * ((1 << 20) + 1)), "amplification", heavy=True)
         st("heavy-st-30m-empty-lists", safetensors_bytes(header=b'{"a":[' + b"[]," * (30 << 20) + b"[]]}"), kind="amplification",
            heavy=True)  # 94 MB: under the 100 MB header cap, refused by the bracket count
-        n = (1 << 20) - 1  # a vocabulary just under the string cap: accepted, decoded, hashed
-        vocab = lambda m: (m.__setitem__("tokenizer.ggml.tokens", (T.ARRAY, (T.STRING, [f"t{i}" for i in range(n)]))),  # noqa: E731
-                           m.pop("tokenizer.ggml.token_type"), m.pop("tokenizer.ggml.merges"))
-        gguf("heavy-gguf-vocab-at-cap", tiny_gguf(vocab), "amplification", "ok", heavy=True, commands=("inspect",))
+        gguf("heavy-gguf-vocab-at-cap", million_vocab_gguf(spm=False), "amplification", "ok", heavy=True, commands=("inspect",))
+        # the same byte-level vocabulary through convert: refused (it has no merges, and no room for
+        # them under the cap) before a million-entry vocabulary is built
+        gguf("heavy-gguf-vocab-at-cap-convert", million_vocab_gguf(spm=False), "amplification", "error", heavy=True,
+             commands=("convert-hf",))
+        # a SentencePiece vocabulary at the cap: inspected and converted (merges rebuilt from the scores)
+        gguf("heavy-gguf-spm-vocab-at-cap", million_vocab_gguf(spm=True), "amplification", "ok", heavy=True)
     return cases

@@ -28,6 +28,12 @@ from weightprint.io.tokenizer import (
 )
 
 
+def _merges(info: TokenizerInfo, types: np.ndarray, **kw: bool) -> list[list[str]]:
+    """The search's merges as strings (it returns the ids of the two parts, ranked)."""
+    left, right = _spm_merges(info, types, **kw)
+    return [[info.tokens[a], info.tokens[b]] for a, b in zip(left.tolist(), right.tolist())]
+
+
 def _definition(info: TokenizerInfo, types: np.ndarray) -> list[list[str]]:
     """Merges by definition, O(sum len^2): the behaviour the fast search must keep."""
     scores = np.asarray(info.scores, dtype=np.float64)
@@ -60,17 +66,17 @@ def test_merges_match_the_definition_on_crafted_vocabularies(seed: int) -> None:
     info = _info(tokens, types, scores)
     expected = _definition(info, np.array(types))
     assert len(expected) > 50
-    assert list(map(list, _spm_merges(info, np.array(types)))) == expected
+    assert _merges(info, np.array(types)) == expected
     # without the repeated strings, the shortcut for distinct tokens gives the definition too
     first = list({t: i for i, t in reversed(list(enumerate(tokens)))}.values())
     unique = _info([tokens[i] for i in first], [types[i] for i in first], [scores[i] for i in first])
     u_types = np.asarray(unique.token_types)
-    assert list(map(list, _spm_merges(unique, u_types, distinct=True))) == _definition(unique, u_types)
+    assert _merges(unique, u_types, distinct=True) == _definition(unique, u_types)
 
 
 def test_no_merges_and_missing_scores() -> None:
     info = _info(["a", "b", ""], [TOKEN_NORMAL] * 3, [0.0, 0.0, 0.0])
-    assert _spm_merges(info, np.array([TOKEN_NORMAL] * 3)) == []
+    assert _merges(info, np.array([TOKEN_NORMAL] * 3)) == []
     info.scores = None
     with pytest.raises(ModelFormatError, match="no scores"):
         _spm_merges(info, np.array([TOKEN_NORMAL] * 3))
@@ -82,7 +88,7 @@ def test_one_long_token_stays_linear() -> None:
     tokens = ["a", "b", "a" * (n - 1), "a" * n, "a" * (n // 2) + "b", "a" * (n // 2)]
     info = _info(tokens, [TOKEN_NORMAL] * len(tokens), [0.0, 0.0, -1.0, -2.0, -3.0, -4.0])
     t0 = time.perf_counter()
-    merges = _spm_merges(info, np.array([TOKEN_NORMAL] * len(tokens)))
+    merges = _merges(info, np.array([TOKEN_NORMAL] * len(tokens)))
     assert time.perf_counter() - t0 < 20  # seconds even on a loaded 2-core machine; quadratic takes hours
     assert [(len(a), len(b)) for a, b in merges] == [(1, n - 1), (n - 1, 1), (n // 2, n // 2), (n // 2, 1)]
 
@@ -95,9 +101,9 @@ def test_gemma3_merges_unchanged(gemma3: Path) -> None:
 
     info = open_model(gemma3).tokenizer
     types = np.asarray(info.token_types, dtype=np.int32)
-    fast = _spm_merges(info, types)
+    fast = _merges(info, types)
     assert len(fast) > 500_000
-    assert list(map(list, fast)) == _definition(info, types)
+    assert fast == _definition(info, types)
 
 
 def _hf_tokenizer(tmp_path: Path, vocab: dict, added: list) -> Path:

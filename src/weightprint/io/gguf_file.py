@@ -137,7 +137,16 @@ class StringArray(Sequence[str]):
         if self._cache is not None:
             return self._cache[index]
         if isinstance(index, slice):
-            return [self._decode(i) for i in range(*index.indices(len(self)))]
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self._decode(i) for i in range(start, stop, step)]
+            buf, out = self._buffer, []
+            try:
+                for a, b in zip(self._starts[start:stop].tolist(), self._ends[start:stop].tolist()):
+                    out.append(buf[a:b].decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise GGUFFormatError(f"{self._label}: item {start + len(out)} is not valid UTF-8 ({e.reason})") from e
+            return out
         n = len(self)
         i = int(index)
         if i < 0:
@@ -146,20 +155,39 @@ class StringArray(Sequence[str]):
             raise IndexError(f"{self._label}: index {index} out of range for {n} strings")
         return self._decode(i)
 
+    def take(self, ids: Any) -> list[str]:
+        """The strings at ``ids`` (an integer array), decoded in one pass."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self._cache is not None:
+            cache = self._cache
+            return [cache[i] for i in ids.tolist()]
+        if len(ids) and (int(ids.min()) < -len(self) or int(ids.max()) >= len(self)):
+            raise IndexError(f"{self._label}: index out of range for {len(self)} strings")
+        buf, out = self._buffer, []
+        try:
+            for a, b in zip(self._starts[ids].tolist(), self._ends[ids].tolist()):
+                out.append(buf[a:b].decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise GGUFFormatError(f"{self._label}: item {int(ids[len(out)])} is not valid UTF-8 ({e.reason})") from e
+        return out
+
     def __iter__(self) -> Iterator[str]:
-        return iter(self.tolist())
+        if self._cache is not None:
+            return iter(self._cache)
+        return self._iter_decoded()
+
+    def _iter_decoded(self) -> Iterator[str]:
+        # decoded a chunk at a time and not kept: a pass over a million-token vocabulary costs
+        # one chunk of strings, not the whole list (see :meth:`tolist` to keep them)
+        for c in range(0, len(self._starts), 1 << 16):
+            yield from self[c:c + (1 << 16)]
 
     def tolist(self) -> list[str]:
         """All strings, decoded once and cached."""
         if self._cache is None:
-            buf = self._buffer
-            out = []
-            try:
-                for a, b in zip(self._starts.tolist(), self._ends.tolist()):
-                    out.append(buf[a:b].decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise GGUFFormatError(f"{self._label}: item {len(out)} is not valid UTF-8 ({e.reason})") from e
-            self._cache = out
+            # offsets as Python ints a chunk at a time: a million-string array would otherwise
+            # hold two million int objects (~64 MB) beside its strings
+            self._cache = [s for s in self._iter_decoded()]
         return self._cache
 
     def encoded(self) -> bytes:
@@ -614,12 +642,18 @@ def tokenizer_from_gguf_metadata(metadata: Mapping[str, Any], label: str = "GGUF
     def fail(key: str, message: str) -> GGUFFormatError:
         return GGUFFormatError(f"{label}: metadata key `{key}` {message}")
 
-    def strings(key: str) -> list[str] | None:
+    def strings(key: str) -> Sequence[str] | None:
         value = metadata.get(key)
         if value is None:
             return None
         if not isinstance(value, (StringArray, list)) or (isinstance(value, list) and not all(isinstance(t, str) for t in value)):
             raise fail(key, f"is {describe(value)}, expected a string array")
+        # a GGUF array stays lazy (decoded on access, from the map): a million-token vocabulary
+        # as Python strings would cost ~100 MB for as long as the model is open
+        if isinstance(value, StringArray):
+            for _ in value:  # every item decodes (bad UTF-8 is refused now, not at some later access)
+                pass
+            return value
         return list(value)
 
     def numbers(key: str, n: int) -> np.ndarray | None:

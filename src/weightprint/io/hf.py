@@ -26,7 +26,7 @@ from weightprint.io.hf_config import architecture_from_hf
 from weightprint.io.model import Model, TensorInfo, TokenizerInfo
 from weightprint.io.safetensors_file import SafetensorsModel, write_safetensors_shards
 from weightprint.io.files import temp_dir_beside
-from weightprint.io.limits import check_json_file, confined_name, one_line, read_json, regular_file
+from weightprint.io.limits import check_json_file, confined_name, one_line, read_json, regular_file, release_freed_memory
 
 __all__ = ["HFModel", "write_hf_dir", "TOKENIZER_FILES"]
 
@@ -42,6 +42,9 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "generation_config.json",
 )
+#: vocabulary + merges strings up to which tokenizer files are built beside the weights (see write_hf_dir)
+CONCURRENT_TOKENIZER_STRINGS = 1 << 19
+
 _DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 
 TensorTransform = Callable[[str, np.ndarray], np.ndarray]
@@ -390,10 +393,19 @@ def write_hf_dir(
         # The tokenizer files (Python work: vocabulary, merges, JSON) are built on a second
         # thread while the weights stream (numpy/numba work that releases the GIL); leaving the
         # `with` waits for it, and its error, if any, is raised.
+        # A vocabulary past CONCURRENT_TOKENIZER_STRINGS (no real model's: Gemma 3 has 262k tokens,
+        # Llama 3 128k + 280k merges) is written first, alone: its peak then does not add to
+        # the weights' (a crafted million-token SentencePiece vocabulary: 445 MB RSS concurrently,
+        # 282 MB alone).
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightprint-tokenizer") as pool:
             tokenizer_job = None
             if "tokenizer.json" not in copied:
-                tokenizer_job = pool.submit(_write_tokenizer_files, tmp, model, config)
+                tok = model.tokenizer
+                if tok is not None and len(tok.tokens) + len(tok.merges or ()) > CONCURRENT_TOKENIZER_STRINGS:
+                    _write_tokenizer_files(tmp, model, config)
+                    release_freed_memory()  # the search's freed heap, before the weights' buffers
+                else:
+                    tokenizer_job = pool.submit(_write_tokenizer_files, tmp, model, config)
             write_safetensors_shards(tmp, specs, data, max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
             if tokenizer_job is not None:
                 tokenizer_job.result()
@@ -441,7 +453,7 @@ def _write_tokenizer_files(directory: Path, model: Model, config: dict[str, Any]
     from weightprint.io.tokenizer import (
         special_tokens_map_from_info,
         tokenizer_config_from_info,
-        tokenizer_json_from_info,
+        write_tokenizer_json,
     )
 
     info = model.tokenizer
@@ -452,10 +464,12 @@ def _write_tokenizer_files(directory: Path, model: Model, config: dict[str, Any]
         prefix = prefix.item()
     if prefix is None and model.architecture == "gemma3":
         prefix = False
-    tj = tokenizer_json_from_info(info, add_space_prefix=None if prefix is None else bool(prefix))
-    with open(directory / "tokenizer.json", "w", encoding="utf-8") as f:
-        # json.dumps, not json.dump: only the one-shot encoder runs in C (same text)
-        f.write(json.dumps(tj, ensure_ascii=False))
+    try:
+        write_tokenizer_json(info, directory / "tokenizer.json", add_space_prefix=None if prefix is None else bool(prefix))
+    except WeightprintError as e:  # the builder's message names no file: name the model
+        if str(model.path) in e.message:
+            raise
+        raise type(e)(f"{model.path}: {e.message}", hint=e.hint) from None
     _write_json(
         directory,
         "tokenizer_config.json",

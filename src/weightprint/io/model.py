@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
@@ -125,14 +126,15 @@ class TokenizerInfo:
         ``gpt2`` (byte-level BPE), ``llama`` (SentencePiece), ``bert``... (GGUF ``tokenizer.ggml.model``)
     pre : str | None
         Pre-tokenizer name (GGUF ``tokenizer.ggml.pre``, e.g. ``smollm``).
-    tokens : list[str]
-        The vocabulary, by id.
+    tokens : Sequence[str]
+        The vocabulary, by id: a list, or from a GGUF file a lazy
+        :class:`~weightprint.io.gguf_file.StringArray` that decodes on access.
     scores : numpy.ndarray | None
         SentencePiece scores, by id.
     token_types : numpy.ndarray | None
         GGUF token types, by id (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).
-    merges : list[str] | None
-        BPE merges ("a b").
+    merges : Sequence[str] | None
+        BPE merges ("a b"), a list or a lazy ``StringArray`` like ``tokens``.
     bos_id, eos_id, unk_id, pad_id : int | None
         Special token ids.
     add_bos, add_eos : bool | None
@@ -141,10 +143,10 @@ class TokenizerInfo:
 
     model: str
     pre: str | None = None
-    tokens: list[str] = field(default_factory=list)
+    tokens: Sequence[str] = field(default_factory=list)
     scores: np.ndarray | None = None
     token_types: np.ndarray | None = None
-    merges: list[str] | None = None
+    merges: Sequence[str] | None = None
     bos_id: int | None = None
     eos_id: int | None = None
     unk_id: int | None = None

@@ -22,6 +22,7 @@ import json
 import operator
 import os
 from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -130,12 +131,14 @@ def _added_tokens(info: TokenizerInfo, types: np.ndarray) -> list[dict[str, Any]
     return out
 
 
-# The merge search hashes every split t[:k] | t[k:] of every token from one prefix sum over all
-# code points (polynomial hashes modulo two 31-bit primes, random bases), so it costs
-# O(total length) numpy work instead of O(sum of len^2) string slicing (a single crafted
-# million-character token stays linear); every hash hit is then checked exactly, so the merges
-# do not depend on the bases.
+# The merge search (:func:`_spm_merges`): polynomial hashes modulo two 31-bit primes.
 _HASH_PRIMES = (2147483647, 2147483629)
+#: code points handled per numpy pass of the merge search
+_CHUNK = 1 << 16
+#: vocabulary entries or merges per streamed write of tokenizer.json
+_WRITE_CHUNK = 1 << 14
+_VOCAB_MARK = "\x00weightprint:vocab\x00"
+_MERGES_MARK = "\x00weightprint:merges\x00"
 
 
 def _powers(base: int, p: int, n: int) -> np.ndarray:
@@ -156,24 +159,29 @@ def _segment_arange(lengths: np.ndarray) -> np.ndarray:
     return np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
 
 
-def _substring_hashes(cps: np.ndarray, pos: np.ndarray, max_len: int, rng: np.random.Generator):
-    """A function ``(a, b, start) -> uint64 keys`` hashing ``cps[a:b]`` with ``start`` its token's offset."""
-    prefix, inverse = [], []
-    for p in _HASH_PRIMES:
-        base = int(rng.integers(256, p - 1))
-        terms = cps % np.uint64(p) * _powers(base, p, max_len)[pos] % np.uint64(p)
-        prefix.append(np.concatenate([np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)]))
-        inverse.append(_powers(pow(base, -1, p), p, max_len))
+class _ChunkHashes:
+    """Polynomial hashes of substrings of a run of tokens (two 31-bit primes, random bases).
 
-    def key(a: np.ndarray, b: np.ndarray, start: np.ndarray) -> np.ndarray:
+    ``key(a, b, start)`` hashes the code points ``[a, b)`` of the run, ``start`` being the offset
+    of their token, so that equal strings get equal keys wherever they are.
+    """
+
+    def __init__(self, tokens: list[str], lens: np.ndarray, bases: list[int], max_len: int) -> None:
+        self.cps = np.frombuffer("".join(tokens).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+        pos = _segment_arange(lens)
+        self.prefix, self.inverse = [], []
+        for p, base in zip(_HASH_PRIMES, bases):
+            terms = self.cps % np.uint64(p) * _powers(base, p, max_len)[pos] % np.uint64(p)
+            self.prefix.append(np.concatenate([np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)]))
+            self.inverse.append(_powers(pow(base, -1, p), p, max_len))
+
+    def key(self, a: np.ndarray, b: np.ndarray, start: np.ndarray) -> np.ndarray:
         out = np.zeros(len(a), dtype=np.uint64)
-        for p, s, inv in zip(_HASH_PRIMES, prefix, inverse):
+        for p, s, inv in zip(_HASH_PRIMES, self.prefix, self.inverse):
             # sum_j c_j B^(j - start) over [a, b), shifted to start at power 0
             h = (s[b] - s[a]) % np.uint64(p) * inv[a - start] % np.uint64(p)
             out = out << np.uint64(31) | h
         return out
-
-    return key
 
 
 def _hash_table(keys: np.ndarray, values: np.ndarray):
@@ -181,20 +189,23 @@ def _hash_table(keys: np.ndarray, values: np.ndarray):
 
     Vectorized open hashing: keys grouped by bucket, each query scans its bucket (a handful of
     entries at load <= 1/2) in a few array passes; cheaper than a binary search per query.
+    Bucket bookkeeping is int32 (keys and values stay below 2^31): 4 bytes a slot.
     """
     size = 1 << max(4, int(2 * len(keys)).bit_length())
     mask = np.uint64(size - 1)
-    slot = (keys & mask).astype(np.int64)
-    order = np.argsort(slot, kind="stable")
-    counts = np.bincount(slot, minlength=size)
-    starts = np.cumsum(counts) - counts
-    table_keys, table_values = keys[order], values[order]
+    slot = (keys & mask).astype(np.int32)
+    order = np.argsort(slot, kind="stable").astype(np.int32)
+    counts = np.bincount(slot, minlength=size).astype(np.int32)
+    starts = (np.cumsum(counts, dtype=np.int64) - counts).astype(np.int32)
+    del slot
+    table_keys, table_values = keys[order], values[order].astype(np.int32)
+    del order
     depth = int(counts.max()) if len(keys) else 0
 
     def lookup(query: np.ndarray) -> np.ndarray:
         out = np.full(len(query), -1, dtype=np.int64)
         q_slot = (query & mask).astype(np.int64)
-        first, n = starts[q_slot], counts[q_slot]
+        first, n = starts[q_slot].astype(np.int64), counts[q_slot]
         todo = np.nonzero(n > 0)[0]
         for d in range(depth):
             at = first[todo] + d
@@ -208,12 +219,47 @@ def _hash_table(keys: np.ndarray, values: np.ndarray):
     return lookup
 
 
-def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = False) -> list[tuple[str, str]]:
-    """Merges for a SentencePiece BPE vocabulary, ranked by the score of the merged piece.
+def _token_chunks(lens: np.ndarray, ids: np.ndarray) -> Iterator[np.ndarray]:
+    """``ids`` in consecutive runs of about ``_CHUNK`` code points (at least one token each)."""
+    cum = np.cumsum(lens[ids])
+    lo = 0
+    while lo < len(ids):
+        done = int(cum[lo - 1]) if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(cum, done + _CHUNK, side="right")))
+        yield ids[lo:hi]
+        lo = hi
+
+
+def _run(tokens: Sequence[str], lens: np.ndarray, ids: np.ndarray, bases: list[int], max_len: int) -> tuple[_ChunkHashes, np.ndarray]:
+    """The hashes of the tokens ``ids`` laid end to end, and each one's offset in that run."""
+    chunk_lens = lens[ids]
+    return _ChunkHashes(_take(tokens, ids), chunk_lens, bases, max_len), np.cumsum(chunk_lens) - chunk_lens
+
+
+def _take(tokens: Sequence[str], ids: np.ndarray) -> list[str]:
+    """``[tokens[i] for i in ids]``, in one pass (a lazy GGUF vocabulary decodes them in bulk)."""
+    take = getattr(tokens, "take", None)
+    if take is not None:
+        return take(ids)
+    if len(ids) == 0:
+        return []
+    got = operator.itemgetter(*ids.tolist())(tokens)
+    return [got] if len(ids) == 1 else list(got)
+
+
+def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Merges for a SentencePiece BPE vocabulary, ranked by the score of the merged piece, as the
+    ids of their left and right parts (decoded a chunk at a time by the writer).
 
     Every split ``token[:k] | token[k:]`` of a normal token into two vocabulary pieces (normal
     or user-defined; a repeated string means its last id) is a merge; merges are ordered by
     descending score of the merged token, then by the ids of the token and its two parts.
+
+    The search hashes every split of every token (polynomial hashes over code points), so it
+    costs O(total length) numpy work instead of O(sum of len^2) string slicing (a single crafted
+    million-character token stays linear), and works through the vocabulary a run of tokens at a
+    time, so its memory is a few bytes a token whatever the vocabulary's size. Every hash hit is
+    then checked exactly, so the merges do not depend on the random bases.
     """
     if info.scores is None:
         raise ModelFormatError("SentencePiece tokenizer has no scores to rebuild merges from")
@@ -226,86 +272,76 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = Fals
     else:
         vocab = {t: i for i, t in enumerate(tokens) if types[i] in (TOKEN_NORMAL, TOKEN_USER_DEFINED)}
         members = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+        del vocab
     lens = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+    members = members.astype(np.int32)  # ids < 2^20 (the string cap): 4 bytes each
     members = members[lens[members] > 0]
     merged = members[(types[members] == TOKEN_NORMAL) & (lens[members] >= 2)]
     if len(merged) == 0:
-        return []
-    cps = np.frombuffer("".join(tokens).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
-    offsets = np.cumsum(lens) - lens
-    pos = _segment_arange(lens)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     max_len = int(lens.max())
     rng = np.random.default_rng()
     for _attempt in range(8):
-        key = _substring_hashes(cps, pos, max_len, rng)
-        member_keys = key(offsets[members], offsets[members] + lens[members], offsets[members])
+        bases = [int(rng.integers(256, p - 1)) for p in _HASH_PRIMES]
+        member_keys = np.empty(len(members), dtype=np.uint64)
+        at = 0
+        for ids in _token_chunks(lens, members):
+            run, offsets = _run(tokens, lens, ids, bases, max_len)
+            member_keys[at : at + len(ids)] = run.key(offsets, offsets + lens[ids], offsets)
+            at += len(ids)
         ordered = np.sort(member_keys)
         if not (ordered[1:] == ordered[:-1]).any():
             break
     else:  # eight colliding draws of 62-bit hashes: not a real vocabulary
         raise ModelFormatError("SentencePiece vocabulary defeats the merge search (hash collisions)")
+    del ordered
     lookup = _hash_table(member_keys, members)
+    del member_keys
 
-    # every split point k = 1 .. len - 1 of every merged token; the left part first, then the
+    # every split point k = 1 .. len - 1 of every merged token: the left part first, then the
     # right part of the splits whose left part is a piece
-    splits = lens[merged] - 1
-    tid = np.repeat(merged, splits)
-    k = _segment_arange(splits) + 1
-    start = offsets[tid]
-    li = lookup(key(start, start + k, start))
-    hit = li >= 0
-    tid, k, li, start = tid[hit], k[hit], li[hit], start[hit]
-    hit = lens[li] == k
-    tid, k, li, start = tid[hit], k[hit], li[hit], start[hit]
-    ri = lookup(key(start + k, start + lens[tid], start))
-    hit = (ri >= 0) & (lens[ri] == lens[tid] - k)
-    tid, k, li, ri = tid[hit], k[hit], li[hit], ri[hit]
-    # exact check of each hit: the parts' code points spell the merged token
-    n_cmp = lens[tid]
-    at = _segment_arange(n_cmp)
-    owner = np.repeat(np.arange(len(tid)), n_cmp)
-    kk = k[owner]
-    part = np.where(at < kk, offsets[li][owner] + at, offsets[ri][owner] + at - kk)
-    wrong = np.bincount(owner[cps[offsets[tid][owner] + at] != cps[part]], minlength=len(tid)) > 0
-    tid, li, ri = tid[~wrong], li[~wrong], ri[~wrong]
+    found_t, found_l, found_r = [], [], []
+    for ids in _token_chunks(lens, merged):
+        run, offsets = _run(tokens, lens, ids, bases, max_len)
+        splits = lens[ids] - 1
+        which = np.repeat(np.arange(len(ids)), splits)  # position of the merged token in the run
+        k = _segment_arange(splits) + 1
+        start = offsets[which]
+        li = lookup(run.key(start, start + k, start))
+        hit = (li >= 0) & (lens[np.maximum(li, 0)] == k)
+        which, k, li, start = which[hit], k[hit], li[hit], start[hit]
+        ri = lookup(run.key(start + k, start + lens[ids[which]], start))
+        hit = (ri >= 0) & (lens[np.maximum(ri, 0)] == lens[ids[which]] - k)
+        found_t.append(ids[which[hit]])
+        found_l.append(li[hit])
+        found_r.append(ri[hit])
+    tid, li, ri = (np.concatenate(f).astype(np.int32) for f in (found_t, found_l, found_r))
+    del found_t, found_l, found_r, lookup
+    # exact check of each hit: the parts spell the merged token (hash collisions are dropped)
+    ok = np.zeros(len(tid), dtype=bool)
+    for c in range(0, len(tid), _WRITE_CHUNK):
+        sl = slice(c, c + _WRITE_CHUNK)
+        ok[sl] = [t == a + b for t, a, b in zip(_take(tokens, tid[sl]), _take(tokens, li[sl]), _take(tokens, ri[sl]))]
+    tid, li, ri = tid[ok], li[ok], ri[ok]
     rank = np.lexsort((ri, li, tid, -scores[tid]))
-    if len(rank) == 0:
-        return []
-    lefts = operator.itemgetter(*li[rank].tolist())(tokens)
-    rights = operator.itemgetter(*ri[rank].tolist())(tokens)
-    if len(rank) == 1:
-        return [(lefts, rights)]
-    return list(zip(lefts, rights))  # tuples: 500k lists would wake the garbage collector
+    return li[rank], ri[rank]
 
 
-def tokenizer_json_from_info(info: TokenizerInfo, *, add_space_prefix: bool | None = None) -> dict[str, Any]:
-    """A Hugging Face ``tokenizer.json`` (as a dict) that tokenizes as llama.cpp does.
-
-    Parameters
-    ----------
-    info : TokenizerInfo
-        ``model`` must be ``gpt2`` (byte-level BPE, needs ``merges``) or ``llama``
-        (SentencePiece, needs ``scores``).
-    add_space_prefix : bool, optional
-        SentencePiece only: prepend ``▁`` to the text (GGUF ``tokenizer.ggml.add_space_prefix``;
-        defaults to True, llama.cpp's default).
-
-    Raises
-    ------
-    WeightprintError
-        For another tokenizer model.
-    ModelFormatError
-        When merges (gpt2) or scores (llama) are missing.
-    """
+def _tokenizer_json_skeleton(info: TokenizerInfo, add_space_prefix: bool | None) -> tuple[dict[str, Any], bool, Any]:
+    """``(tokenizer.json with marker strings for its vocabulary and merges, whether the token
+    strings are distinct, the SentencePiece merges or None)``; see :func:`tokenizer_json_from_info`."""
+    # what would refuse the tokenizer is checked before the vocabulary is built (a million-token
+    # vocabulary costs ~100 MB of Python strings and dict entries)
+    if info.model not in ("gpt2", "llama"):
+        raise WeightprintError(f"cannot build a tokenizer.json for GGUF tokenizer model `{info.model}`; supported: gpt2, llama")
+    if info.model == "gpt2" and info.merges is None:
+        raise ModelFormatError("byte-level BPE tokenizer has no merges (`tokenizer.ggml.merges`)")
     types = _types(info)
     added = _added_tokens(info, types)
-    vocab = {t: i for i, t in enumerate(info.tokens)}
-    distinct = len(vocab) == len(info.tokens)
-    if not distinct:
-        # duplicated token strings: keep the first id, as llama.cpp's text->id map does
-        vocab = {}
-        for i, t in enumerate(info.tokens):
-            vocab.setdefault(t, i)
+    distinct = _distinct(info.tokens)
+    spm_merges = _spm_merges(info, types, distinct=distinct) if info.model == "llama" else None
+    # the vocabulary and merges go in as markers, filled by the caller (a dict, or streamed text)
+    vocab, merges = _VOCAB_MARK, _MERGES_MARK
     post = None
     if info.add_bos and info.bos_id is not None:
         bos = info.tokens[info.bos_id]
@@ -321,10 +357,7 @@ def tokenizer_json_from_info(info: TokenizerInfo, *, add_space_prefix: bool | No
             "special_tokens": {bos: {"id": bos, "ids": [info.bos_id], "tokens": [bos]}},
         }
     if info.model == "gpt2":
-        if info.merges is None:
-            raise ModelFormatError("byte-level BPE tokenizer has no merges (`tokenizer.ggml.merges`)")
-        merges = [m.split(" ", 1) for m in info.merges]
-        return {
+        tj = {
             "version": "1.0",
             "truncation": None,
             "padding": None,
@@ -346,6 +379,7 @@ def tokenizer_json_from_info(info: TokenizerInfo, *, add_space_prefix: bool | No
                 "merges": merges,
             },
         }
+        return tj, distinct, spm_merges
     if info.model == "llama":
         prefix = True if add_space_prefix is None else bool(add_space_prefix)
         norm_steps: list[dict[str, Any]] = []
@@ -360,7 +394,7 @@ def tokenizer_json_from_info(info: TokenizerInfo, *, add_space_prefix: bool | No
         if prefix:
             decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
         unk = info.tokens[info.unk_id] if info.unk_id is not None else None
-        return {
+        tj = {
             "version": "1.0",
             "truncation": None,
             "padding": None,
@@ -379,10 +413,108 @@ def tokenizer_json_from_info(info: TokenizerInfo, *, add_space_prefix: bool | No
                 "byte_fallback": True,
                 "ignore_merges": False,
                 "vocab": vocab,
-                "merges": _spm_merges(info, types, distinct=distinct),
+                "merges": merges,
             },
         }
-    raise WeightprintError(f"cannot build a tokenizer.json for GGUF tokenizer model `{info.model}`; supported: gpt2, llama")
+        return tj, distinct, spm_merges
+    raise AssertionError(info.model)  # checked above
+
+
+def _distinct(tokens: Sequence[str]) -> bool:
+    """Whether no token string repeats: sorted string hashes first (8 bytes a token), a set only
+    when two hashes collide."""
+    h = np.sort(np.fromiter(map(hash, tokens), dtype=np.int64, count=len(tokens)))
+    if not (h[1:] == h[:-1]).any():
+        return True
+    return len(set(tokens)) == len(tokens)
+
+
+def _first_ids(tokens: Sequence[str], distinct: bool) -> range | list[int]:
+    """Ids of the vocabulary's entries in order: a repeated token string keeps its first id, as
+    llama.cpp's text->id map does."""
+    if distinct:
+        return range(len(tokens))
+    seen: set[str] = set()
+    out = []
+    for i, t in enumerate(tokens):
+        if t not in seen:
+            seen.add(t)
+            out.append(i)
+    return out
+
+
+def _merge_parts(info: TokenizerInfo, spm_merges: tuple[np.ndarray, np.ndarray] | None) -> Iterator[Sequence[str]]:
+    """The merges as ``[left, right]`` pairs, a chunk decoded at a time."""
+    if spm_merges is not None:
+        left, right = spm_merges
+        for c in range(0, len(left), _WRITE_CHUNK):
+            yield from zip(_take(info.tokens, left[c:c + _WRITE_CHUNK]), _take(info.tokens, right[c:c + _WRITE_CHUNK]))
+    else:
+        for m in info.merges or []:
+            yield m.split(" ", 1)
+
+
+def tokenizer_json_from_info(info: TokenizerInfo, *, add_space_prefix: bool | None = None) -> dict[str, Any]:
+    """A Hugging Face ``tokenizer.json`` (as a dict) that tokenizes as llama.cpp does.
+
+    Parameters
+    ----------
+    info : TokenizerInfo
+        ``model`` must be ``gpt2`` (byte-level BPE, needs ``merges``) or ``llama``
+        (SentencePiece, needs ``scores``).
+    add_space_prefix : bool, optional
+        SentencePiece only: prepend ``▁`` to the text (GGUF ``tokenizer.ggml.add_space_prefix``;
+        defaults to True, llama.cpp's default).
+
+    Raises
+    ------
+    WeightprintError
+        For another tokenizer model.
+    ModelFormatError
+        When merges (gpt2) or scores (llama) are missing.
+    """
+    tj, distinct, spm_merges = _tokenizer_json_skeleton(info, add_space_prefix)
+    tokens = info.tokens
+    tj["model"]["vocab"] = {tokens[i]: i for i in _first_ids(tokens, distinct)}
+    tj["model"]["merges"] = [list(m) for m in _merge_parts(info, spm_merges)]
+    return tj
+
+
+def write_tokenizer_json(info: TokenizerInfo, path: str | os.PathLike[str], *, add_space_prefix: bool | None = None) -> None:
+    """Write :func:`tokenizer_json_from_info`'s ``tokenizer.json`` to ``path``, the same text as
+    ``json.dumps(..., ensure_ascii=False)``, with the vocabulary and merges streamed a chunk at a
+    time: no dict of the vocabulary, no whole-file string (a million-token vocabulary stays
+    within tens of MB)."""
+    from json.encoder import encode_basestring  # json.dumps' own (C) string encoder
+
+    tj, distinct, spm_merges = _tokenizer_json_skeleton(info, add_space_prefix)
+    text = json.dumps(tj, ensure_ascii=False)
+    head, rest = text.split(json.dumps(_VOCAB_MARK), 1)
+    middle, tail = rest.split(json.dumps(_MERGES_MARK), 1)
+    tokens = info.tokens
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(head)
+        f.write("{")
+        ids = _first_ids(tokens, distinct)
+        for c in range(0, len(ids), _WRITE_CHUNK):
+            chunk = ids[c:c + _WRITE_CHUNK]
+            # a slice decodes a lazy vocabulary in one pass; repeated strings take their ids one by one
+            strings = tokens[chunk.start:chunk.stop] if isinstance(chunk, range) else [tokens[i] for i in chunk]
+            f.write((", " if c else "") + ", ".join([f"{encode_basestring(t)}: {i}" for t, i in zip(strings, chunk)]))
+        f.write("}")
+        f.write(middle)
+        f.write("[")
+        first = True
+        batch: list[str] = []
+        for parts in _merge_parts(info, spm_merges):
+            batch.append("[" + ", ".join([encode_basestring(x) for x in parts]) + "]")
+            if len(batch) == _WRITE_CHUNK:
+                f.write((", " if not first else "") + ", ".join(batch))
+                first, batch = False, []
+        if batch:
+            f.write((", " if not first else "") + ", ".join(batch))
+        f.write("]")
+        f.write(tail)
 
 
 def _token(info: TokenizerInfo, i: int | None) -> str | None:
