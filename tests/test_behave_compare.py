@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from weightprint.behave.backends.base import Backend, Capabilities, GenerateRequest, Generation
+from weightprint.behave.backends.base import Backend, Capabilities, GenerateRequest, Generation, LoglikelihoodResult
 from weightprint.behave.compare import (
     C0_GREEDY, CompareResult, Side, chernoff_log10_pvalue, compare_answers, compare_models, prefix_similarity, text_pieces,
 )
@@ -158,6 +158,80 @@ def test_sampled_regime_same_related_different():
     assert diff.verdict == "different", diff.summary()
     rel = _compare(FakeModel(1, **fake), FakeModel(1, drift=0.05, **fake), **kw)
     assert rel.verdict != "different", rel.summary()  # a slightly drifted copy is never called different
+
+
+class SamplingFake(Backend):
+    """A sampling 'model' with a known distribution: each next word is drawn from a Dirichlet
+    categorical over 60 words, fixed by (model seed, prompt, previous word); ``loglikelihood``
+    scores a text under it. ``text_only``: an endpoint that only returns sampled text."""
+
+    name = "samplingfake"
+
+    def __init__(self, seed: int, *, text_only: bool = False, mix: float = 0.0) -> None:
+        self.seed, self.mix = seed, mix
+        self.capabilities = Capabilities(logprobs=not text_only, echo=not text_only, top_logprobs=False, max_top_logprobs=0)
+        self.label = f"sampler{seed}" + (" (text only)" if text_only else "") + (f"~{mix}" if mix else "")
+
+    def _probs(self, prompt: str, prev: str) -> np.ndarray:
+        def dist(seed):
+            h = int.from_bytes(hashlib.sha256(repr((seed, prompt, prev)).encode()).digest()[:8], "little")
+            return np.random.default_rng(h).dirichlet(np.full(60, 0.3))
+        p = dist(self.seed)
+        return (1 - self.mix) * p + self.mix * dist(self.seed + 1000) if self.mix else p
+
+    def generate(self, requests, progress=None):
+        out = []
+        for r in requests:
+            rng = np.random.default_rng([r.seed or 0, self.seed, int(hashlib.sha256(r.prompt.encode()).hexdigest()[:8], 16)])
+            words, prev = [], ""
+            for _ in range(r.max_tokens):
+                prev = WORDS[int(rng.choice(60, p=self._probs(r.prompt, prev)))]
+                words.append(prev)
+            out.append(Generation(text="".join(" " + w for w in words)))
+        return out
+
+    def loglikelihood(self, requests, progress=None):
+        out = []
+        for r in requests:
+            prev, lp = "", 0.0
+            for w in r.continuation.split():
+                lp += math.log(self._probs(r.context, prev)[WORDS.index(w)])
+                prev = w
+            out.append(LoglikelihoodResult(logprob=lp, is_greedy=False))
+        return out
+
+
+def test_likelihood_test_on_a_text_only_sampling_endpoint():
+    """A text-only endpoint that samples gives no common prefixes to count; a local model scores
+    its samples against its own: one model -> same, another -> different."""
+    kw = dict(sampled=True, n_samples=12)  # 288 pairs: at a true mean of 1/2, the bound needs ~200 against c0 = 0.35
+    same = _compare(SamplingFake(1, text_only=True), SamplingFake(1), **kw)
+    assert same.verdict == "same", same.summary()
+    lk = next(t for t in same.tests if t.name == "unrelated-null-likelihood")
+    assert lk.n == 24 * 12 and 0.4 <= lk.statistic <= 0.6 and lk.log10_pvalue < -3.5
+    assert same.statistics["likelihood_scorer"] == "sampler1"
+    diff = _compare(SamplingFake(1, text_only=True), SamplingFake(2), **kw)
+    assert diff.verdict == "different", diff.summary()
+    assert next(t for t in diff.tests if t.name == "unrelated-null-likelihood").statistic < 0.2
+    # a copy that moved a little (1% of its next-word distribution from elsewhere) is still found
+    near = _compare(SamplingFake(1), SamplingFake(1, mix=0.01, text_only=True), **kw)
+    assert near.verdict in ("same", "related"), near.summary()
+    # neither side can score: no likelihood test
+    none = _compare(SamplingFake(1, text_only=True), SamplingFake(1, text_only=True), **kw)
+    assert "unrelated-null-likelihood" not in [t.name for t in none.tests]
+
+
+def test_likelihood_observations_have_mean_one_half_for_one_model():
+    """H0 of 'same' behind the rule: one model's samples are exchangeable with the scorer's own."""
+    from weightprint.behave.compare import collect_answers, likelihood_observations
+
+    a, b = SamplingFake(3), SamplingFake(3, text_only=True)
+    kw = dict(sampled=True, max_tokens=6, n_samples=8, temperature=1.0, top_logprobs=0)
+    own = collect_answers(a, PROMPTS, seed=0, **kw)
+    other = collect_answers(b, PROMPTS, seed=10_000, **kw)
+    obs = likelihood_observations(a, PROMPTS, own, other)
+    assert obs.shape == (24, 8)
+    assert abs(obs.mean() - 0.5) < 3 * 0.5 / math.sqrt(obs.size)
 
 
 def test_calibration_on_unrelated_fake_pairs_never_same():

@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-from weightprint.behave.backends.base import Backend, GenerateRequest, Generation
+from weightprint.behave.backends.base import Backend, GenerateRequest, Generation, LoglikelihoodRequest, LoglikelihoodResult
 from weightprint.progress import ProgressCallback, no_progress
 from weightprint.results import to_jsonable
 
@@ -83,6 +83,10 @@ class CachedBackend(Backend):
             progress(done, len(requests), "generate")
         progress(len(requests), len(requests), "generate")
         return out  # type: ignore[return-value]
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
+                      progress: ProgressCallback | None = None) -> list[LoglikelihoodResult]:
+        return self.inner.loglikelihood(requests, progress)  # scores are cheap and not cached
 
     def close(self) -> None:
         self.inner.close()

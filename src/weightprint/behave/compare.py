@@ -30,6 +30,17 @@ words equal), or that loop (at most half of the compared words distinct), do not
 prompt -- a degenerate model looping on one phrase -- and are no evidence of identity: their observations count as 0 (which can only make the test more
 conservative). Two briefly trained tiny models agree on 25-40% of such loops otherwise.
 
+**The likelihood test** (sampled regime, when a side can score text: a local model). Sampled
+continuations rarely share even three words, so the prefix test has little power there; instead
+the scoring side's model compares the other side's j-th sample of each prompt with its own j-th
+sample (log-likelihood per UTF-8 byte): the observation is 1 when the other's is the more likely,
+1/2 on a tie, 0 otherwise (:func:`likelihood_observations`). For one model, sampling alike, the
+two samples are exchangeable and every observation has mean 1/2; an unrelated model's samples are
+less likely under the scorer (0.16-0.27 measured, SmolLM2 vs Gemma 3). H0 *unrelated*: mean at most
+``C0_LIKELIHOOD``, by the same Chernoff bound over the disjoint pairs; rejected, the verdict is
+``same`` when the mean is at least ``SAME_LIKELIHOOD`` (0.4), else ``related``. The other side
+needs to return text only. The unrelated-null tests of a regime share ``alpha`` (Bonferroni).
+
 **Verdict.** ``different`` when that p-value is not below ``alpha``; otherwise ``same`` when
 the sides are indistinguishable at the precision the regime allows (greedy with log-probs: the
 arg-max agrees at >= 97% of the shared positions and the log-prob distance is <= 0.1 nats;
@@ -51,7 +62,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from weightprint.behave.backends.base import Backend, GenerateRequest, Generation, open_backend
+from weightprint.behave.backends.base import Backend, GenerateRequest, Generation, LoglikelihoodRequest, open_backend
 from weightprint.behave.suites import Prompt, load_prompts
 from weightprint.errors import WeightprintError
 from weightprint.progress import ProgressCallback, no_progress, substep
@@ -72,6 +83,13 @@ C0_SAMPLED = 0.25
 #: null bound of the mean first-token top-5 overlap (Jaccard) of unrelated models: SmolLM2 vs Gemma 3
 #: measured 0.22 (21 prompts, max 0.67 on one), tiny llamas 0.0; 0.3 leaves a margin
 C0_TOPK = 0.3
+#: null bound of the likelihood-test observations of unrelated models (see :func:`likelihood_observations`):
+#: SmolLM2 scoring Gemma 3's samples and Gemma 3 scoring SmolLM2's measured 0.16-0.27 (16 prompts x 4
+#: samples, T = 0.8; the same model 0.50-0.58, its Q8_0 requantization 0.58-0.59); 0.35 leaves a margin
+C0_LIKELIHOOD = 0.35
+#: mean likelihood observation at or above which a significant likelihood test says ``same``
+#: (0.5 for one model: its samples are exchangeable with the scorer's own)
+SAME_LIKELIHOOD = 0.4
 #: default significance level of "not unrelated"
 DEFAULT_ALPHA = 1e-3
 SAME_ARGMAX_AGREEMENT = 0.97
@@ -316,10 +334,53 @@ def _identity_permutation_test(texts_a: list[list[str]], texts_b: list[list[str]
     )
 
 
+def _per_byte(results: Sequence[Any], texts: Sequence[str]) -> np.ndarray:
+    return np.array([r.logprob / max(len(t.encode("utf-8")), 1) for r, t in zip(results, texts)])
+
+
+def likelihood_observations(scorer: Backend, prompts: Sequence[Prompt], own: Side, other: Side,
+                            progress: ProgressCallback | None = None) -> np.ndarray:
+    """Per prompt and sample pair, does the scorer's model find the other side's sample more likely
+    than its own? (The sampled regime, where the scorer can score text: a local model.)
+
+    The j-th sample of the other side and the j-th of the scorer's own side, both continuations of
+    prompt i, are scored by the scorer's model (log-likelihood per UTF-8 byte, so that tokenizers
+    and lengths compare); the observation is 1 when the other's scores higher, 1/2 on a tie, 0 when
+    lower. If both sides are one model (sampling alike), the two samples are exchangeable and
+    every observation has mean 1/2 whatever the prompt; an unrelated model's samples are less
+    likely under the scorer than the scorer's own. Observations are independent (disjoint pairs).
+    Empty answers and chat prompts (scored through a template the scorer may not share) give 0,
+    which can only make the unrelated-null test more conservative. Text only: no log-probability
+    is needed from the other side.
+    """
+    obs = np.zeros((len(prompts), min(len(own.answers[0]), len(other.answers[0])) if prompts else 0))
+    reqs, where = [], []
+    for i, p in enumerate(prompts):
+        if p.chat:
+            continue
+        for j in range(obs.shape[1]):
+            mine, theirs = own.answers[i][j].text, other.answers[i][j].text
+            if mine.strip() and theirs.strip():
+                reqs += [LoglikelihoodRequest(context=p.prompt, continuation=mine),
+                         LoglikelihoodRequest(context=p.prompt, continuation=theirs)]
+                where.append((i, j, mine, theirs))
+    if not reqs:
+        return obs
+    res = scorer.loglikelihood(reqs, progress=progress)
+    for k, (i, j, mine, theirs) in enumerate(where):
+        s_mine, s_theirs = _per_byte(res[2 * k:2 * k + 2], [mine, theirs])
+        obs[i, j] = 1.0 if s_theirs > s_mine else 0.5 if s_theirs == s_mine else 0.0
+    return obs
+
+
 def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sampled: bool,
                     prefix_pieces: int, alpha: float = DEFAULT_ALPHA, c0: float | None = None,
-                    n_resamples: int = 999, seed: int = 0, exact_match: bool | None = None) -> CompareResult:
-    """The statistics and verdict of two sides' answers to the same prompts (see the module docstring)."""
+                    n_resamples: int = 999, seed: int = 0, exact_match: bool | None = None,
+                    likelihood: tuple[str, np.ndarray] | None = None) -> CompareResult:
+    """The statistics and verdict of two sides' answers to the same prompts (see the module docstring).
+
+    ``likelihood``: ``(scorer label, observations)`` of :func:`likelihood_observations` (sampled regime).
+    """
     n = len(prompts)
     if not (len(side_a.answers) == len(side_b.answers) == n) or n == 0:
         raise WeightprintError(f"cannot compare {len(side_a.answers)} and {len(side_b.answers)} answers to {n} prompts")
@@ -407,6 +468,21 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
         "generic_answers": int(generic.sum()),
         "c0": c0,
     }
+    if likelihood is not None and likelihood[1].size:
+        scorer, obs = likelihood
+        m = float(obs.mean())
+        stats["likelihood_mean"] = m
+        stats["likelihood_scorer"] = scorer
+        tests.append(TestResult(
+            name="unrelated-null-likelihood", statistic=m,
+            log10_pvalue=chernoff_log10_pvalue(m, C0_LIKELIHOOD, obs.size),
+            null_hypothesis=(f"A and B are unrelated models: under {scorer}'s model, the other side's samples score "
+                             f"higher than its own with probability at most {C0_LIKELIHOOD} (the bound calibrated on "
+                             "known-different pairs; one model: 1/2)"),
+            alternative="greater",
+            method=("Chernoff-Hoeffding bound exp(-n KL(mean || c0)) over disjoint sample pairs: 1 when the other "
+                    "side's sample has the higher log-likelihood per byte under the scorer, 1/2 tie, 0 lower"),
+            n=int(obs.size), evidence={"c0": C0_LIKELIHOOD, "scorer": scorer, "same_at": SAME_LIKELIHOOD}))
     if sampled:
         w = float(within.mean())
         stats["mean_within_similarity"] = w
@@ -419,8 +495,12 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
     null_tests = [t for t in tests if t.name.startswith("unrelated-null")]
     rejected = [t.significant(alpha / len(null_tests)) for t in null_tests]
     stats["first_topk_overlap"] = float(np.mean(topk)) if topk else None
+    by_name = {t.name: r for t, r in zip(null_tests, rejected)}
     if not any(rejected):
         verdict = "different"
+    elif by_name.get("unrelated-null-likelihood"):
+        # the scorer's model cannot tell the other side's samples from its own: same; less: related
+        verdict = "same" if stats["likelihood_mean"] >= SAME_LIKELIHOOD else "related"
     elif not rejected[0]:  # only the log-prob test: related, texts parted
         verdict = "related"
     elif sampled:
@@ -452,6 +532,14 @@ def _open(ref: str | Path | Backend, options: dict[str, Any]) -> tuple[Backend, 
     if not str(ref).lower().startswith(("http://", "https://")):
         options = {"n_ctx": LOCAL_N_CTX, **options}
     return open_backend(ref, **options), True
+
+
+def _scorer(a: Backend, b: Backend) -> Backend | None:
+    """The side whose model can score text (a local model), for the likelihood test; A first."""
+    for side in (a, b):
+        if side.capabilities.echo and side.capabilities.logprobs:
+            return side
+    return None
 
 
 def _is_sampling(backend: Backend) -> bool:
@@ -540,6 +628,12 @@ def compare_models(
             # B's samples get other seeds: two copies of one local model must not share their random draws
             kw["seed"] = seed + (SEED_OFFSET_B if sampled else 0)
             side_b = collect_answers(bb, plist, progress=substep(progress, 2, 3, f"B {bb.label}"), **kw)
+            likelihood = None
+            scorer = _scorer(ba, bb) if sampled else None
+            if scorer is not None:
+                own, other = (side_a, side_b) if scorer is ba else (side_b, side_a)
+                progress(3, 3, f"likelihood under {scorer.label}")
+                likelihood = (scorer.label or scorer.name, likelihood_observations(scorer, plist, own, other))
         finally:
             if close_b:
                 bb.close()
@@ -547,7 +641,8 @@ def compare_models(
         if close_a:
             ba.close()
     progress(3, 3, "statistics")
-    result = compare_answers(side_a, side_b, plist, sampled=sampled, prefix_pieces=pp, alpha=alpha, seed=seed)
+    result = compare_answers(side_a, side_b, plist, sampled=sampled, prefix_pieces=pp, alpha=alpha, seed=seed,
+                             likelihood=likelihood)
     object.__setattr__(result, "seconds", time.perf_counter() - t0)
     stats = result.statistics
     stats.update(max_tokens=mt, n_samples=n_samples if sampled else 1, temperature=temperature if sampled else 0.0)
