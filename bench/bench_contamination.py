@@ -91,7 +91,8 @@ def run_null(path: Path, runs: int, n_items: int, shards: int, perms: int, threa
     out = {"runs": runs, "items": n_items, "shards": shards, "permutations": perms, "pvalues": pvals,
            "ks_pvalue": float(stats.kstest(pvals, "uniform").pvalue), "fraction_below_0.05": float(np.mean(np.array(pvals) < 0.05)),
            "seconds": round(time.perf_counter() - t0, 1), "model": str(path)}
-    _write("contamination", {"null_calibration": out})
+    key = "null_calibration" if (n_items, shards, perms) == (20, 10, 20) else f"null_calibration_{n_items}items_{shards}x{perms}"
+    _write("contamination", {key: out})
     return out
 
 
