@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_compare.py speed          # compare SmolLM2 Q4_1 vs its Q8_0, default suite
     .venv/bin/python bench/bench_compare.py calibrate      # every pair of the model zoo, both regimes
+    .venv/bin/python bench/bench_compare.py likelihood     # the sampled regime's likelihood test over the zoo
 
 Calibration: the same-model test's null is "unrelated models" with mean prefix similarity at
 most c0. Over known-different pairs (SmolLM2 vs Gemma 3, real models vs independently
@@ -227,9 +228,59 @@ def acceptance(threads: int, n_samples: int, sampled_prompts: int, finetune_dir:
     return out
 
 
+def likelihood(threads: int, n_samples: int, with_finetune: bool, sampled_prompts: int, finetune_dir: str | None,
+               scorers: str | None = None) -> dict:
+    """The likelihood test over the zoo: every model scores every model's samples (its own second
+    sample set included: the same-model reference) against its own; per ordered pair the mean
+    observation, the p-value of H0 unrelated and the verdict."""
+    from weightprint.behave.compare import C0_LIKELIHOOD, likelihood_observations
+
+    prompts = load_prompts("default")
+    prompts = prompts[::max(1, len(prompts) // sampled_prompts)][:sampled_prompts]
+    cache = Path(os.environ.get("WEIGHTPRINT_CACHE", Path.home() / ".cache" / "weightprint")) / "behave_bench.db"
+    models = zoo(with_finetune, finetune_dir)
+    kw = dict(sampled=True, max_tokens=8, n_samples=n_samples, temperature=0.8, top_logprobs=0)
+    answers = {}
+    for name, (_, path) in models.items():
+        with CachedBackend(open_backend(path, n_threads=threads, n_ctx=512), cache, model_identity(path)) as b:
+            for sd in (0, SEED_OFFSET_B):
+                answers[(name, sd)] = collect_answers(b, prompts, seed=sd, **kw)
+    rows = []
+    for sname, (sfam, spath) in models.items():
+        if scorers and not any(x in sname for x in scorers.split(",")):
+            continue
+        t0 = time.perf_counter()
+        with open_backend(spath, n_threads=threads, n_ctx=512) as scorer:
+            for oname, (ofam, _) in models.items():
+                ev = likelihood_observations(scorer, prompts, answers[(sname, 0)], answers[(oname, SEED_OFFSET_B)])
+                r = compare_answers(answers[(sname, 0)], answers[(oname, SEED_OFFSET_B)], prompts, sampled=True,
+                                    prefix_pieces=3, n_resamples=99, likelihood=(sname, ev))
+                lk = next((t for t in r.tests if t.name == "unrelated-null-likelihood"), None)
+                known = "same" if sname == oname else "related" if sfam == ofam else "different"
+                mean = float(ev.observations.mean()) if ev.observations.size else 0.0
+                rows.append({"scorer": sname, "other": oname, "known": known, "mean": mean, "n": int(ev.observations.size),
+                             "applicable": ev.applicable, "scorer_prompt_specific": ev.own_specific,
+                             "gate_log10_pvalue": ev.gate_log10_pvalue,
+                             "log10_p_unrelated": lk.log10_pvalue if lk else None, "verdict": r.verdict})
+                print(f"{sname:>16} <- {oname:<16} {known:9} mean {mean:.3f} specific {ev.own_specific:.2f} "
+                      f"{'applies' if ev.applicable else 'n/a'} p 10^{(lk.log10_pvalue if lk else 0):.1f} {r.verdict}", flush=True)
+        print(f"{sname}: scored in {time.perf_counter() - t0:.0f} s", flush=True)
+    diff = [r for r in rows if r["known"] == "different"]
+    applied = [r for r in diff if r["applicable"]]
+    return {"what": "likelihood test, every scorer x every model's samples (16 prompts x n samples, T = 0.8, 8 tokens)",
+            "rows": rows, "c0_in_use": C0_LIKELIHOOD, "known_different_pairs": len(diff),
+            "known_different_pairs_where_the_test_applies": len(applied),
+            "max_mean_of_different_pairs_where_the_test_applies": max((r["mean"] for r in applied), default=None),
+            "max_mean_of_different_pairs": max(r["mean"] for r in diff),
+            "false_positive_rate_same": sum(r["verdict"] == "same" for r in diff) / len(diff),
+            "false_positive_rate_same_or_related": sum(r["verdict"] != "different" for r in diff) / len(diff),
+            "same_model_means": [r["mean"] for r in rows if r["known"] == "same"], "n_samples": n_samples,
+            "models": {k: str(v[1]) for k, v in models.items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["speed", "calibrate", "acceptance"])
+    ap.add_argument("mode", choices=["speed", "calibrate", "acceptance", "likelihood"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=6)
     ap.add_argument("--finetune", action="store_true", help="include the 200-step fine-tune (built once, slow)")
@@ -237,7 +288,13 @@ def main() -> None:
     ap.add_argument("--cached-only", action="store_true", help="use only the answers already cached (skip other models)")
     ap.add_argument("--reverse", action="store_true", help="answer in reverse model order (a second process shares the cache)")
     ap.add_argument("--sampled-prompts", type=int, default=16, help="prompts of the sampled regime (evenly spaced)")
+    ap.add_argument("--scorers", help="likelihood: only the scorers whose names contain one of these (comma-separated)")
     args = ap.parse_args()
+    if args.mode == "likelihood":
+        print(_write("likelihood" + ("_" + args.scorers.replace(",", "_") if args.scorers else ""),
+                     likelihood(args.threads, args.samples, args.finetune or bool(args.finetune_dir), args.sampled_prompts,
+                                args.finetune_dir, args.scorers)))
+        return
     if args.mode == "acceptance":
         print(_write("acceptance", acceptance(args.threads, args.samples, args.sampled_prompts, args.finetune_dir)))
         return

@@ -167,12 +167,15 @@ class SamplingFake(Backend):
 
     name = "samplingfake"
 
-    def __init__(self, seed: int, *, text_only: bool = False, mix: float = 0.0) -> None:
-        self.seed, self.mix = seed, mix
+    def __init__(self, seed: int, *, text_only: bool = False, mix: float = 0.0, prompt_blind: bool = False) -> None:
+        self.seed, self.mix, self.prompt_blind = seed, mix, prompt_blind
         self.capabilities = Capabilities(logprobs=not text_only, echo=not text_only, top_logprobs=False, max_top_logprobs=0)
         self.label = f"sampler{seed}" + (" (text only)" if text_only else "") + (f"~{mix}" if mix else "")
 
     def _probs(self, prompt: str, prev: str) -> np.ndarray:
+        if self.prompt_blind:  # a model that does not read its prompt
+            prompt = ""
+
         def dist(seed):
             h = int.from_bytes(hashlib.sha256(repr((seed, prompt, prev)).encode()).digest()[:8], "little")
             return np.random.default_rng(h).dirichlet(np.full(60, 0.3))
@@ -204,11 +207,11 @@ class SamplingFake(Backend):
 def test_likelihood_test_on_a_text_only_sampling_endpoint():
     """A text-only endpoint that samples gives no common prefixes to count; a local model scores
     its samples against its own: one model -> same, another -> different."""
-    kw = dict(sampled=True, n_samples=12)  # 288 pairs: at a true mean of 1/2, the bound needs ~200 against c0 = 0.35
+    kw = dict(sampled=True, n_samples=30)  # 720 pairs: at a true mean of 1/2 the bound needs ~400 against c0 = 0.4
     same = _compare(SamplingFake(1, text_only=True), SamplingFake(1), **kw)
     assert same.verdict == "same", same.summary()
     lk = next(t for t in same.tests if t.name == "unrelated-null-likelihood")
-    assert lk.n == 24 * 12 and 0.4 <= lk.statistic <= 0.6 and lk.log10_pvalue < -3.5
+    assert lk.n == 24 * 30 and 0.4 <= lk.statistic <= 0.6 and lk.log10_pvalue < -3.5
     assert same.statistics["likelihood_scorer"] == "sampler1"
     diff = _compare(SamplingFake(1, text_only=True), SamplingFake(2), **kw)
     assert diff.verdict == "different", diff.summary()
@@ -229,9 +232,24 @@ def test_likelihood_observations_have_mean_one_half_for_one_model():
     kw = dict(sampled=True, max_tokens=6, n_samples=8, temperature=1.0, top_logprobs=0)
     own = collect_answers(a, PROMPTS, seed=0, **kw)
     other = collect_answers(b, PROMPTS, seed=10_000, **kw)
-    obs = likelihood_observations(a, PROMPTS, own, other)
+    ev = likelihood_observations(a, PROMPTS, own, other)
+    obs = ev.observations
     assert obs.shape == (24, 8)
     assert abs(obs.mean() - 0.5) < 3 * 0.5 / math.sqrt(obs.size)
+    assert ev.applicable and ev.own_specific > 0.9
+
+
+def test_likelihood_test_needs_a_scorer_that_reads_its_prompts():
+    """A scorer whose answers do not depend on the prompt sees every text alike: two unrelated
+    prompt-blind 'models' would look like one (the 60-step tiny llamas did). The test is then not
+    used, and the verdict rests on the other tests."""
+    kw = dict(sampled=True, n_samples=12)
+    r = _compare(SamplingFake(1, prompt_blind=True), SamplingFake(1, prompt_blind=True, text_only=True), **kw)
+    assert "unrelated-null-likelihood" not in [t.name for t in r.tests]
+    assert r.statistics["likelihood_applicable"] is False and r.statistics["likelihood_scorer_prompt_specific"] < 0.9
+    # the same pair reading its prompts: the test applies
+    r = _compare(SamplingFake(1), SamplingFake(1, text_only=True), **kw)
+    assert r.statistics["likelihood_applicable"] is True
 
 
 def test_calibration_on_unrelated_fake_pairs_never_same():

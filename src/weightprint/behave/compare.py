@@ -32,14 +32,16 @@ conservative). Two briefly trained tiny models agree on 25-40% of such loops oth
 
 **The likelihood test** (sampled regime, when a side can score text: a local model). Sampled
 continuations rarely share even three words, so the prefix test has little power there; instead
-the scoring side's model compares the other side's j-th sample of each prompt with its own j-th
-sample (log-likelihood per UTF-8 byte): the observation is 1 when the other's is the more likely,
-1/2 on a tie, 0 otherwise (:func:`likelihood_observations`). For one model, sampling alike, the
-two samples are exchangeable and every observation has mean 1/2; an unrelated model's samples are
-less likely under the scorer (0.16-0.27 measured, SmolLM2 vs Gemma 3). H0 *unrelated*: mean at most
-``C0_LIKELIHOOD``, by the same Chernoff bound over the disjoint pairs; rejected, the verdict is
-``same`` when the mean is at least ``SAME_LIKELIHOOD`` (0.4), else ``related``. The other side
-needs to return text only. The unrelated-null tests of a regime share ``alpha`` (Bonferroni).
+the scoring side's model scores every sample under its own prompt and under a foreign one, and
+compares how much better the other side's j-th sample answers its prompt (the scorer's way) than
+the scorer's own j-th sample does: 1 when better, 1/2 on a tie, 0 otherwise
+(:func:`likelihood_observations`). For one model, sampling alike, the two samples are
+exchangeable and every observation has mean 1/2; an unrelated model's samples answer the prompt
+less the scorer's way. H0 *unrelated*: mean at most ``C0_LIKELIHOOD``, by the same Chernoff bound
+over the disjoint pairs; rejected, the verdict is ``same`` when the mean is at least
+``SAME_LIKELIHOOD``, else ``related``. The test is used only when the scorer reads its prompts
+(:attr:`LikelihoodEvidence.applicable`). The other side needs to return text only. The
+unrelated-null tests of a regime share ``alpha`` (Bonferroni).
 
 **Verdict.** ``different`` when that p-value is not below ``alpha``; otherwise ``same`` when
 the sides are indistinguishable at the precision the regime allows (greedy with log-probs: the
@@ -84,12 +86,19 @@ C0_SAMPLED = 0.25
 #: measured 0.22 (21 prompts, max 0.67 on one), tiny llamas 0.0; 0.3 leaves a margin
 C0_TOPK = 0.3
 #: null bound of the likelihood-test observations of unrelated models (see :func:`likelihood_observations`):
-#: SmolLM2 scoring Gemma 3's samples and Gemma 3 scoring SmolLM2's measured 0.16-0.27 (16 prompts x 4
-#: samples, T = 0.8; the same model 0.50-0.58, its Q8_0 requantization 0.58-0.59); 0.35 leaves a margin
-C0_LIKELIHOOD = 0.35
+#: over the zoo of bench/bench_compare.py (16 prompts x 6 samples, every model scoring every model's
+#: samples), unrelated pairs where the test applies measured at most 0.29 (SmolLM2's Q8_0 scoring
+#: Gemma 3; SmolLM2 0.26; tiny llamas 0.06-0.12), the same model 0.52-0.62: 0.4 is 2.4 standard errors
+#: above the largest unrelated pair
+C0_LIKELIHOOD = 0.4
 #: mean likelihood observation at or above which a significant likelihood test says ``same``
-#: (0.5 for one model: its samples are exchangeable with the scorer's own)
-SAME_LIKELIHOOD = 0.4
+#: (0.5 for one model: its samples are exchangeable with the scorer's own); below it, ``related``
+SAME_LIKELIHOOD = 0.45
+#: the likelihood test is used when the scorer's own samples fit their prompt better than a foreign
+#: one more often than chance, at this level (log10)
+GATE_LOG10_ALPHA = -3.0
+#: ... and at least this fraction of them (SmolLM2: 0.98; 60-step tiny llamas: 0.66-0.89)
+MIN_SCORER_SPECIFIC = 0.9
 #: default significance level of "not unrelated"
 DEFAULT_ALPHA = 1e-3
 SAME_ARGMAX_AGREEMENT = 0.97
@@ -334,52 +343,99 @@ def _identity_permutation_test(texts_a: list[list[str]], texts_b: list[list[str]
     )
 
 
-def _per_byte(results: Sequence[Any], texts: Sequence[str]) -> np.ndarray:
-    return np.array([r.logprob / max(len(t.encode("utf-8")), 1) for r, t in zip(results, texts)])
+def _fit(result: Any, text: str) -> float:
+    """How well the scorer's model expected ``text``: the mean over its tokens of
+    ``log p(token) - E_{z~p}[log p(z)]`` (the log-probability centred by the model's own expectation
+    at that position, so that a text's intrinsic predictability cancels; mean 0 for text the model
+    samples itself at temperature 1), or the log-likelihood per UTF-8 byte when the backend gives
+    no expectations."""
+    if result.expected_logprobs and len(result.expected_logprobs) == len(result.token_logprobs):
+        return float(np.mean(np.subtract(result.token_logprobs, result.expected_logprobs)))
+    return result.logprob / max(len(text.encode("utf-8")), 1)
+
+
+@dataclass(frozen=True)
+class LikelihoodEvidence:
+    """What :func:`likelihood_observations` found: ``observations`` (prompts x sample pairs, in
+    {0, 1/2, 1}); ``own_specific`` the fraction of the scorer's own samples that fit their own
+    prompt better than a foreign one, and ``gate_log10_pvalue`` the sign test of that fraction
+    against 1/2 (H0: the scorer's continuations do not depend on the prompt)."""
+
+    observations: np.ndarray
+    own_specific: float
+    gate_log10_pvalue: float
+
+    @property
+    def applicable(self) -> bool:
+        """The scorer's model answers its prompts: at least ``MIN_SCORER_SPECIFIC`` of its own samples
+        fit their prompt better than a foreign one, significantly (sign test at 1e-3). A barely
+        trained model cannot tell samples apart: six 60-step tiny llamas (0.66-0.89 of their samples
+        specific) scored each other's samples at up to 0.51, as high as their own."""
+        return (self.observations.size > 0 and self.own_specific >= MIN_SCORER_SPECIFIC
+                and self.gate_log10_pvalue < GATE_LOG10_ALPHA)
 
 
 def likelihood_observations(scorer: Backend, prompts: Sequence[Prompt], own: Side, other: Side,
-                            progress: ProgressCallback | None = None) -> np.ndarray:
-    """Per prompt and sample pair, does the scorer's model find the other side's sample more likely
-    than its own? (The sampled regime, where the scorer can score text: a local model.)
+                            progress: ProgressCallback | None = None) -> LikelihoodEvidence:
+    """Per prompt and sample pair, does the scorer's model find the other side's sample a better
+    answer to the prompt than its own? (The sampled regime, where the scorer can score text: a
+    local model.)
 
-    The j-th sample of the other side and the j-th of the scorer's own side, both continuations of
-    prompt i, are scored by the scorer's model (log-likelihood per UTF-8 byte, so that tokenizers
-    and lengths compare); the observation is 1 when the other's scores higher, 1/2 on a tie, 0 when
-    lower. If both sides are one model (sampling alike), the two samples are exchangeable and
-    every observation has mean 1/2 whatever the prompt; an unrelated model's samples are less
-    likely under the scorer than the scorer's own. Observations are independent (disjoint pairs).
-    Empty answers and chat prompts (scored through a template the scorer may not share) give 0,
-    which can only make the unrelated-null test more conservative. Text only: no log-probability
-    is needed from the other side.
+    Each sample ``x`` of prompt i is scored by the scorer's model under prompt i and under a
+    foreign prompt k (the next prompt of the suite): ``g(x) = fit(x | p_i) - fit(x | p_k)``, where
+    :func:`_fit` is the mean log-probability centred by the model's own expectation, so ``g`` is how
+    much better ``x`` answers its prompt than another (generic text that fits any prompt scores 0).
+    The j-th sample of the other side and the j-th of the scorer's own side give the observation 1
+    when the other's ``g`` is higher, 1/2 on a tie, 0 when lower. If both sides are one model
+    (sampling alike), the two samples are exchangeable and every observation has mean 1/2 whatever
+    the prompt; an unrelated model's samples answer the prompt less the scorer's way.
+    Observations are independent (disjoint pairs). Empty answers and chat prompts (scored through
+    a template the scorer may not share) give 0, which can only make the unrelated-null test more
+    conservative. Text only: no log-probability is needed from the other side.
+
+    A scorer whose own samples do not fit their prompt better than a foreign one (a barely trained
+    model: every text looks alike to it) cannot tell samples apart; :attr:`LikelihoodEvidence.applicable`
+    is then False and the test is not used.
     """
-    obs = np.zeros((len(prompts), min(len(own.answers[0]), len(other.answers[0])) if prompts else 0))
+    usable = [i for i, p in enumerate(prompts) if not p.chat]
+    m = min(len(own.answers[0]), len(other.answers[0])) if prompts else 0
+    obs = np.zeros((len(prompts), m))
+    if len(usable) < 2:
+        return LikelihoodEvidence(obs[:, :0], 0.0, 0.0)
+    foreign = {i: usable[(n + 1) % len(usable)] for n, i in enumerate(usable)}
     reqs, where = [], []
-    for i, p in enumerate(prompts):
-        if p.chat:
-            continue
-        for j in range(obs.shape[1]):
+    for i in usable:
+        for j in range(m):
             mine, theirs = own.answers[i][j].text, other.answers[i][j].text
             if mine.strip() and theirs.strip():
-                reqs += [LoglikelihoodRequest(context=p.prompt, continuation=mine),
-                         LoglikelihoodRequest(context=p.prompt, continuation=theirs)]
+                for text in (mine, theirs):
+                    reqs += [LoglikelihoodRequest(context=prompts[i].prompt, continuation=text),
+                             LoglikelihoodRequest(context=prompts[foreign[i]].prompt, continuation=text)]
                 where.append((i, j, mine, theirs))
     if not reqs:
-        return obs
+        return LikelihoodEvidence(obs, 0.0, 0.0)
     res = scorer.loglikelihood(reqs, progress=progress)
+    own_specific = []
     for k, (i, j, mine, theirs) in enumerate(where):
-        s_mine, s_theirs = _per_byte(res[2 * k:2 * k + 2], [mine, theirs])
-        obs[i, j] = 1.0 if s_theirs > s_mine else 0.5 if s_theirs == s_mine else 0.0
-    return obs
+        r = res[4 * k:4 * k + 4]
+        g_mine = _fit(r[0], mine) - _fit(r[1], mine)
+        g_theirs = _fit(r[2], theirs) - _fit(r[3], theirs)
+        obs[i, j] = 1.0 if g_theirs > g_mine else 0.5 if g_theirs == g_mine else 0.0
+        own_specific.append(g_mine > 0)
+    n_spec, n = int(np.sum(own_specific)), len(own_specific)
+    from scipy.stats import binom
+
+    gate = float(binom.sf(n_spec - 1, n, 0.5))  # P(at least n_spec of n | no dependence on the prompt)
+    return LikelihoodEvidence(obs, n_spec / n, math.log10(max(gate, 1e-300)))
 
 
 def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sampled: bool,
                     prefix_pieces: int, alpha: float = DEFAULT_ALPHA, c0: float | None = None,
                     n_resamples: int = 999, seed: int = 0, exact_match: bool | None = None,
-                    likelihood: tuple[str, np.ndarray] | None = None) -> CompareResult:
+                    likelihood: tuple[str, LikelihoodEvidence] | None = None) -> CompareResult:
     """The statistics and verdict of two sides' answers to the same prompts (see the module docstring).
 
-    ``likelihood``: ``(scorer label, observations)`` of :func:`likelihood_observations` (sampled regime).
+    ``likelihood``: ``(scorer label, evidence)`` of :func:`likelihood_observations` (sampled regime).
     """
     n = len(prompts)
     if not (len(side_a.answers) == len(side_b.answers) == n) or n == 0:
@@ -468,21 +524,27 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
         "generic_answers": int(generic.sum()),
         "c0": c0,
     }
-    if likelihood is not None and likelihood[1].size:
-        scorer, obs = likelihood
+    if likelihood is not None:
+        stats["likelihood_scorer"] = likelihood[0]
+        stats["likelihood_scorer_prompt_specific"] = likelihood[1].own_specific
+        stats["likelihood_applicable"] = likelihood[1].applicable
+    if likelihood is not None and likelihood[1].applicable:
+        scorer, obs = likelihood[0], likelihood[1].observations
         m = float(obs.mean())
         stats["likelihood_mean"] = m
-        stats["likelihood_scorer"] = scorer
         tests.append(TestResult(
             name="unrelated-null-likelihood", statistic=m,
             log10_pvalue=chernoff_log10_pvalue(m, C0_LIKELIHOOD, obs.size),
-            null_hypothesis=(f"A and B are unrelated models: under {scorer}'s model, the other side's samples score "
-                             f"higher than its own with probability at most {C0_LIKELIHOOD} (the bound calibrated on "
-                             "known-different pairs; one model: 1/2)"),
+            null_hypothesis=(f"A and B are unrelated models: under {scorer}'s model, the other side's samples answer "
+                             f"their prompts better than its own with probability at most {C0_LIKELIHOOD} (the bound "
+                             "calibrated on known-different pairs; one model: 1/2)"),
             alternative="greater",
             method=("Chernoff-Hoeffding bound exp(-n KL(mean || c0)) over disjoint sample pairs: 1 when the other "
-                    "side's sample has the higher log-likelihood per byte under the scorer, 1/2 tie, 0 lower"),
-            n=int(obs.size), evidence={"c0": C0_LIKELIHOOD, "scorer": scorer, "same_at": SAME_LIKELIHOOD}))
+                    "side's sample fits its prompt better than a foreign prompt by more than the scorer's own sample "
+                    "does (centred log-probabilities under the scorer), 1/2 tie, 0 less"),
+            n=int(obs.size), evidence={"c0": C0_LIKELIHOOD, "scorer": scorer, "same_at": SAME_LIKELIHOOD,
+                                       "scorer_prompt_specific": likelihood[1].own_specific,
+                                       "gate_log10_pvalue": likelihood[1].gate_log10_pvalue}))
     if sampled:
         w = float(within.mean())
         stats["mean_within_similarity"] = w
@@ -555,7 +617,7 @@ def compare_models(
     n_prompts: int | None = None,
     sampled: bool | None = None,
     max_tokens: int | None = None,
-    n_samples: int = 6,
+    n_samples: int = 10,
     temperature: float = 0.8,
     prefix_pieces: int | None = None,
     top_logprobs: int = 5,
@@ -584,8 +646,9 @@ def compare_models(
         samples although asked for greedy output.
     max_tokens : int, *optional*
         Tokens per continuation; default 16 greedy, 8 sampled.
-    n_samples : int, *optional*, defaults to 6
-        Samples per prompt and side in the sampled regime.
+    n_samples : int, *optional*, defaults to 10
+        Samples per prompt and side in the sampled regime (32 prompts x 10: 320 pairs, enough for
+        the likelihood test to reject its null bound 0.4 at 1e-4 when one model gives 0.52).
     temperature : float, *optional*, defaults to 0.8
         Sampling temperature we ask for in the sampled regime.
     prefix_pieces : int, *optional*

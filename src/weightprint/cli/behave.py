@@ -53,7 +53,7 @@ def compare(
     prompts: PromptsOpt = "default",
     n_prompts: Annotated[Optional[int], typer.Option("--n-prompts", help="Use the first N prompts.")] = None,
     sampled: Annotated[Optional[bool], typer.Option("--sampled/--greedy", help="Force the regime (default: sampled when an endpoint samples).")] = None,
-    n_samples: Annotated[int, typer.Option("--samples", help="Samples per prompt and side (sampled regime).")] = 6,
+    n_samples: Annotated[int, typer.Option("--samples", help="Samples per prompt and side (sampled regime).")] = 10,
     alpha: Annotated[float, typer.Option("--alpha", help="Level of the `unrelated` null below which B is `same` or `related`.")] = 1e-3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     no_cache: NoCacheOpt = False,

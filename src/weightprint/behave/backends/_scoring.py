@@ -83,8 +83,9 @@ def loglikelihood_from_logits(token_ids: Sequence[int], n_context: int, logits: 
     ids = np.asarray(token_ids, dtype=np.int64)
     if not 1 <= n_context <= ids.size:
         raise ValueError(f"context of {n_context} tokens in a sequence of {ids.size}")
-    lp, _, _, top = logit_stats(logits[n_context - 1: ids.size - 1], ids[n_context:])
-    return LoglikelihoodResult(logprob=float(lp.sum()), is_greedy=bool(top.all()), token_logprobs=tuple(lp.tolist()))
+    lp, mu, _, top = logit_stats(logits[n_context - 1: ids.size - 1], ids[n_context:])
+    return LoglikelihoodResult(logprob=float(lp.sum()), is_greedy=bool(top.all()), token_logprobs=tuple(lp.tolist()),
+                               expected_logprobs=tuple(mu.tolist()))
 
 
 def split_continuation(context_ids: list[int], whole_ids: list[int], continuation_ids: list[int]) -> tuple[list[int], int]:

@@ -63,11 +63,14 @@ class LoglikelihoodRequest:
 @dataclass(frozen=True)
 class LoglikelihoodResult:
     """``logprob`` = sum of the continuation's token log-probabilities; ``is_greedy`` when each
-    continuation token is the argmax; ``token_logprobs`` per continuation token."""
+    continuation token is the argmax; ``token_logprobs`` per continuation token;
+    ``expected_logprobs`` per continuation token, ``E_{z~p}[log p(z)]`` under the model's own
+    next-token distribution there (minus its entropy; empty when the backend cannot tell)."""
 
     logprob: float
     is_greedy: bool
     token_logprobs: tuple[float, ...] = ()
+    expected_logprobs: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
