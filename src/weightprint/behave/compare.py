@@ -32,14 +32,14 @@ conservative). Two briefly trained tiny models agree on 25-40% of such loops oth
 
 **The likelihood test** (sampled regime, when a side can score text: a local model). Sampled
 continuations rarely share even three words, so the prefix test has little power there; instead
-the scoring side's model scores every sample under its own prompt and under a foreign one, and
-compares how much better the other side's j-th sample answers its prompt (the scorer's way) than
-the scorer's own j-th sample does: 1 when better, 1/2 on a tie, 0 otherwise
+the scoring side's model compares how well it expected the other side's j-th sample of each
+prompt with how well it expected its own j-th sample (mean centred log-probability,
+``log p - E[log p]`` per token): 1 when the other's is higher, 1/2 on a tie, 0 otherwise
 (:func:`likelihood_observations`). For one model, sampling alike, the two samples are
-exchangeable and every observation has mean 1/2; an unrelated model's samples answer the prompt
-less the scorer's way. H0 *unrelated*: mean at most ``C0_LIKELIHOOD``, by the same Chernoff bound
-over the disjoint pairs; rejected, the verdict is ``same`` when the mean is at least
-``SAME_LIKELIHOOD``, else ``related``. The test is used only when the scorer reads its prompts
+exchangeable and every observation has mean 1/2; an unrelated model's samples are expected less
+well. H0 *unrelated*: mean at most ``C0_LIKELIHOOD``, by the same Chernoff bound over the
+disjoint pairs; rejected, the verdict is ``same`` when the mean is at least ``SAME_LIKELIHOOD``,
+else ``related``. The test is used only when the scorer reads its prompts
 (:attr:`LikelihoodEvidence.applicable`). The other side needs to return text only. The
 unrelated-null tests of a regime share ``alpha`` (Bonferroni).
 
@@ -87,13 +87,14 @@ C0_SAMPLED = 0.25
 C0_TOPK = 0.3
 #: null bound of the likelihood-test observations of unrelated models (see :func:`likelihood_observations`):
 #: over the zoo of bench/bench_compare.py (16 prompts x 6 samples, every model scoring every model's
-#: samples), unrelated pairs where the test applies measured at most 0.29 (SmolLM2's Q8_0 scoring
-#: Gemma 3; SmolLM2 0.26; tiny llamas 0.06-0.12), the same model 0.52-0.62: 0.4 is 2.4 standard errors
-#: above the largest unrelated pair
-C0_LIKELIHOOD = 0.4
+#: samples), unrelated pairs where the test applies measured at most 0.21 (SmolLM2's Q8_0 scoring
+#: Gemma 3's samples; SmolLM2 0.19; Gemma 3 scoring SmolLM2's 0.14, its fine-tune's 0.05; real
+#: models scoring tiny ones 0), the same model 0.50-0.55: 0.3 is 2 standard errors above the largest
+#: unrelated pair
+C0_LIKELIHOOD = 0.3
 #: mean likelihood observation at or above which a significant likelihood test says ``same``
 #: (0.5 for one model: its samples are exchangeable with the scorer's own); below it, ``related``
-SAME_LIKELIHOOD = 0.45
+SAME_LIKELIHOOD = 0.4
 #: the likelihood test is used when the scorer's own samples fit their prompt better than a foreign
 #: one more often than chance, at this level (log10)
 GATE_LOG10_ALPHA = -3.0
@@ -377,25 +378,24 @@ class LikelihoodEvidence:
 
 def likelihood_observations(scorer: Backend, prompts: Sequence[Prompt], own: Side, other: Side,
                             progress: ProgressCallback | None = None) -> LikelihoodEvidence:
-    """Per prompt and sample pair, does the scorer's model find the other side's sample a better
-    answer to the prompt than its own? (The sampled regime, where the scorer can score text: a
-    local model.)
+    """Per prompt and sample pair, does the scorer's model expect the other side's sample as well as
+    its own? (The sampled regime, where the scorer can score text: a local model.)
 
-    Each sample ``x`` of prompt i is scored by the scorer's model under prompt i and under a
-    foreign prompt k (the next prompt of the suite): ``g(x) = fit(x | p_i) - fit(x | p_k)``, where
-    :func:`_fit` is the mean log-probability centred by the model's own expectation, so ``g`` is how
-    much better ``x`` answers its prompt than another (generic text that fits any prompt scores 0).
-    The j-th sample of the other side and the j-th of the scorer's own side give the observation 1
-    when the other's ``g`` is higher, 1/2 on a tie, 0 when lower. If both sides are one model
-    (sampling alike), the two samples are exchangeable and every observation has mean 1/2 whatever
-    the prompt; an unrelated model's samples answer the prompt less the scorer's way.
-    Observations are independent (disjoint pairs). Empty answers and chat prompts (scored through
-    a template the scorer may not share) give 0, which can only make the unrelated-null test more
-    conservative. Text only: no log-probability is needed from the other side.
+    The j-th sample of the other side and the j-th of the scorer's own side, both continuations of
+    prompt i, are scored by the scorer's model under prompt i with :func:`_fit` (per token, the
+    log-probability minus the model's own expected log-probability there, averaged: a text's
+    intrinsic predictability cancels); the observation is 1 when the other's fit is higher, 1/2 on
+    a tie, 0 when lower. If both sides are one model (sampling alike), the two samples are
+    exchangeable and every observation has mean 1/2 whatever the prompt; an unrelated model's
+    samples are expected less well. Observations are independent (disjoint pairs). Empty answers
+    and chat prompts (scored through a template the scorer may not share) give 0, which can only
+    make the unrelated-null test more conservative. Text only: no log-probability is needed from
+    the other side.
 
-    A scorer whose own samples do not fit their prompt better than a foreign one (a barely trained
-    model: every text looks alike to it) cannot tell samples apart; :attr:`LikelihoodEvidence.applicable`
-    is then False and the test is not used.
+    Applicability: a scorer that does not read its prompts (a barely trained model) expects every
+    text alike. Each of the scorer's own samples is also scored under a foreign prompt (the next
+    prompt of the suite); :attr:`LikelihoodEvidence.applicable` asks that its own samples fit their
+    own prompt better, nearly always.
     """
     usable = [i for i, p in enumerate(prompts) if not p.chat]
     m = min(len(own.answers[0]), len(other.answers[0])) if prompts else 0
@@ -408,20 +408,19 @@ def likelihood_observations(scorer: Backend, prompts: Sequence[Prompt], own: Sid
         for j in range(m):
             mine, theirs = own.answers[i][j].text, other.answers[i][j].text
             if mine.strip() and theirs.strip():
-                for text in (mine, theirs):
-                    reqs += [LoglikelihoodRequest(context=prompts[i].prompt, continuation=text),
-                             LoglikelihoodRequest(context=prompts[foreign[i]].prompt, continuation=text)]
+                reqs += [LoglikelihoodRequest(context=prompts[i].prompt, continuation=mine),
+                         LoglikelihoodRequest(context=prompts[foreign[i]].prompt, continuation=mine),
+                         LoglikelihoodRequest(context=prompts[i].prompt, continuation=theirs)]
                 where.append((i, j, mine, theirs))
     if not reqs:
         return LikelihoodEvidence(obs, 0.0, 0.0)
     res = scorer.loglikelihood(reqs, progress=progress)
     own_specific = []
     for k, (i, j, mine, theirs) in enumerate(where):
-        r = res[4 * k:4 * k + 4]
-        g_mine = _fit(r[0], mine) - _fit(r[1], mine)
-        g_theirs = _fit(r[2], theirs) - _fit(r[3], theirs)
-        obs[i, j] = 1.0 if g_theirs > g_mine else 0.5 if g_theirs == g_mine else 0.0
-        own_specific.append(g_mine > 0)
+        r = res[3 * k:3 * k + 3]
+        f_mine, f_theirs = _fit(r[0], mine), _fit(r[2], theirs)
+        obs[i, j] = 1.0 if f_theirs > f_mine else 0.5 if f_theirs == f_mine else 0.0
+        own_specific.append(f_mine > _fit(r[1], mine))  # fits its own prompt better than a foreign one
     n_spec, n = int(np.sum(own_specific)), len(own_specific)
     from scipy.stats import binom
 
@@ -535,13 +534,13 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
         tests.append(TestResult(
             name="unrelated-null-likelihood", statistic=m,
             log10_pvalue=chernoff_log10_pvalue(m, C0_LIKELIHOOD, obs.size),
-            null_hypothesis=(f"A and B are unrelated models: under {scorer}'s model, the other side's samples answer "
-                             f"their prompts better than its own with probability at most {C0_LIKELIHOOD} (the bound "
-                             "calibrated on known-different pairs; one model: 1/2)"),
+            null_hypothesis=(f"A and B are unrelated models: {scorer}'s model expects the other side's samples better "
+                             f"than its own with probability at most {C0_LIKELIHOOD} (the bound calibrated on "
+                             "known-different pairs; one model: 1/2)"),
             alternative="greater",
             method=("Chernoff-Hoeffding bound exp(-n KL(mean || c0)) over disjoint sample pairs: 1 when the other "
-                    "side's sample fits its prompt better than a foreign prompt by more than the scorer's own sample "
-                    "does (centred log-probabilities under the scorer), 1/2 tie, 0 less"),
+                    "side's sample has the higher mean centred log-probability (log p - E[log p]) under the scorer "
+                    "than the scorer's own sample of the same prompt, 1/2 tie, 0 lower"),
             n=int(obs.size), evidence={"c0": C0_LIKELIHOOD, "scorer": scorer, "same_at": SAME_LIKELIHOOD,
                                        "scorer_prompt_specific": likelihood[1].own_specific,
                                        "gate_log10_pvalue": likelihood[1].gate_log10_pvalue}))
@@ -647,8 +646,7 @@ def compare_models(
     max_tokens : int, *optional*
         Tokens per continuation; default 16 greedy, 8 sampled.
     n_samples : int, *optional*, defaults to 10
-        Samples per prompt and side in the sampled regime (32 prompts x 10: 320 pairs, enough for
-        the likelihood test to reject its null bound 0.4 at 1e-4 when one model gives 0.52).
+        Samples per prompt and side in the sampled regime (32 prompts x 10: 320 pairs).
     temperature : float, *optional*, defaults to 0.8
         Sampling temperature we ask for in the sampled regime.
     prefix_pieces : int, *optional*
