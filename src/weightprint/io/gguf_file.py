@@ -137,16 +137,7 @@ class StringArray(Sequence[str]):
         if self._cache is not None:
             return self._cache[index]
         if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            if step != 1:
-                return [self._decode(i) for i in range(start, stop, step)]
-            buf, out = self._buffer, []
-            try:
-                for a, b in zip(self._starts[start:stop].tolist(), self._ends[start:stop].tolist()):
-                    out.append(buf[a:b].decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise GGUFFormatError(f"{self._label}: item {start + len(out)} is not valid UTF-8 ({e.reason})") from e
-            return out
+            return self.take(np.arange(*index.indices(len(self))))
         n = len(self)
         i = int(index)
         if i < 0:
