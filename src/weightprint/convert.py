@@ -254,19 +254,15 @@ def _convert_to_hf(
     if target is None:
         raise WeightprintError(f"unknown dtype `{dtype}`; expected float16, bfloat16 or float32")
     names = model.tensor_names()
-    counter = {"n": 0}
 
     def hook(name: str, values: np.ndarray) -> np.ndarray:
-        counter["n"] += 1
-        progress(counter["n"], len(names), name)
-        if transform is None:
-            return values
-        got = transform(name, values, target)
+        got = transform(name, values, target)  # type: ignore[misc]
         if isinstance(got, KeyedRounding):
             raise WeightprintError(f"tensor `{name}`: keyed rounding needs a quantized GGUF target, not {dtype}")
         return np.asarray(got, dtype=np.float32)
 
-    write_hf_dir(model, out, dtype=dtype, tensor_transform=hook)
+    # without a transform the writer streams each tensor a few rows at a time from the map
+    write_hf_dir(model, out, dtype=dtype, tensor_transform=None if transform is None else hook, progress=progress)
     result = ConvertResult(str(model.path), str(out), "hf", target.name)
     result.n_tensors = len(names)
     result.n_parameters = model.n_parameters()

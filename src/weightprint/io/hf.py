@@ -9,6 +9,7 @@ Tensors are memory-mapped shard by shard and read one at a time.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,7 +25,7 @@ from weightprint.progress import ProgressCallback
 from weightprint.errors import ModelFormatError, TensorNotFound, WeightprintError
 from weightprint.io.hf_config import architecture_from_hf
 from weightprint.io.model import Model, TensorInfo, TokenizerInfo
-from weightprint.io.safetensors_file import SafetensorsModel, write_safetensors_shards
+from weightprint.io.safetensors_file import SafetensorsModel, TensorChunks, write_safetensors_shards
 from weightprint.io.files import temp_dir_beside
 from weightprint.io.limits import check_json_file, confined_name, one_line, read_json, regular_file, release_freed_memory
 
@@ -355,11 +356,14 @@ def write_hf_dir(
     total = len(specs)
     targets = {name: target for name, _, target in specs}
     half_buffer: list[np.ndarray] = []
+    float_buffer: list[np.ndarray] = []
     done = {"n": 0}
 
-    def data(name: str) -> np.ndarray:
+    def data(name: str) -> np.ndarray | TensorChunks:
         if isinstance(model, HFModel) and model.dtype_name(name) not in floating:
             values = model.tensor(name, None)  # type: ignore[arg-type]
+        elif tensor_transform is None and model.rows_from_file and model._rows_as_stored(name) and shapes[name] and math.prod(shapes[name]):
+            values = _stream_rows(model, name, targets[name], float_buffer, half_buffer)
         else:
             values = model.tensor(name, np.float32)
             if tensor_transform is not None:
@@ -371,7 +375,7 @@ def write_hf_dir(
         done["n"] += 1
         if progress is not None:
             progress(done["n"], total, name)
-        if targets[name] == "F16" and values.dtype == np.float32:
+        if targets[name] == "F16" and isinstance(values, np.ndarray) and values.dtype == np.float32:
             # the writer copies each tensor out before it asks for the next: one buffer serves all
             return _to_float16(name, values, half_buffer)
         return values
@@ -421,6 +425,43 @@ def write_hf_dir(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+_STREAM_ELEMENTS = 1 << 22
+"""Values dequantized at a time by :func:`_stream_rows` (16 MB as float32)."""
+
+
+def _stream_rows(model: Model, name: str, target: str, float_buffer: list[np.ndarray], half_buffer: list[np.ndarray]) -> TensorChunks:
+    """``name`` as :class:`TensorChunks` of whole stored rows, dequantized into buffers reused
+    across tensors (no fresh pages per tensor) and converted to float16 there; the source's
+    mapped pages are released as it goes. Peak memory: two buffers, whatever the tensor's size
+    (a 7B model's 32000 x 4096 embedding would otherwise be 512 MB as float32). A float16
+    source written as float16 is copied as stored."""
+    from weightprint.quant import dequantize
+
+    info = model.info(name)
+    shape = tuple(int(d) for d in info.shape)
+    cols = shape[-1] if shape else 1
+    rows = max(1, info.n_elements // max(cols, 1))
+    raw = model.raw(name).reshape(rows, -1)
+    step = max(1, _STREAM_ELEMENTS // max(cols, 1))
+    copy_as_stored = info.qtype.name == target == "F16"
+
+    def pieces() -> Iterator[np.ndarray]:
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            n = (stop - start) * cols
+            if copy_as_stored:
+                yield raw[start:stop]
+            else:
+                if not float_buffer or float_buffer[0].size < n:
+                    float_buffer[:] = [np.empty(max(n, _STREAM_ELEMENTS), dtype=np.float32)]
+                values = dequantize(raw[start:stop], info.qtype, out=float_buffer[0][:n], name=name)
+                yield _to_float16(name, values, half_buffer) if target == "F16" else values
+            model.release(name)
+        model.release(name)
+
+    return TensorChunks(shape, pieces())
 
 
 def _to_float16(name: str, values: np.ndarray, reuse: list[np.ndarray] | None = None) -> np.ndarray:

@@ -461,25 +461,53 @@ def check_representable(name: str, values: np.ndarray, dtype: str) -> None:
         )
 
 
-def _write_tensor(f: Any, name: str, arr: np.ndarray, entry: _Entry) -> None:
+class TensorChunks:
+    """A tensor handed to :func:`write_safetensors_shards` as consecutive pieces of its
+    row-major values (each a flat array of any length), so that no step holds the whole tensor:
+    a streaming reader dequantizes a few rows at a time into one reused buffer."""
+
+    def __init__(self, shape: Sequence[int], pieces: Iterable[np.ndarray]) -> None:
+        self.shape = tuple(int(d) for d in shape)
+        self.pieces = pieces
+
+
+def _write_tensor(f: Any, name: str, arr: np.ndarray | TensorChunks, entry: _Entry) -> None:
     """Convert ``arr`` to the stored dtype piece by piece and append it to ``f``."""
-    arr = np.asarray(arr)
+    chunked = isinstance(arr, TensorChunks)
+    if not chunked:
+        arr = np.asarray(arr)
     if tuple(arr.shape) != entry.shape:
         raise ShapeMismatchError(
             f"tensor `{name}`: data has shape {list(arr.shape)} but was declared as {list(entry.shape)}"
         )
-    flat = arr.reshape(-1)  # a view when contiguous
-    target = entry.dtype.numpy
-    bf16 = entry.dtype.name == "BF16" and arr.dtype != np.uint16  # uint16 input = raw bfloat16 bits
-    for start in range(0, flat.size, _CHUNK_ELEMENTS):
-        piece = flat[start : start + _CHUNK_ELEMENTS]
-        if not (bf16 is False and entry.dtype.name == "BF16"):  # raw bfloat16 bits are copied as they are
-            check_representable(name, piece, entry.dtype.name)
-        if bf16:
-            out = float32_to_bfloat16(piece.astype(np.float32, copy=False))
-        else:
-            out = np.ascontiguousarray(piece, dtype=target)
-        f.write(out.view(np.uint8).data)
+    if not chunked:
+        flat = arr.reshape(-1)  # a view when contiguous
+        for start in range(0, flat.size, _CHUNK_ELEMENTS):
+            _write_piece(f, name, flat[start : start + _CHUNK_ELEMENTS], entry)
+        return
+    written, expected = 0, math.prod(entry.shape)
+    for piece in arr.pieces:
+        piece = np.asarray(piece).reshape(-1)
+        if written + piece.size > expected:
+            break
+        for start in range(0, piece.size, _CHUNK_ELEMENTS):
+            _write_piece(f, name, piece[start : start + _CHUNK_ELEMENTS], entry)
+        written += piece.size
+    else:
+        if written == expected:
+            return
+    raise ShapeMismatchError(f"tensor `{name}`: data holds another number of values than its shape {list(entry.shape)}")
+
+
+def _write_piece(f: Any, name: str, piece: np.ndarray, entry: _Entry) -> None:
+    bf16 = entry.dtype.name == "BF16" and piece.dtype != np.uint16  # uint16 input = raw bfloat16 bits
+    if not (bf16 is False and entry.dtype.name == "BF16"):  # raw bfloat16 bits are copied as they are
+        check_representable(name, piece, entry.dtype.name)
+    if bf16:
+        out = float32_to_bfloat16(piece.astype(np.float32, copy=False))
+    else:
+        out = np.ascontiguousarray(piece, dtype=entry.dtype.numpy)
+    f.write(out.view(np.uint8).data)
 
 
 def _shard_groups(
@@ -500,7 +528,7 @@ def _shard_groups(
 def write_safetensors_shards(
     out_dir: str | os.PathLike[str],
     tensors: Sequence[tuple[str, Sequence[int], str | np.dtype | type]],
-    data: Callable[[str], np.ndarray],
+    data: Callable[[str], "np.ndarray | TensorChunks"],
     *,
     max_shard_bytes: int = 5 * 10**9,
     metadata: dict[str, str] | None = None,
@@ -519,9 +547,10 @@ def write_safetensors_shards(
         tensors (`Sequence[tuple[str, Sequence[int], dtype]]`):
             ``(name, shape, dtype)`` for every tensor; dtype as ``"F32"``/``"F16"``/``"BF16"``,
             ``"float16"``, ``"bfloat16"`` or a numpy dtype.
-        data (`Callable[[str], np.ndarray]`):
-            Returns the values of one tensor by name (float32 input is rounded to BF16 with
-            round-to-nearest-even; a ``uint16`` array for a BF16 tensor is taken as raw bits).
+        data (`Callable[[str], np.ndarray | TensorChunks]`):
+            Returns the values of one tensor by name, whole or as :class:`TensorChunks`
+            (float32 input is rounded to BF16 with round-to-nearest-even; a ``uint16`` array for
+            a BF16 tensor is taken as raw bits).
         max_shard_bytes (`int`, *optional*, defaults to 5e9):
             Largest shard size, in tensor bytes.
         metadata (`dict[str, str]`, *optional*, defaults to `{"format": "pt"}`):
