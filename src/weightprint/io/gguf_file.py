@@ -101,6 +101,11 @@ def tensor_nbytes(shape: Sequence[int], qtype: QType) -> int:
 # --------------------------------------------------------------------------- strings
 
 
+DECODE_ONCE_STRINGS = 1 << 19
+"""A tokenizer's string array up to this size is decoded once and kept (every real model's:
+Gemma 3 has 262k tokens, ~20 MB of strings); a larger, crafted one stays lazy."""
+
+
 class StringArray(Sequence[str]):
     """A GGUF string array that decodes its items on access.
 
@@ -642,8 +647,13 @@ def tokenizer_from_gguf_metadata(metadata: Mapping[str, Any], label: str = "GGUF
         # a GGUF array stays lazy (decoded on access, from the map): a million-token vocabulary
         # as Python strings would cost ~100 MB for as long as the model is open
         if isinstance(value, StringArray):
-            for _ in value:  # every item decodes (bad UTF-8 is refused now, not at some later access)
-                pass
+            # every item decodes (bad UTF-8 is refused now, not at some later access); a real
+            # vocabulary keeps the strings, which every pass of the tokenizer builders reads
+            if len(value) <= DECODE_ONCE_STRINGS:
+                value.tolist()
+            else:
+                for _ in value:
+                    pass
             return value
         return list(value)
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from weightprint.errors import MissingTokenizerError, ModelFormatError, WeightprintError
 from weightprint.io.model import TokenizerInfo
+from weightprint.io.gguf_file import DECODE_ONCE_STRINGS
 
 __all__ = [
     "tokenizer_json_from_info",
@@ -166,8 +167,8 @@ class _ChunkHashes:
     of their token, so that equal strings get equal keys wherever they are.
     """
 
-    def __init__(self, tokens: list[str], lens: np.ndarray, bases: list[int], max_len: int) -> None:
-        self.cps = np.frombuffer("".join(tokens).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    def __init__(self, cps: np.ndarray, lens: np.ndarray, bases: list[int], max_len: int) -> None:
+        self.cps = cps.astype(np.uint64)
         pos = _segment_arange(lens)
         self.prefix, self.inverse = [], []
         for p, base in zip(_HASH_PRIMES, bases):
@@ -230,10 +231,44 @@ def _token_chunks(lens: np.ndarray, ids: np.ndarray) -> Iterator[np.ndarray]:
         lo = hi
 
 
-def _run(tokens: Sequence[str], lens: np.ndarray, ids: np.ndarray, bases: list[int], max_len: int) -> tuple[_ChunkHashes, np.ndarray]:
+def _code_points(tokens: Sequence[str]) -> np.ndarray:
+    """The code points of ``tokens`` laid end to end (uint32)."""
+    return np.frombuffer("".join(tokens).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+class _AllCodePoints:
+    """Every token's code points end to end, for a vocabulary of at most ``DECODE_ONCE_STRINGS``
+    (Gemma 3: 1.6M code points, 6 MB): runs of tokens are gathered from it instead of being
+    joined and encoded again, and the merge search's exact check runs over it compiled."""
+
+    def __init__(self, tokens: Sequence[str], lens: np.ndarray) -> None:
+        self.cps = _code_points(tokens)
+        self.lens = lens
+        self.starts = np.cumsum(lens) - lens
+
+    def run(self, ids: np.ndarray) -> np.ndarray:
+        return self.cps[np.repeat(self.starts[ids], self.lens[ids]) + _segment_arange(self.lens[ids])]
+
+    def spell(self, token: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        from weightprint.io._vocab_kernels import splits_spell
+
+        return splits_spell(self.cps, self.starts, self.lens, token, left, right)
+
+
+def _run(tokens: Sequence[str], lens: np.ndarray, ids: np.ndarray, bases: list[int], max_len: int,
+         every: _AllCodePoints | None = None) -> tuple[_ChunkHashes, np.ndarray]:
     """The hashes of the tokens ``ids`` laid end to end, and each one's offset in that run."""
     chunk_lens = lens[ids]
-    return _ChunkHashes(_take(tokens, ids), chunk_lens, bases, max_len), np.cumsum(chunk_lens) - chunk_lens
+    cps = every.run(ids) if every is not None else _code_points(_take(tokens, ids))
+    return _ChunkHashes(cps, chunk_lens, bases, max_len), np.cumsum(chunk_lens) - chunk_lens
+
+
+def _decode_once(tokens: Sequence[str]) -> None:
+    """Decode a lazy vocabulary of at most ``DECODE_ONCE_STRINGS`` strings into its cache: it is
+    then read by list indexing instead of being decoded again by every pass (4.1M decodes for
+    Gemma 3's merges, 1.6 s); a larger, crafted one stays lazy."""
+    if len(tokens) <= DECODE_ONCE_STRINGS and hasattr(tokens, "tolist"):
+        tokens.tolist()  # type: ignore[attr-defined]
 
 
 def _take(tokens: Sequence[str], ids: np.ndarray) -> list[str]:
@@ -280,13 +315,14 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = Fals
     if len(merged) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     max_len = int(lens.max())
+    every = _AllCodePoints(tokens, lens) if len(tokens) <= DECODE_ONCE_STRINGS else None
     rng = np.random.default_rng()
     for _attempt in range(8):
         bases = [int(rng.integers(256, p - 1)) for p in _HASH_PRIMES]
         member_keys = np.empty(len(members), dtype=np.uint64)
         at = 0
         for ids in _token_chunks(lens, members):
-            run, offsets = _run(tokens, lens, ids, bases, max_len)
+            run, offsets = _run(tokens, lens, ids, bases, max_len, every)
             member_keys[at : at + len(ids)] = run.key(offsets, offsets + lens[ids], offsets)
             at += len(ids)
         ordered = np.sort(member_keys)
@@ -302,7 +338,7 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = Fals
     # right part of the splits whose left part is a piece
     found_t, found_l, found_r = [], [], []
     for ids in _token_chunks(lens, merged):
-        run, offsets = _run(tokens, lens, ids, bases, max_len)
+        run, offsets = _run(tokens, lens, ids, bases, max_len, every)
         splits = lens[ids] - 1
         which = np.repeat(np.arange(len(ids)), splits)  # position of the merged token in the run
         k = _segment_arange(splits) + 1
@@ -318,10 +354,13 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = Fals
     tid, li, ri = (np.concatenate(f).astype(np.int32) for f in (found_t, found_l, found_r))
     del found_t, found_l, found_r, lookup
     # exact check of each hit: the parts spell the merged token (hash collisions are dropped)
-    ok = np.zeros(len(tid), dtype=bool)
-    for c in range(0, len(tid), _WRITE_CHUNK):
-        sl = slice(c, c + _WRITE_CHUNK)
-        ok[sl] = [t == a + b for t, a, b in zip(_take(tokens, tid[sl]), _take(tokens, li[sl]), _take(tokens, ri[sl]))]
+    if every is not None:
+        ok = every.spell(tid, li, ri)
+    else:
+        ok = np.zeros(len(tid), dtype=bool)
+        for c in range(0, len(tid), _WRITE_CHUNK):
+            sl = slice(c, c + _WRITE_CHUNK)
+            ok[sl] = [t == a + b for t, a, b in zip(_take(tokens, tid[sl]), _take(tokens, li[sl]), _take(tokens, ri[sl]))]
     tid, li, ri = tid[ok], li[ok], ri[ok]
     rank = np.lexsort((ri, li, tid, -scores[tid]))
     return li[rank], ri[rank]
@@ -336,6 +375,7 @@ def _tokenizer_json_skeleton(info: TokenizerInfo, add_space_prefix: bool | None)
         raise WeightprintError(f"cannot build a tokenizer.json for GGUF tokenizer model `{info.model}`; supported: gpt2, llama")
     if info.model == "gpt2" and info.merges is None:
         raise ModelFormatError("byte-level BPE tokenizer has no merges (`tokenizer.ggml.merges`)")
+    _decode_once(info.tokens)
     types = _types(info)
     added = _added_tokens(info, types)
     distinct = _distinct(info.tokens)
@@ -487,34 +527,65 @@ def write_tokenizer_json(info: TokenizerInfo, path: str | os.PathLike[str], *, a
     within tens of MB)."""
     from json.encoder import encode_basestring  # json.dumps' own (C) string encoder
 
+    from weightprint.io._vocab_kernels import merge_pairs, vocab_entries  # compiled (numba): imported when used
+
     tj, distinct, spm_merges = _tokenizer_json_skeleton(info, add_space_prefix)
     text = json.dumps(tj, ensure_ascii=False)
     head, rest = text.split(json.dumps(_VOCAB_MARK), 1)
     middle, tail = rest.split(json.dumps(_MERGES_MARK), 1)
     tokens = info.tokens
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(head)
-        f.write("{")
+    literals = _LiteralsBy(tokens)
+    with open(path, "wb") as f:
+        f.write(head.encode("utf-8"))
+        f.write(b"{")
         ids = _first_ids(tokens, distinct)
         for c in range(0, len(ids), _WRITE_CHUNK):
-            chunk = ids[c:c + _WRITE_CHUNK]
-            # a slice decodes a lazy vocabulary in one pass; repeated strings take their ids one by one
-            strings = tokens[chunk.start:chunk.stop] if isinstance(chunk, range) else [tokens[i] for i in chunk]
-            f.write((", " if c else "") + ", ".join([f"{encode_basestring(t)}: {i}" for t, i in zip(strings, chunk)]))
-        f.write("}")
-        f.write(middle)
-        f.write("[")
-        first = True
-        batch: list[str] = []
-        for parts in _merge_parts(info, spm_merges):
-            batch.append("[" + ", ".join([encode_basestring(x) for x in parts]) + "]")
-            if len(batch) == _WRITE_CHUNK:
-                f.write((", " if not first else "") + ", ".join(batch))
-                first, batch = False, []
-        if batch:
-            f.write((", " if not first else "") + ", ".join(batch))
-        f.write("]")
-        f.write(tail)
+            chunk = np.asarray(ids[c:c + _WRITE_CHUNK], dtype=np.int64)
+            buf, off, (idx,) = literals.of(chunk)
+            f.write((b", " if c else b"") + vocab_entries(buf, off, idx, chunk).tobytes())
+        f.write(b"}")
+        f.write(middle.encode("utf-8"))
+        f.write(b"[")
+        if spm_merges is not None:
+            left, right = spm_merges
+            for c in range(0, len(left), _WRITE_CHUNK):
+                buf, off, (li, ri) = literals.of(left[c:c + _WRITE_CHUNK], right[c:c + _WRITE_CHUNK])
+                f.write((b", " if c else b"") + merge_pairs(buf, off, li, ri).tobytes())
+        else:
+            first = True
+            batch: list[str] = []
+            for parts in _merge_parts(info, None):
+                batch.append("[" + ", ".join([encode_basestring(x) for x in parts]) + "]")
+                if len(batch) == _WRITE_CHUNK:
+                    f.write(((", " if not first else "") + ", ".join(batch)).encode("utf-8"))
+                    first, batch = False, []
+            if batch:
+                f.write(((", " if not first else "") + ", ".join(batch)).encode("utf-8"))
+        f.write(b"]")
+        f.write(tail.encode("utf-8"))
+
+
+class _LiteralsBy:
+    """JSON literals of the token strings by id (:class:`~weightprint.io._vocab_kernels.Literals`):
+    all of them, once, for a vocabulary of at most ``DECODE_ONCE_STRINGS``; for a larger one,
+    those of each chunk of ids as it is written (no buffer of a million literals)."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        from weightprint.io._vocab_kernels import Literals
+
+        self._tokens = tokens
+        self._all = Literals(tokens) if len(tokens) <= DECODE_ONCE_STRINGS else None
+
+    def of(self, *ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """``(buf, off, indices)``: each array of ``ids`` as indices into ``buf``/``off``."""
+        if self._all is not None:
+            return self._all.buf, self._all.off, [np.asarray(i, dtype=np.int64) for i in ids]
+        from weightprint.io._vocab_kernels import Literals
+
+        flat = np.concatenate([np.asarray(i, dtype=np.int64) for i in ids])
+        lit = Literals(_take(self._tokens, flat))
+        bounds = np.cumsum([0] + [len(i) for i in ids])
+        return lit.buf, lit.off, [np.arange(a, b, dtype=np.int64) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _token(info: TokenizerInfo, i: int | None) -> str | None:
