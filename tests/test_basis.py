@@ -166,3 +166,28 @@ def test_smollm2_recovery(smol, kind, expected):
 def test_smollm2_identity(smol):
     rmap = recover_residual_map(smol, smol)
     assert rmap.kind == "identity" and rmap.is_identity
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["permute", "rotate"])
+def test_mapped_views_read_rows_and_blocks_as_their_tensors(smol, kind):
+    """The row-wise reads of a model seen through a recovered map (the fingerprint and the
+    basis fit use them so that no embedding or reader is held whole) give the rows of the
+    mapped tensor; so does ``Model.row_blocks`` of the quantized file itself."""
+    from weightprint.lineage.recover import _RotatedBack
+
+    b = residual_transform(smol, kind, seed=7)
+    rmap = recover_residual_map(smol, b, refine=False)
+    views = [rmap.mapped(b)] + ([_RotatedBack(b, rmap)] if kind == "rotate" else [])
+    rows = np.array([0, 5, 1000, 49151])
+    for view in views:
+        for name in ("model.embed_tokens.weight", "model.layers.2.mlp.up_proj.weight", "model.layers.2.mlp.down_proj.weight"):
+            whole = view.tensor(name)
+            blocks = np.concatenate(list(view.row_blocks(name, max_elements=100_000)))
+            np.testing.assert_allclose(blocks, whole, rtol=1e-6, atol=1e-6)
+            ids = rows[rows < whole.shape[0]]
+            np.testing.assert_allclose(view.read_rows(name, ids), whole[ids], rtol=1e-6, atol=1e-6)
+    for name in ("model.embed_tokens.weight", "model.layers.1.self_attn.q_proj.weight", "model.norm.weight"):
+        want = smol.tensor(name)
+        got = np.concatenate(list(smol.row_blocks(name, max_elements=50_000)))
+        np.testing.assert_array_equal(got.reshape(want.shape), want)

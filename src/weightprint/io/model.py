@@ -289,6 +289,35 @@ class Model(ABC):
         are done with the view. A no-op where the format has nothing to release.
         """
 
+    def row_blocks(self, name: str, max_elements: int = 1 << 22) -> Iterator[np.ndarray]:
+        """Consecutive float32 blocks of whole rows of ``name`` (Hugging Face layout, as
+        ``tensor(name).reshape(-1, cols)``; a 1-D tensor is one row), at most about
+        ``max_elements`` values each.
+
+        Where the stored rows are the tensor's rows (:attr:`rows_from_file`), each block is
+        dequantized from the file on its own and the mapped pages are released as it goes, so
+        a tensor never sits whole in memory (a 7B model's 11008 x 4096 projection is 180 MB as
+        float32, its embedding 512 MB); otherwise the blocks are slices of :meth:`tensor`.
+        """
+        info = self.info(name)
+        shape = tuple(int(d) for d in info.shape)
+        cols = shape[-1] if shape else 1
+        rows = info.n_elements // cols if cols else 0
+        step = max(1, max_elements // max(cols, 1))
+        if self.rows_from_file and self._rows_as_stored(name) and info.n_elements:
+            raw = self.raw(name).reshape(rows, -1)
+            try:
+                for start in range(0, rows, step):
+                    stop = min(rows, start + step)
+                    yield dequantize_raw(raw[start:stop], info.qtype, (stop - start, cols))
+                    self.release(name)
+            finally:
+                self.release(name)
+            return
+        values = np.asarray(self.tensor(name, np.float32)).reshape(rows, cols)
+        for start in range(0, rows, step):
+            yield values[start:start + step]
+
     def iter_tensors(self, dtype: np.dtype | type = np.float32) -> Iterator[tuple[str, np.ndarray]]:
         """Yield ``(name, array)`` one tensor at a time; peak memory is one tensor."""
         for info in self.tensor_infos():

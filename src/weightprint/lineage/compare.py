@@ -37,6 +37,7 @@ from weightprint.lineage.recover import recover_basis as _recover, recover_width
 from weightprint.lineage.stats import (
     NULL_RESIDUAL_EXCHANGEABLE,
     assignment_test_sparse,
+    _standardized_float32,
     correlation_matrix,
     rank_transform,
     threshold_entries,
@@ -224,8 +225,10 @@ def _token_profiles(fa: Fingerprint, fb: Fingerprint, which: str) -> tuple[np.nd
         return np.zeros((0, 0)), np.zeros((0, 0)), len(pairs)
     ia = np.array([p[0] for p in pairs])
     ib = np.array([p[1] for p in pairs])
-    pa = ea[ia] if fa.levels else rank_transform(ea[ia], axis=0)
-    pb = eb[ib] if fb.levels else rank_transform(eb[ib], axis=0)
+    ea = ea if np.array_equal(ia, np.arange(len(ea))) else ea[ia]  # the same sample tokens: no copy
+    eb = eb if np.array_equal(ib, np.arange(len(eb))) else eb[ib]
+    pa = ea if fa.levels else rank_transform(ea, axis=0)
+    pb = eb if fb.levels else rank_transform(eb, axis=0)
     return pa, pb, len(pairs)
 
 
@@ -241,18 +244,30 @@ def _component(name: str, s: np.ndarray, *, n_resamples: int, rng: int, extra: d
     return assignment_test_sparse(rows, cols, vals, s.shape[0], name=name, n_resamples=n_resamples, rng=rng, evidence=ev)
 
 
+def _add_similarity(acc: list[np.ndarray], s: np.ndarray, n: int) -> int:
+    """Add ``s`` into the one running sum ``acc`` (float32) of ``n`` matrices; returns ``n + 1``."""
+    if not acc:
+        acc.append(s)
+    elif n == 1:
+        acc[0] = np.add(acc[0], s, dtype=np.float32)  # the first matrix is a component's own: not written into
+    else:
+        np.add(acc[0], s, out=acc[0])
+    return n + 1
+
+
 def _weight_tests(
     fa: Fingerprint, fb: Fingerprint, *, n_resamples: int, rng: int, components: bool = True
 ) -> tuple[TestResult | None, list[TestResult], list[dict], LayerAlignment, str]:
     alignment = align_layers(fa.descriptor_dicts(), fb.descriptor_dicts())
     comps: list[TestResult] = []
-    sims: list[np.ndarray] = []
+    sims: list[np.ndarray] = []  # at most one: the others are added into it (d x d each)
+    n_sims = 0
     notes: list[str] = []
     pa, pb, per_layer = _layer_profiles(fa, fb, alignment)
     names: list[str] = []
     if pa.shape[0] >= 2:
         s = correlation_matrix(pa, pb)
-        sims.append(s)
+        n_sims = _add_similarity(sims, s, n_sims)
         names.append("layer-features")
         if components:
             comps.append(
@@ -274,21 +289,26 @@ def _weight_tests(
             notes.append(f"{name}: {n_shared} shared sample tokens (< {MIN_SHARED_TOKENS})")
             continue
         signed = correlation_matrix(ta, tb)
+        del ta, tb
         # |corr|: a residual coordinate whose sign was flipped (embedding and every weight times
         # -1, a free change) correlates at -1. The absolute value is a function applied to each
         # (coordinate of A, coordinate of B) pair, so the permutation null stays exact.
-        s = np.abs(signed)
-        diag = np.diag(signed)
+        diag = np.diag(signed).copy()
+        s = np.abs(signed, out=signed)
+        del signed
         strong = np.abs(diag) > 0.5
-        sims.append(s)
-        names.append(name)
         if components:
             extra = {"n_tokens": n_shared,
-                     "negative_diagonal_share": float(np.mean(diag[strong] < 0)) if strong.any() else None}
+                     "negative_diagonal_share": float(np.mean(diag[strong] < 0)) if strong.any() else None,
+                     "matched_coordinates": int(np.count_nonzero(strong)),
+                     "flipped_coordinates": int(np.count_nonzero(diag[strong] < 0))}
             comps.append(_component(name, s, n_resamples=n_resamples, rng=rng, extra=extra))
+        n_sims = _add_similarity(sims, s, n_sims)
+        names.append(name)
+        del s
     if not sims:
         return None, comps, per_layer, alignment, "; ".join(notes)
-    s_all = sims[0] if len(sims) == 1 else np.mean(sims, axis=0, dtype=np.float32)
+    s_all = sims[0] if n_sims == 1 else np.divide(sims[0], np.float32(n_sims), dtype=np.float32)
     extra: dict[str, Any] = {"components": names, "combination": "mean of component similarity matrices, one permutation test"}
     combined = _component("white-box-combined", s_all, n_resamples=n_resamples, rng=rng, extra=extra)
     return combined, comps, per_layer, alignment, "; ".join(notes)
@@ -379,18 +399,23 @@ def _not_run(identity: TestResult, log10_pvalue: float, why: str) -> TestResult:
                       evidence={"not_run": why})
 
 
-def _basis_from_signs(fa: Fingerprint, fb: Fingerprint) -> dict[str, Any]:
+def _basis_from_signs(fa: Fingerprint, fb: Fingerprint, done: LineageResult | None = None) -> dict[str, Any]:
     """The residual map when the recovery was skipped: identity up to the signs of the coordinates,
-    read from the signed correlations of matched embedding columns."""
-    ta, tb, _ = _token_profiles(fa, fb, "embedding")
+    read from the signed correlations of matched embedding columns (counted by the embedding
+    component of ``done``, the identity-basis test already run, when it has one)."""
     out: dict[str, Any] = {"skipped": True, "fit_quality": None,
                            "method": "signs of the matched embedding columns (identity-basis test already decisive)"}
-    if ta.shape[0] == 0:
-        return {**out, "kind": "identity"}
-    diag = np.diag(correlation_matrix(ta, tb))
-    strong = np.abs(diag) > 0.5
-    flipped = int(np.count_nonzero(diag[strong] < 0))
-    n = int(np.count_nonzero(strong))
+    counted = next((c.evidence for c in (done.components if done is not None else []) if c.name == "embedding"), None)
+    if counted is not None:
+        flipped, n = int(counted["flipped_coordinates"]), int(counted["matched_coordinates"])
+    else:
+        ta, tb, _ = _token_profiles(fa, fb, "embedding")
+        if ta.shape[0] == 0:
+            return {**out, "kind": "identity"}
+        diag = np.einsum("ij,ij->j", _standardized_float32(ta), _standardized_float32(tb), dtype=np.float64) / ta.shape[0]
+        strong = np.abs(diag) > 0.5
+        flipped = int(np.count_nonzero(diag[strong] < 0))
+        n = int(np.count_nonzero(strong))
     kind = "identity" if flipped == 0 else ("sign flip" if flipped == n else "partial sign flip")
     return {**out, "kind": kind, "flipped_coordinates": flipped, "matched_coordinates": n}
 
@@ -438,6 +463,7 @@ def compare_fingerprints(
     recovered: Fingerprint | None = None,
     restricted: Fingerprint | None = None,
     basis: dict[str, Any] | None = None,
+    _reuse: LineageResult | None = None,
 ) -> LineageResult:
     """Lineage test between two fingerprints (full or stored). See :func:`compare_models`.
 
@@ -485,7 +511,13 @@ def compare_fingerprints(
                                  f"A's residual coordinates at alpha={alpha:g}: {rec.pvalue_text()}; {POWER_NOTE}; {context}")
         result.seconds = time.perf_counter() - t0
         return result
-    combined, comps, per_layer, alignment, notes = _weight_tests(a, b, n_resamples=n_resamples, rng=gen, components=components)
+    reused = getattr(_reuse, "_weight_tests", None)  # an earlier call's, same fingerprints, seed and resamples
+    if reused is not None and reused[0] == (n_resamples, gen, components):
+        combined, comps, per_layer, alignment, notes = reused[1]
+    else:
+        combined, comps, per_layer, alignment, notes = _weight_tests(a, b, n_resamples=n_resamples, rng=gen,
+                                                                     components=components)
+    result._weight_tests = ((n_resamples, gen, components), (combined, comps, per_layer, alignment, notes))
     result.components = comps
     result.layers = per_layer
     result.alignment = alignment.to_dict()
@@ -628,14 +660,14 @@ def compare_models(
             progress(1, 4, f"fingerprint {Path(str(mb.path)).name}")
             fb = build_fingerprint(mb, tokens=tokens if weights else [], weights=weights)
             progress(2, 4, "recover the residual basis")
-            recovered = restricted = basis = None
+            recovered = restricted = basis = pre = None
             if isinstance(rng, np.random.Generator):  # one seed for both calls below
                 rng = int(rng.integers(2**62))
             if weights and recover and same_width:
-                pre = compare_fingerprints(fa, fb, n_resamples=n_resamples, rng=rng, alpha=alpha, tokenizer_evidence={},
-                                           components=False)
+                # with every component: the final call below reuses these tests (a 7B width: ~10 s each)
+                pre = compare_fingerprints(fa, fb, n_resamples=n_resamples, rng=rng, alpha=alpha, tokenizer_evidence={})
                 if pre.combined is not None and pre.combined.log10_pvalue < SKIP_RECOVERY_LOG10:
-                    basis = _basis_from_signs(fa, fb)  # reading both embeddings whole would change nothing
+                    basis = _basis_from_signs(fa, fb, pre)  # reading both embeddings whole would change nothing
                 else:
                     recovered, basis = _recover(ma, mb, fa)
             elif weights:
@@ -661,7 +693,7 @@ def compare_models(
             ma.close()
     progress(3, 4, "tests")
     result = compare_fingerprints(fa, fb, n_resamples=n_resamples, rng=rng, alpha=alpha, tokenizer_evidence=tok,
-                                  recovered=recovered, restricted=restricted, basis=basis)
+                                  recovered=recovered, restricted=restricted, basis=basis, _reuse=pre)
     result.a = str(a.path if isinstance(a, Model) else a)
     result.b = str(b.path if isinstance(b, Model) else b)
     result.seconds = time.perf_counter() - t0

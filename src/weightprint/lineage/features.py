@@ -138,6 +138,22 @@ def hidden_size_of(model: Model) -> int | None:
     return model.geometry.hidden_size
 
 
+def _squared_norms(model: Model, name: str, axis: int) -> np.ndarray:
+    """Squared norms (float64) of the columns (``axis`` 1) or rows (``axis`` 0) of a 2-D tensor,
+    a block of rows at a time (never the whole tensor, let alone as float64)."""
+    rows, cols = (int(d) for d in model.info(name).shape)
+    out = np.zeros(cols if axis == 1 else rows, dtype=np.float64)
+    at = 0
+    for block in model.row_blocks(name):
+        b64 = block.astype(np.float64)
+        if axis == 1:
+            out += np.einsum("ij,ij->j", b64, b64)
+        else:
+            out[at:at + len(b64)] = np.einsum("ij,ij->i", b64, b64)
+        at += len(b64)
+    return out
+
+
 def extract_features(
     model: Model,
     *,
@@ -188,19 +204,16 @@ def extract_features(
         if len(info.shape) == 1 and not norm_features:
             per_layer.setdefault(layer, {})  # readers' gains from ``gains``, or already in the readers
             continue
-        w = model.tensor(info.name)
-        if w.ndim == 1:
-            per_layer.setdefault(layer, {})[role] = w.astype(np.float64).reshape(-1)
+        if len(info.shape) == 1:
+            per_layer.setdefault(layer, {})[role] = model.tensor(info.name).astype(np.float64).reshape(-1)
             vector_roles.add(role)
             continue
-        w64 = w.astype(np.float64, copy=False)
-        sq = np.einsum("ij,ij->j", w64, w64) if axis == 1 else np.einsum("ij,ij->i", w64, w64)
+        sq = _squared_norms(model, info.name, axis)
         slot = per_layer.setdefault(layer, {})
         if role in slot:  # experts of one layer: add their squared norms (order-free)
             slot[role] = slot[role] + sq
         else:
             slot[role] = sq
-        del w, w64
     shifted = geo.norm_shifted
     prefixes = {layer: _layer_prefix(infos, layer) for layer in per_layer} if gains is not None else {}
     for layer in sorted(per_layer):

@@ -11,7 +11,7 @@ Split out of ``compare.py``, which runs the tests on what these return.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -125,18 +125,40 @@ class _RotatedBack(Model):
     def close(self) -> None:
         pass
 
-    def tensor(self, name: str, dtype: Any = np.float32) -> np.ndarray:
+    def _map(self, name: str, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         from weightprint.basis import residual_role
 
-        x = np.asarray(self.inner.tensor(name), dtype=np.float32)
-        role, norm = residual_role(name, tuple(x.shape), self._hidden, self._names)
+        role, norm = residual_role(name, shape, self._hidden, self._names)
         if role == "read" and x.ndim == 2:
             g = self._gains.get(norm) if norm else None
-            y = (x * g[None, :] if g is not None else x) @ self._r.T
-        elif role == "write" and x.ndim == 2:
-            y = (self._r @ x) / self._scale
-        elif role == "embed":
-            y = (x @ self._r.T) / self._scale
-        else:
-            y = x
-        return np.asarray(y, dtype=dtype)
+            return (x * g[None, :] if g is not None else x) @ self._r.T
+        if role == "write" and x.ndim == 2:
+            return (self._r @ x) / self._scale
+        if role == "embed":
+            return (x @ self._r.T) / self._scale
+        return x
+
+    def tensor(self, name: str, dtype: Any = np.float32) -> np.ndarray:
+        x = np.asarray(self.inner.tensor(name), dtype=np.float32)
+        return np.asarray(self._map(name, x, tuple(x.shape)), dtype=dtype)
+
+    def _row_wise(self, name: str) -> tuple[int, ...] | None:
+        from weightprint.basis import residual_role
+
+        shape = tuple(int(d) for d in self.info(name).shape)
+        role, _ = residual_role(name, shape, self._hidden, self._names)
+        return shape if role in ("embed", "read") and len(shape) == 2 else None
+
+    def read_rows(self, name: str, ids: Any) -> np.ndarray:
+        shape = self._row_wise(name)
+        if shape is None:
+            return super().read_rows(name, ids)
+        return np.asarray(self._map(name, self.inner.read_rows(name, ids), shape), dtype=np.float32)
+
+    def row_blocks(self, name: str, max_elements: int = 1 << 22) -> Iterator[np.ndarray]:
+        shape = self._row_wise(name)
+        if shape is None:
+            yield from super().row_blocks(name, max_elements)
+            return
+        for block in self.inner.row_blocks(name, max_elements):
+            yield np.asarray(self._map(name, block, shape), dtype=np.float32)

@@ -85,9 +85,18 @@ def rank_transform(x: np.ndarray, axis: int = 0) -> np.ndarray:
     x = np.asarray(x)
     moved = np.ascontiguousarray(np.moveaxis(x, axis, -1))
     flat = moved.reshape(-1, moved.shape[-1])
-    ranks = _average_ranks_rows(flat).reshape(moved.shape)
     n = x.shape[axis]
-    return np.ascontiguousarray(np.moveaxis(((ranks - 0.5) / n).astype(np.float32), -1, axis))
+    out = np.empty(flat.shape, dtype=np.float32)
+    # a block of rows at a time: the sort's int64 and float64 temporaries stay a few MB
+    # (4096 tokens x 4096 coordinates of a 7B embedding sample: ~500 MB at once)
+    step = max(1, _RANK_BLOCK // max(n, 1))
+    for start in range(0, flat.shape[0], step):
+        ranks = _average_ranks_rows(flat[start:start + step])
+        out[start:start + step] = (ranks - 0.5) / n
+    return np.ascontiguousarray(np.moveaxis(out.reshape(moved.shape), -1, axis))
+
+
+_RANK_BLOCK = 1 << 20  # values ranked at a time by rank_transform
 
 
 def _average_ranks_rows(x: np.ndarray) -> np.ndarray:
@@ -120,14 +129,25 @@ def standardize_columns(x: np.ndarray) -> np.ndarray:
     return x / sd
 
 
+def _standardized_float32(x: np.ndarray) -> np.ndarray:
+    """:func:`standardize_columns` as float32, a block of columns at a time (each column is
+    standardized on its own: the float64 temporaries stay a few MB)."""
+    x = np.asarray(x)
+    out = np.empty(x.shape, dtype=np.float32)
+    step = max(1, _RANK_BLOCK // max(x.shape[0], 1))
+    for start in range(0, x.shape[1], step):
+        out[:, start:start + step] = standardize_columns(x[:, start:start + step])
+    return out
+
+
 def correlation_matrix(profiles_a: np.ndarray, profiles_b: np.ndarray) -> np.ndarray:
     """``S[i, j]`` = Pearson correlation between column ``i`` of A and column ``j`` of B.
 
     Both inputs are ``(n_observations, d)``: one profile (a column) per residual coordinate,
     observed over the same rows (matched tokens or matched layer features).
     """
-    za = standardize_columns(profiles_a).astype(np.float32)
-    zb = standardize_columns(profiles_b).astype(np.float32)
+    za = _standardized_float32(profiles_a)
+    zb = _standardized_float32(profiles_b)
     out = za.T @ zb
     out *= np.float32(1.0 / za.shape[0])
     return np.clip(out, -1.0, 1.0, out=out)
