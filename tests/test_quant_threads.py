@@ -102,6 +102,30 @@ def test_thread_count_setting(threads, monkeypatch) -> None:
             set_num_threads(bad)
 
 
+def test_bad_thread_variable_is_an_error_not_ignored(threads, monkeypatch, tmp_path) -> None:
+    """``WEIGHTPRINT_THREADS=abc`` or ``0`` is refused with a one-line error naming the variable
+    (it used to fall back silently to every CPU), also through the CLI (exit 2)."""
+    from typer.testing import CliRunner
+
+    from weightprint.cli import app
+    from weightprint.errors import WeightprintError
+
+    threads(None)
+    for bad in ("abc", "0", "-2", "1e3"):
+        monkeypatch.setenv("WEIGHTPRINT_THREADS", bad)
+        with pytest.raises(WeightprintError, match="WEIGHTPRINT_THREADS"):
+            num_threads()
+    monkeypatch.setenv("WEIGHTPRINT_THREADS", "zero")
+    from weightprint.testing.synthetic import write_synthetic
+
+    src = tmp_path / "m.gguf"
+    write_synthetic(src, 1, hidden=256, ffn=256, vocab=64)
+    r = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "q.gguf"), "--type", "Q8_0"])
+    assert r.exit_code == 2, r.output
+    assert "WEIGHTPRINT_THREADS='zero'" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "q.gguf").exists()
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
 def test_forked_child_gets_a_fresh_pool(weights: np.ndarray, threads) -> None:
     """The parent's pool threads do not exist in a forked child: it must start its own."""

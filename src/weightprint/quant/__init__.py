@@ -103,7 +103,11 @@ def num_threads() -> int:
     if _threads is not None:
         return _threads
     env = os.environ.get("WEIGHTPRINT_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
+    if env:
+        if not (env.isdigit() and 0 < int(env) <= 4096):
+            from weightprint.errors import WeightprintError
+
+            raise WeightprintError(f"WEIGHTPRINT_THREADS={env!r}: expected a number of threads from 1 to 4096")
         return int(env)
     try:
         return max(1, len(os.sched_getaffinity(0)))
