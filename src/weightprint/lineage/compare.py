@@ -551,6 +551,7 @@ def compare_fingerprints(
         layer_note = f"; layers unmatched: A {un_a}, B {un_b}"
     basis_txt = _basis_text(basis)
     basis_note = f"; {basis_txt}" if basis_txt else ""
+    basis_note += _experts_note(cfg)
     if result.combined.significant(alpha):
         best = min([*comps, *tests], key=lambda c: c.log10_pvalue)
         z = best.evidence.get("z")
@@ -568,6 +569,19 @@ def compare_fingerprints(
         )
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _experts_note(cfg: dict[str, Any]) -> str:
+    """``; B has 4 experts per layer where A has a dense MLP (...)`` when the expert counts differ."""
+    ea, eb = cfg.get("differ", {}).get("num_local_experts", (None, None))
+    ea, eb = int(ea or 0), int(eb or 0)
+    if ea == eb:
+        return ""
+    if ea <= 1 < eb:
+        return f"; B has {eb} experts per layer where A has a dense MLP (as sparse upcycling makes them)"
+    if eb <= 1 < ea:
+        return f"; A has {ea} experts per layer where B has a dense MLP"
+    return f"; {ea} experts per layer in A, {eb} in B"
 
 
 def _context_text(tok: dict[str, Any], chat: dict[str, Any]) -> str:

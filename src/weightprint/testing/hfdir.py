@@ -34,6 +34,17 @@ def _source_path(model: Any) -> Path:
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
     elif hasattr(model, "path"):
+        from weightprint.io.gguf_file import GGUFModel
+        from weightprint.io.hf import HFModel
+        from weightprint.io.safetensors_file import SafetensorsModel
+
+        if not isinstance(model, (GGUFModel, HFModel, SafetensorsModel)):
+            # a view (a transformed or mapped model) shares its file's path but not its values:
+            # reading the path would silently drop the transform
+            raise WeightprintError(
+                f"{model.path}: a {type(model).__name__} view is not a file; write it first "
+                "(weightprint.testing.symmetry.transformed, or convert)"
+            )
         path = Path(model.path)
     else:
         raise WeightprintError(f"expected a model path or a weightprint Model, got {type(model).__name__}")

@@ -466,3 +466,63 @@ def drop_layer(model: Any, out: str | Path, layer: int, *, dtype: str = "float32
                           info={"recipe": "drop_layer", "params": {"layer": layer}})
 
 
+
+
+_DENSE_TO_EXPERT = {"mlp.gate_proj.weight": "w1", "mlp.down_proj.weight": "w2", "mlp.up_proj.weight": "w3"}
+
+
+def upcycle_moe(model: Any, out: str | Path, n_experts: int = 4, top_k: int = 2, *, noise: float = 0.0,
+                seed: int = 0, dtype: str = "float32") -> Path:
+    """Dense llama -> Mixtral-style mixture of experts by sparse upcycling (Komatsuzaki et al. 2023):
+    every expert of a layer starts as a copy of that layer's MLP (``w1`` = gate, ``w3`` = up,
+    ``w2`` = down), the router (``block_sparse_moe.gate``, ``n_experts x hidden``) is new
+    (normal, std 0.02); everything else is kept.
+
+    With ``noise = 0`` the upcycled model computes exactly the dense model's function (Mixtral
+    renormalises its top-k router weights to sum to 1 and every expert is the same MLP);
+    ``noise`` adds Gaussian noise of that size relative to each expert tensor's standard
+    deviation, expert by expert, as training would make the experts diverge.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    if not (isinstance(n_experts, int) and 2 <= n_experts <= 64 and isinstance(top_k, int) and 1 <= top_k <= n_experts):
+        raise WeightprintError(f"upcycle_moe: need 2 <= n_experts <= 64 and 1 <= top_k <= n_experts, got {n_experts}, {top_k}")
+
+    def plan_fn(src: HFSource) -> tuple[list[_Planned], dict[str, Any]]:
+        g = geometry_of(src)
+        config = json.loads(json.dumps(src.config))
+        if config.get("model_type") != "llama":
+            raise WeightprintError(f"{src.path}: upcycling needs a llama model, not `{config.get('model_type')}`")
+        plan: list[_Planned] = []
+        for name in src.names:
+            split = split_layer(name)
+            rest = split[2] if split is not None else ""
+            if rest not in _DENSE_TO_EXPERT:
+                plan.append(_Planned(name, src.shapes[name], lambda name=name: src.tensor(name)))
+                continue
+            prefix, layer, _ = split
+            if rest == "mlp.gate_proj.weight":
+                plan.append(_Planned(f"{prefix}{layer}.block_sparse_moe.gate.weight", (n_experts, g.hidden_size),
+                                     lambda layer=layer: (np.random.default_rng([seed, layer, 7])
+                                                          .standard_normal((n_experts, g.hidden_size)) * 0.02).astype(np.float32)))
+            for e in range(n_experts):
+                def produce(name: str = name, e: int = e, layer: int = layer) -> np.ndarray:
+                    x = np.asarray(src.tensor(name), dtype=np.float32)
+                    if noise > 0:
+                        rng = np.random.default_rng([seed, layer, e, zlib.crc32(name.encode())])
+                        x = x + (rng.standard_normal(x.shape) * noise * float(x.std())).astype(np.float32)
+                    return x
+                plan.append(_Planned(f"{prefix}{layer}.block_sparse_moe.experts.{e}.{_DENSE_TO_EXPERT[rest]}.weight",
+                                     src.shapes[name], produce))
+        config.update(model_type="mixtral", architectures=["MixtralForCausalLM"], num_local_experts=n_experts,
+                      num_experts_per_tok=top_k, router_aux_loss_coef=0.02, output_router_logits=False)
+        for key in ("mlp_bias", "pretraining_tp", "head_dim"):
+            config.pop(key, None)
+        return plan, config
+
+    return _transform_dir(model, out, plan_fn=plan_fn, dtype=dtype,
+                          info={"recipe": "upcycle_moe", "params": {"n_experts": n_experts, "top_k": top_k,
+                                                                    "noise": noise, "seed": seed}})
