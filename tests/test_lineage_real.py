@@ -233,6 +233,24 @@ def test_tiny_independent_trained_pairs_are_calibrated():
         assert np.count_nonzero(p <= 0.01) <= 2, (name, np.round(np.sort(p), 3))
 
 
+def test_distillation_into_an_independent_model_is_no_evidence():
+    """B initialised independently of A and trained only on A's next-token distributions (KL):
+    B behaves like A (its KL from A on held-out text is far below a text-trained twin's) but
+    holds none of A's weights: `no evidence` is the right answer (bench/bench_lineage_distillation.py
+    runs 20 such pairs)."""
+    from weightprint.testing.derive import derived
+    from weightprint.testing.perplexity import heldout_kl
+
+    for i in range(2):
+        seed = 2 * (8000 + i)
+        teacher = derived("tiny_llama", None, seed=seed, steps=TINY_STEPS, **TINY_ARCH)
+        on_text = derived("tiny_llama", None, seed=seed + 1, steps=TINY_STEPS, **TINY_ARCH)
+        student = derived("tiny_llama", None, seed=seed + 1, steps=TINY_STEPS, teacher=str(teacher), **TINY_ARCH)
+        assert heldout_kl(teacher, student) < 0.5 * heldout_kl(teacher, on_text)
+        r = compare_models(teacher, student, rng=i)
+        assert r.verdict == "no evidence", r.reason
+
+
 def test_tiny_derived_is_detected():
     """Power on the same tiny models: a noisy copy of a trained tiny model is derived."""
     from weightprint.testing.derive import derived, tiny_llama_pair

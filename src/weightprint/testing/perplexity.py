@@ -93,3 +93,18 @@ def _perplexity_torch(lm: Any, ids: Any) -> float:
         out = lm(input_ids=ids, labels=ids)
     return float(torch.exp(out.loss))
 
+
+def heldout_kl(teacher: Any, student: Any, n_windows: int = 16, seq_len: int = 64) -> float:
+    """Mean KL(teacher || student) per position on windows of the held-out text, for two
+    Hugging Face llama directories with the same vocabulary (teacher's tokenizer)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(teacher))
+    ids = tok(heldout_text(), add_special_tokens=False, return_tensors="pt").input_ids[0]
+    starts = np.linspace(0, ids.numel() - seq_len - 1, n_windows).astype(int)
+    x = torch.stack([ids[s:s + seq_len] for s in starts])
+    with torch.no_grad():
+        t = torch.log_softmax(LlamaForCausalLM.from_pretrained(str(teacher)).eval()(input_ids=x).logits, -1)
+        s = torch.log_softmax(LlamaForCausalLM.from_pretrained(str(student)).eval()(input_ids=x).logits, -1)
+    return float(torch.nn.functional.kl_div(s.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean"))

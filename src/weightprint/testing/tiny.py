@@ -70,6 +70,7 @@ def train_tiny_llama(
     batch: int = 8,
     tokenizer: str | Path | None = None,
     threads: int = 1,
+    teacher: str | Path | None = None,
 ) -> Path:
     """Initialise a tiny llama-architecture model with ``seed`` and train it briefly on the shipped text.
 
@@ -93,6 +94,10 @@ def train_tiny_llama(
         Tiny matrices gain nothing from more threads. Not part of the :func:`derived` key.
     tokenizer : str or Path, *optional*
         A ``tokenizer.json``; defaults to :func:`tiny_tokenizer_path`.
+    teacher : str or Path, *optional*
+        A Hugging Face directory of a model with the same vocabulary: the student (initialised
+        with ``seed``, independently of the teacher) is trained by distillation, the KL
+        divergence from the teacher's next-token distribution, instead of on the text's tokens.
 
     Returns
     -------
@@ -117,13 +122,19 @@ def train_tiny_llama(
         losses: list[float] = []
         if steps:
             ids = np.asarray(tok(training_text(), add_special_tokens=False)["input_ids"], dtype=np.int64)
-            losses = _train(lm, ids, steps=steps, lr=lr, seq_len=seq_len, batch=batch, seed=seed)
+            teacher_lm = None
+            if teacher is not None:
+                teacher_lm = LlamaForCausalLM.from_pretrained(str(teacher), dtype=torch.float32).eval()
+                if teacher_lm.config.vocab_size != config.vocab_size:
+                    raise WeightprintError(f"{teacher}: vocabulary of {teacher_lm.config.vocab_size} tokens, "
+                                           f"the student's has {config.vocab_size}")
+            losses = _train(lm, ids, steps=steps, lr=lr, seq_len=seq_len, batch=batch, seed=seed, teacher=teacher_lm)
         lm.save_pretrained(str(tmp))
         _write_info(tmp, {"recipe": "tiny_llama", "params": {
             "seed": seed, "steps": steps, "hidden_size": hidden_size, "n_layers": n_layers,
             "intermediate_size": intermediate_size, "n_heads": n_heads, "n_kv_heads": n_kv_heads,
             "tie_embeddings": tie_embeddings, "lr": lr, "seq_len": seq_len, "batch": batch,
-            "tokenizer": str(tok_file)}, "train_losses": losses})
+            "tokenizer": str(tok_file), "teacher": None if teacher is None else str(teacher)}, "train_losses": losses})
     return out
 
 
