@@ -76,10 +76,7 @@ def _windows(ids: np.ndarray, seq_len: int, n: int, rng: np.random.Generator) ->
 
 
 def _train(lm: Any, ids: np.ndarray, *, steps: int, lr: float, seq_len: int, batch: int, seed: int,
-           weight_decay: float = 0.0, teacher: Any = None) -> list[float]:
-    """AdamW on windows of ``ids``: next-token cross-entropy, or with ``teacher`` (a causal LM
-    with the same vocabulary) distillation, the KL divergence from the teacher's next-token
-    distribution to the student's at every position (temperature 1)."""
+           weight_decay: float = 0.0) -> list[float]:
     import torch
 
     torch.manual_seed(seed)
@@ -89,14 +86,7 @@ def _train(lm: Any, ids: np.ndarray, *, steps: int, lr: float, seq_len: int, bat
     losses = []
     for _ in range(steps):
         x = torch.from_numpy(_windows(ids, seq_len, batch, rng)).long()
-        if teacher is None:
-            loss = lm(input_ids=x, labels=x).loss
-        else:
-            with torch.no_grad():
-                target = torch.log_softmax(teacher(input_ids=x).logits.float(), dim=-1)
-            pred = torch.log_softmax(lm(input_ids=x).logits.float(), dim=-1)
-            loss = torch.nn.functional.kl_div(pred.flatten(0, 1), target.flatten(0, 1), log_target=True,
-                                              reduction="batchmean")
+        loss = lm(input_ids=x, labels=x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)

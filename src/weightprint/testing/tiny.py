@@ -15,7 +15,7 @@ import numpy as np
 from weightprint.behave.backends.transformers import torch_threads
 from weightprint.errors import WeightprintError
 from weightprint.testing.corpus import corpus_text, training_text
-from weightprint.testing.finetune import _train
+from weightprint.testing.finetune import _train, _windows
 from weightprint.testing.hfdir import _output_dir, _write_info
 from weightprint.testing.perplexity import default_threads
 
@@ -128,7 +128,10 @@ def train_tiny_llama(
                 if teacher_lm.config.vocab_size != config.vocab_size:
                     raise WeightprintError(f"{teacher}: vocabulary of {teacher_lm.config.vocab_size} tokens, "
                                            f"the student's has {config.vocab_size}")
-            losses = _train(lm, ids, steps=steps, lr=lr, seq_len=seq_len, batch=batch, seed=seed, teacher=teacher_lm)
+            if teacher_lm is None:
+                losses = _train(lm, ids, steps=steps, lr=lr, seq_len=seq_len, batch=batch, seed=seed)
+            else:
+                losses = _distill(lm, teacher_lm, ids, steps=steps, lr=lr, seq_len=seq_len, batch=batch, seed=seed)
         lm.save_pretrained(str(tmp))
         _write_info(tmp, {"recipe": "tiny_llama", "params": {
             "seed": seed, "steps": steps, "hidden_size": hidden_size, "n_layers": n_layers,
@@ -136,6 +139,34 @@ def train_tiny_llama(
             "tie_embeddings": tie_embeddings, "lr": lr, "seq_len": seq_len, "batch": batch,
             "tokenizer": str(tok_file), "teacher": None if teacher is None else str(teacher)}, "train_losses": losses})
     return out
+
+
+def _distill(lm: Any, teacher: Any, ids: np.ndarray, *, steps: int, lr: float, seq_len: int, batch: int,
+             seed: int) -> list[float]:
+    """:func:`~weightprint.testing.finetune._train`'s loop (same windows, optimizer and clipping)
+    with the KL divergence from ``teacher``'s next-token distribution at every position as the
+    loss (temperature 1). Kept apart from ``_train``: the fine-tune recipe's cache key is the
+    code of its module, and every cached fine-tune would otherwise be rebuilt."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xF1]))
+    opt = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.0, fused=True)
+    lm.train()
+    losses = []
+    for _ in range(steps):
+        x = torch.from_numpy(_windows(ids, seq_len, batch, rng)).long()
+        with torch.no_grad():
+            target = torch.log_softmax(teacher(input_ids=x).logits.float(), dim=-1)
+        pred = torch.log_softmax(lm(input_ids=x).logits.float(), dim=-1)
+        loss = torch.nn.functional.kl_div(pred.flatten(0, 1), target.flatten(0, 1), log_target=True, reduction="batchmean")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    lm.eval()
+    return losses
 
 
 def tiny_llama_pair(seed: int, steps: int = 60, **params: Any) -> tuple[Path, Path]:
