@@ -9,6 +9,7 @@ recovered-basis tests) and its wall time per pair:
 - SmolLM2 vs copies with Gaussian noise of increasing relative size (``derived("noise")``:
   every tensor plus ``sigma_rel`` times its own standard deviation; relative L2 drift ~ sigma_rel),
   which is what the "no evidence" reason's power statement quotes;
+- SmolLM2 vs a copy trained 1,000 more steps (every weight, AdamW, lr 1e-4 on the shipped text);
 - SmolLM2 vs Gemma 3 (different widths: not comparable, never derived).
 
 Run: ``OPENBLAS_NUM_THREADS=2 python bench/bench_lineage_symmetry.py [--noise 0.05 0.1 ...]``. The
@@ -59,6 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--noise", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.4])
     ap.add_argument("--name", default="lineage_symmetry")
+    ap.add_argument("--heavy-steps", type=int, default=1000, help="steps of the heavy continued training")
     args = ap.parse_args()
     from _fixtures_lineage import smollm2_symmetry_derivatives
 
@@ -82,6 +84,17 @@ def main() -> None:
         out["noise"].append(row(r, sigma_rel=sigma, relative_drift=relative_drift(smol, b), cpu_seconds=cpu))
         print("noise", sigma, r.verdict, r.combined.pvalue_text(), f"{r.seconds:.1f} s", flush=True)
         write_result(args.name, out)
+    # heavy continued training: every weight trained 1,000 AdamW steps at lr 1e-4 on CPU (cached
+    # once per machine: ~13 min on 2 idle cores)
+    t0 = time.perf_counter()
+    tuned = derived("finetune", smol, steps=args.heavy_steps, lr=1e-4, seed=0)
+    built = round(time.perf_counter() - t0, 1)
+    r, cpu = timed(smol, tuned)
+    out["heavy_finetune"] = row(r, steps=args.heavy_steps, lr=1e-4, relative_drift=relative_drift(smol, tuned),
+                                cpu_seconds=cpu, build_seconds_this_run=built)
+    print("fine-tune", args.heavy_steps, "steps", r.verdict, r.combined.pvalue_text(),
+          f"drift {out['heavy_finetune']['relative_drift']:.3f}", f"{r.seconds:.1f} s", flush=True)
+    write_result(args.name, out)
     t0 = time.perf_counter()
     r = compare_models(smol, gemma3_path())
     out["smollm2_vs_gemma3"] = row(r)
