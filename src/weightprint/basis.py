@@ -367,7 +367,36 @@ class ResidualMap:
         return b if self.is_identity else MappedModel(b, self)
 
 
-class MappedModel(Model):
+def row_wise_shape(model: Model, name: str, hidden: int, names: frozenset[str] | set[str]) -> tuple[int, ...] | None:
+    """The shape of ``name`` when a change of residual basis acts on each of its rows alone (the
+    embedding and the readers, residual on the last axis), else None."""
+    shape = tuple(int(d) for d in model.info(name).shape)
+    role, _ = residual_role(name, shape, hidden, names)
+    return shape if role in ("embed", "read") and len(shape) == 2 else None
+
+
+class RowMapped:
+    """Row-wise reads of a view of ``inner`` through a change of residual basis: where the map
+    acts on each row alone (``_row_wise(name)`` gives the tensor's shape), rows and row blocks
+    are read from ``inner`` and mapped (``_map_rows``), so no embedding or reader is held whole;
+    other tensors fall back to :class:`Model`'s (slices of ``tensor``)."""
+
+    def read_rows(self, name: str, ids: Any) -> np.ndarray:
+        shape = self._row_wise(name)
+        if shape is None:
+            return Model.read_rows(self, name, ids)
+        return np.asarray(self._map_rows(name, self.inner.read_rows(name, ids), shape), dtype=np.float32)
+
+    def row_blocks(self, name: str, max_elements: int = 1 << 22) -> Iterator[np.ndarray]:
+        shape = self._row_wise(name)
+        if shape is None:
+            yield from Model.row_blocks(self, name, max_elements)
+            return
+        for block in self.inner.row_blocks(name, max_elements):
+            yield np.asarray(self._map_rows(name, block, shape), dtype=np.float32)
+
+
+class MappedModel(RowMapped, Model):
     """A lazy view of a model through a :class:`ResidualMap` (one tensor at a time)."""
 
     def __init__(self, inner: Model, rmap: ResidualMap) -> None:
@@ -394,24 +423,10 @@ class MappedModel(Model):
         return self.rmap.to_a(name, self.inner.tensor(name, np.float32)).astype(dtype, copy=False)
 
     def _row_wise(self, name: str) -> tuple[int, ...] | None:
-        """The shape of ``name`` when the map acts on each of its rows alone (embedding, readers)."""
-        shape = tuple(int(d) for d in self.info(name).shape)
-        role, _ = residual_role(name, shape, self.rmap.hidden, self.rmap.names_b)
-        return shape if role in ("embed", "read") and len(shape) == 2 else None
+        return row_wise_shape(self, name, self.rmap.hidden, self.rmap.names_b)
 
-    def read_rows(self, name: str, ids: Any) -> np.ndarray:
-        shape = self._row_wise(name)
-        if shape is None:
-            return super().read_rows(name, ids)
-        return self.rmap.to_a(name, self.inner.read_rows(name, ids), shape)
-
-    def row_blocks(self, name: str, max_elements: int = 1 << 22) -> Iterator[np.ndarray]:
-        shape = self._row_wise(name)
-        if shape is None:
-            yield from super().row_blocks(name, max_elements)
-            return
-        for block in self.inner.row_blocks(name, max_elements):
-            yield self.rmap.to_a(name, block, shape)
+    def _map_rows(self, name: str, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return self.rmap.to_a(name, rows, shape)
 
     def release(self, name: str) -> None:
         self.inner.release(name)

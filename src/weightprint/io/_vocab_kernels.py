@@ -46,27 +46,43 @@ def _n_digits(v: int) -> int:
 
 
 @_njit
+def _put_literal(buf: np.ndarray, off: np.ndarray, i: int, out: np.ndarray, p: int) -> int:
+    """Copy literal ``i`` to ``out[p:]``; returns the position after it."""
+    for j in range(off[i], off[i + 1]):
+        out[p] = buf[j]
+        p += 1
+    return p
+
+
+@_njit
+def _put_separator(out: np.ndarray, p: int, first: bool, a: int, b: int) -> int:
+    """``", "`` before every item but the first, then the bytes ``a`` and ``b`` (0: none)."""
+    if not first:
+        out[p] = 44  # ,
+        out[p + 1] = 32
+        p += 2
+    if a:
+        out[p] = a
+        p += 1
+    if b:
+        out[p] = b
+        p += 1
+    return p
+
+
+@_njit
 def vocab_entries(buf: np.ndarray, off: np.ndarray, idx: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """``", ".join(f"{literal[idx[k]]}: {ids[k]}")`` as bytes (``ids`` non-negative)."""
     n = idx.size
-    total = 0
+    total = 2 * max(n - 1, 0)
     for k in range(n):
         total += off[idx[k] + 1] - off[idx[k]] + 2 + _n_digits(ids[k])
-    if n > 1:
-        total += 2 * (n - 1)
     out = np.empty(total, dtype=np.uint8)
     p = 0
     for k in range(n):
-        if k:
-            out[p] = 44  # ,
-            out[p + 1] = 32
-            p += 2
-        for j in range(off[idx[k]], off[idx[k] + 1]):
-            out[p] = buf[j]
-            p += 1
-        out[p] = 58  # :
-        out[p + 1] = 32
-        p += 2
+        p = _put_separator(out, p, k == 0, 0, 0)
+        p = _put_literal(buf, off, idx[k], out, p)
+        p = _put_separator(out, p, True, 58, 32)  # ": "
         v = ids[k]
         d = _n_digits(v)
         for q in range(d - 1, -1, -1):
@@ -80,29 +96,16 @@ def vocab_entries(buf: np.ndarray, off: np.ndarray, idx: np.ndarray, ids: np.nda
 def merge_pairs(buf: np.ndarray, off: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """``", ".join(f"[{literal[left[k]]}, {literal[right[k]]}]")`` as bytes."""
     n = left.size
-    total = 0
+    total = 2 * max(n - 1, 0)
     for k in range(n):
         total += off[left[k] + 1] - off[left[k]] + off[right[k] + 1] - off[right[k]] + 4
-    if n > 1:
-        total += 2 * (n - 1)
     out = np.empty(total, dtype=np.uint8)
     p = 0
     for k in range(n):
-        if k:
-            out[p] = 44
-            out[p + 1] = 32
-            p += 2
-        out[p] = 91  # [
-        p += 1
-        for j in range(off[left[k]], off[left[k] + 1]):
-            out[p] = buf[j]
-            p += 1
-        out[p] = 44
-        out[p + 1] = 32
-        p += 2
-        for j in range(off[right[k]], off[right[k] + 1]):
-            out[p] = buf[j]
-            p += 1
+        p = _put_separator(out, p, k == 0, 91, 0)  # [
+        p = _put_literal(buf, off, left[k], out, p)
+        p = _put_separator(out, p, False, 0, 0)
+        p = _put_literal(buf, off, right[k], out, p)
         out[p] = 93  # ]
         p += 1
     return out

@@ -11,10 +11,11 @@ Split out of ``compare.py``, which runs the tests on what these return.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from weightprint.basis import RowMapped
 from weightprint.io.model import Model
 from weightprint.lineage.fingerprint import Fingerprint, build_fingerprint
 from weightprint.lineage.stats import correlation_matrix
@@ -93,7 +94,7 @@ def recover_width(fa: Fingerprint, fb: Fingerprint) -> tuple[Fingerprint | None,
     return sub, basis
 
 
-class _RotatedBack(Model):
+class _RotatedBack(RowMapped, Model):
     """B's *effective* weights in A's basis for an orthogonal map ``h_B = s h_A R`` (float32, lazy).
 
     Readers: ``W_B diag(g_B) R^T`` (B's own gains folded in, nothing of A); writers ``R W_B / s``;
@@ -143,22 +144,10 @@ class _RotatedBack(Model):
         return np.asarray(self._map(name, x, tuple(x.shape)), dtype=dtype)
 
     def _row_wise(self, name: str) -> tuple[int, ...] | None:
-        from weightprint.basis import residual_role
+        from weightprint.basis import row_wise_shape
 
-        shape = tuple(int(d) for d in self.info(name).shape)
-        role, _ = residual_role(name, shape, self._hidden, self._names)
-        return shape if role in ("embed", "read") and len(shape) == 2 else None
+        return row_wise_shape(self, name, self._hidden, self._names)
 
-    def read_rows(self, name: str, ids: Any) -> np.ndarray:
-        shape = self._row_wise(name)
-        if shape is None:
-            return super().read_rows(name, ids)
-        return np.asarray(self._map(name, self.inner.read_rows(name, ids), shape), dtype=np.float32)
+    def _map_rows(self, name: str, rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return self._map(name, rows, shape)
 
-    def row_blocks(self, name: str, max_elements: int = 1 << 22) -> Iterator[np.ndarray]:
-        shape = self._row_wise(name)
-        if shape is None:
-            yield from super().row_blocks(name, max_elements)
-            return
-        for block in self.inner.row_blocks(name, max_elements):
-            yield np.asarray(self._map(name, block, shape), dtype=np.float32)
