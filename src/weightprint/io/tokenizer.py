@@ -527,30 +527,25 @@ def write_tokenizer_json(info: TokenizerInfo, path: str | os.PathLike[str], *, a
     within tens of MB)."""
     from json.encoder import encode_basestring  # json.dumps' own (C) string encoder
 
-    from weightprint.io._vocab_kernels import merge_pairs, vocab_entries  # compiled (numba): imported when used
-
     tj, distinct, spm_merges = _tokenizer_json_skeleton(info, add_space_prefix)
     text = json.dumps(tj, ensure_ascii=False)
     head, rest = text.split(json.dumps(_VOCAB_MARK), 1)
     middle, tail = rest.split(json.dumps(_MERGES_MARK), 1)
     tokens = info.tokens
-    literals = _LiteralsBy(tokens)
+    lists = _JsonLists(tokens)
     with open(path, "wb") as f:
         f.write(head.encode("utf-8"))
         f.write(b"{")
         ids = _first_ids(tokens, distinct)
         for c in range(0, len(ids), _WRITE_CHUNK):
-            chunk = np.asarray(ids[c:c + _WRITE_CHUNK], dtype=np.int64)
-            buf, off, (idx,) = literals.of(chunk)
-            f.write((b", " if c else b"") + vocab_entries(buf, off, idx, chunk).tobytes())
+            f.write((b", " if c else b"") + lists.entries(np.asarray(ids[c:c + _WRITE_CHUNK], dtype=np.int64)))
         f.write(b"}")
         f.write(middle.encode("utf-8"))
         f.write(b"[")
         if spm_merges is not None:
             left, right = spm_merges
             for c in range(0, len(left), _WRITE_CHUNK):
-                buf, off, (li, ri) = literals.of(left[c:c + _WRITE_CHUNK], right[c:c + _WRITE_CHUNK])
-                f.write((b", " if c else b"") + merge_pairs(buf, off, li, ri).tobytes())
+                f.write((b", " if c else b"") + lists.pairs(left[c:c + _WRITE_CHUNK], right[c:c + _WRITE_CHUNK]))
         else:
             first = True
             batch: list[str] = []
@@ -565,27 +560,43 @@ def write_tokenizer_json(info: TokenizerInfo, path: str | os.PathLike[str], *, a
         f.write(tail.encode("utf-8"))
 
 
-class _LiteralsBy:
-    """JSON literals of the token strings by id (:class:`~weightprint.io._vocab_kernels.Literals`):
-    all of them, once, for a vocabulary of at most ``DECODE_ONCE_STRINGS``; for a larger one,
-    those of each chunk of ids as it is written (no buffer of a million literals)."""
+class _JsonLists:
+    """The JSON text of chunks of the vocabulary (``"token": id, ...``) and of the merges
+    (``["left", "right"], ...``), as UTF-8 bytes.
+
+    A vocabulary of at most ``DECODE_ONCE_STRINGS`` (every real model's) has all its string
+    literals encoded once, and the chunks are assembled by compiled kernels
+    (:mod:`weightprint.io._vocab_kernels`); a larger, crafted one is formatted in Python a chunk
+    at a time, without loading the compiler (~120 MB of resident memory for numba and LLVM)."""
 
     def __init__(self, tokens: Sequence[str]) -> None:
-        from weightprint.io._vocab_kernels import Literals
+        from json.encoder import encode_basestring
 
         self._tokens = tokens
-        self._all = Literals(tokens) if len(tokens) <= DECODE_ONCE_STRINGS else None
+        self._quote = encode_basestring
+        self._all = None
+        if len(tokens) <= DECODE_ONCE_STRINGS:
+            from weightprint.io._vocab_kernels import Literals
 
-    def of(self, *ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """``(buf, off, indices)``: each array of ``ids`` as indices into ``buf``/``off``."""
+            self._all = Literals(tokens)
+
+    def entries(self, ids: np.ndarray) -> bytes:
         if self._all is not None:
-            return self._all.buf, self._all.off, [np.asarray(i, dtype=np.int64) for i in ids]
-        from weightprint.io._vocab_kernels import Literals
+            from weightprint.io._vocab_kernels import vocab_entries
 
-        flat = np.concatenate([np.asarray(i, dtype=np.int64) for i in ids])
-        lit = Literals(_take(self._tokens, flat))
-        bounds = np.cumsum([0] + [len(i) for i in ids])
-        return lit.buf, lit.off, [np.arange(a, b, dtype=np.int64) for a, b in zip(bounds[:-1], bounds[1:])]
+            return vocab_entries(self._all.buf, self._all.off, ids, ids).tobytes()
+        q = self._quote
+        return ", ".join([f"{q(t)}: {i}" for t, i in zip(_take(self._tokens, ids), ids.tolist())]).encode("utf-8")
+
+    def pairs(self, left: np.ndarray, right: np.ndarray) -> bytes:
+        left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+        if self._all is not None:
+            from weightprint.io._vocab_kernels import merge_pairs
+
+            return merge_pairs(self._all.buf, self._all.off, left, right).tobytes()
+        q = self._quote
+        return ", ".join([f"[{q(a)}, {q(b)}]" for a, b in zip(_take(self._tokens, left), _take(self._tokens, right))]
+                         ).encode("utf-8")
 
 
 def _token(info: TokenizerInfo, i: int | None) -> str | None:
