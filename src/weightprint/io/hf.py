@@ -9,7 +9,6 @@ Tensors are memory-mapped shard by shard and read one at a time.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -362,7 +361,7 @@ def write_hf_dir(
     def data(name: str) -> np.ndarray | TensorChunks:
         if isinstance(model, HFModel) and model.dtype_name(name) not in floating:
             values = model.tensor(name, None)  # type: ignore[arg-type]
-        elif tensor_transform is None and model.rows_from_file and model._rows_as_stored(name) and shapes[name] and math.prod(shapes[name]):
+        elif tensor_transform is None and model.streams_rows(name):
             values = _stream_rows(model, name, targets[name], float_buffer, half_buffer)
         else:
             values = model.tensor(name, np.float32)
@@ -440,28 +439,21 @@ def _stream_rows(model: Model, name: str, target: str, float_buffer: list[np.nda
     from weightprint.quant import dequantize
 
     info = model.info(name)
-    shape = tuple(int(d) for d in info.shape)
-    cols = shape[-1] if shape else 1
-    rows = max(1, info.n_elements // max(cols, 1))
-    raw = model.raw(name).reshape(rows, -1)
-    step = max(1, _STREAM_ELEMENTS // max(cols, 1))
+    cols = int(info.shape[-1]) if len(info.shape) else 1
     copy_as_stored = info.qtype.name == target == "F16"
 
     def pieces() -> Iterator[np.ndarray]:
-        for start in range(0, rows, step):
-            stop = min(rows, start + step)
-            n = (stop - start) * cols
+        for raw in model.stored_row_blocks(name, _STREAM_ELEMENTS):
             if copy_as_stored:
-                yield raw[start:stop]
-            else:
-                if not float_buffer or float_buffer[0].size < n:
-                    float_buffer[:] = [np.empty(max(n, _STREAM_ELEMENTS), dtype=np.float32)]
-                values = dequantize(raw[start:stop], info.qtype, out=float_buffer[0][:n], name=name)
-                yield _to_float16(name, values, half_buffer) if target == "F16" else values
-            model.release(name)
-        model.release(name)
+                yield raw
+                continue
+            n = raw.shape[0] * cols
+            if not float_buffer or float_buffer[0].size < n:
+                float_buffer[:] = [np.empty(max(n, _STREAM_ELEMENTS), dtype=np.float32)]
+            values = dequantize(raw, info.qtype, out=float_buffer[0][:n], name=name)
+            yield _to_float16(name, values, half_buffer) if target == "F16" else values
 
-    return TensorChunks(shape, pieces())
+    return TensorChunks(info.shape, pieces())
 
 
 def _to_float16(name: str, values: np.ndarray, reuse: list[np.ndarray] | None = None) -> np.ndarray:

@@ -294,29 +294,42 @@ class Model(ABC):
         ``tensor(name).reshape(-1, cols)``; a 1-D tensor is one row), at most about
         ``max_elements`` values each.
 
-        Where the stored rows are the tensor's rows (:attr:`rows_from_file`), each block is
-        dequantized from the file on its own and the mapped pages are released as it goes, so
-        a tensor never sits whole in memory (a 7B model's 11008 x 4096 projection is 180 MB as
-        float32, its embedding 512 MB); otherwise the blocks are slices of :meth:`tensor`.
+        Where :meth:`streams_rows`, each block is dequantized from the file on its own
+        (:meth:`stored_row_blocks`), so a tensor never sits whole in memory (a 7B model's
+        11008 x 4096 projection is 180 MB as float32, its embedding 512 MB); otherwise the
+        blocks are slices of :meth:`tensor`.
         """
         info = self.info(name)
-        shape = tuple(int(d) for d in info.shape)
-        cols = shape[-1] if shape else 1
-        rows = info.n_elements // cols if cols else 0
-        step = max(1, max_elements // max(cols, 1))
-        if self.rows_from_file and self._rows_as_stored(name) and info.n_elements:
-            raw = self.raw(name).reshape(rows, -1)
-            try:
-                for start in range(0, rows, step):
-                    stop = min(rows, start + step)
-                    yield dequantize_raw(raw[start:stop], info.qtype, (stop - start, cols))
-                    self.release(name)
-            finally:
-                self.release(name)
+        cols = int(info.shape[-1]) if len(info.shape) else 1
+        if self.streams_rows(name):
+            for raw in self.stored_row_blocks(name, max_elements):
+                yield dequantize_raw(raw, info.qtype, (len(raw), cols))
             return
-        values = np.asarray(self.tensor(name, np.float32)).reshape(rows, cols)
-        for start in range(0, rows, step):
+        values = np.asarray(self.tensor(name, np.float32)).reshape(info.n_elements // cols if cols else 0, cols)
+        step = max(1, max_elements // max(cols, 1))
+        for start in range(0, len(values), step):
             yield values[start:start + step]
+
+    def streams_rows(self, name: str) -> bool:
+        """Whether :meth:`stored_row_blocks` can read ``name``: a non-empty tensor whose stored
+        rows, in the file, are its Hugging Face rows."""
+        return self.rows_from_file and self._rows_as_stored(name) and self.info(name).n_elements > 0
+
+    def stored_row_blocks(self, name: str, max_elements: int = 1 << 22) -> Iterator[np.ndarray]:
+        """The stored data of ``name`` (as :meth:`raw`, one row per tensor row) a block of about
+        ``max_elements`` values at a time; the mapped pages are released after each block is
+        used. Only where :meth:`streams_rows`."""
+        info = self.info(name)
+        cols = int(info.shape[-1]) if len(info.shape) else 1
+        rows = info.n_elements // cols
+        raw = self.raw(name).reshape(rows, -1)
+        step = max(1, max_elements // cols)
+        try:
+            for start in range(0, rows, step):
+                yield raw[start:start + step]
+                self.release(name)
+        finally:
+            self.release(name)
 
     def iter_tensors(self, dtype: np.dtype | type = np.float32) -> Iterator[tuple[str, np.ndarray]]:
         """Yield ``(name, array)`` one tensor at a time; peak memory is one tensor."""
