@@ -37,7 +37,6 @@ from weightprint.lineage.recover import recover_basis as _recover, recover_width
 from weightprint.lineage.stats import (
     NULL_RESIDUAL_EXCHANGEABLE,
     assignment_test_sparse,
-    _standardized_float32,
     correlation_matrix,
     rank_transform,
     threshold_entries,
@@ -399,23 +398,16 @@ def _not_run(identity: TestResult, log10_pvalue: float, why: str) -> TestResult:
                       evidence={"not_run": why})
 
 
-def _basis_from_signs(fa: Fingerprint, fb: Fingerprint, done: LineageResult | None = None) -> dict[str, Any]:
+def _basis_from_signs(done: LineageResult) -> dict[str, Any]:
     """The residual map when the recovery was skipped: identity up to the signs of the coordinates,
-    read from the signed correlations of matched embedding columns (counted by the embedding
-    component of ``done``, the identity-basis test already run, when it has one)."""
+    as the embedding component of ``done`` (the identity-basis test, already run with its
+    components) counted them from the signed correlations of matched embedding columns."""
     out: dict[str, Any] = {"skipped": True, "fit_quality": None,
                            "method": "signs of the matched embedding columns (identity-basis test already decisive)"}
-    counted = next((c.evidence for c in (done.components if done is not None else []) if c.name == "embedding"), None)
-    if counted is not None:
-        flipped, n = int(counted["flipped_coordinates"]), int(counted["matched_coordinates"])
-    else:
-        ta, tb, _ = _token_profiles(fa, fb, "embedding")
-        if ta.shape[0] == 0:
-            return {**out, "kind": "identity"}
-        diag = np.einsum("ij,ij->j", _standardized_float32(ta), _standardized_float32(tb), dtype=np.float64) / ta.shape[0]
-        strong = np.abs(diag) > 0.5
-        flipped = int(np.count_nonzero(diag[strong] < 0))
-        n = int(np.count_nonzero(strong))
+    counted = next((c.evidence for c in done.components if c.name == "embedding"), None)
+    if counted is None:  # too few shared sample tokens for an embedding component
+        return {**out, "kind": "identity"}
+    flipped, n = int(counted["flipped_coordinates"]), int(counted["matched_coordinates"])
     kind = "identity" if flipped == 0 else ("sign flip" if flipped == n else "partial sign flip")
     return {**out, "kind": kind, "flipped_coordinates": flipped, "matched_coordinates": n}
 
@@ -681,7 +673,7 @@ def compare_models(
                 # with every component: the final call below reuses these tests (a 7B width: ~10 s each)
                 pre = compare_fingerprints(fa, fb, n_resamples=n_resamples, rng=rng, alpha=alpha, tokenizer_evidence={})
                 if pre.combined is not None and pre.combined.log10_pvalue < SKIP_RECOVERY_LOG10:
-                    basis = _basis_from_signs(fa, fb, pre)  # reading both embeddings whole would change nothing
+                    basis = _basis_from_signs(pre)  # reading both embeddings whole would change nothing
                 else:
                     recovered, basis = _recover(ma, mb, fa)
             elif weights:
