@@ -466,8 +466,6 @@ def drop_layer(model: Any, out: str | Path, layer: int, *, dtype: str = "float32
                           info={"recipe": "drop_layer", "params": {"layer": layer}})
 
 
-
-
 _DENSE_TO_EXPERT = {"mlp.gate_proj.weight": "w1", "mlp.down_proj.weight": "w2", "mlp.up_proj.weight": "w3"}
 
 

@@ -122,15 +122,13 @@ def train_tiny_llama(
         losses: list[float] = []
         if steps:
             ids = np.asarray(tok(training_text(), add_special_tokens=False)["input_ids"], dtype=np.int64)
-            teacher_lm = None
-            if teacher is not None:
+            if teacher is None:
+                losses = _train(lm, ids, steps=steps, lr=lr, seq_len=seq_len, batch=batch, seed=seed)
+            else:
                 teacher_lm = LlamaForCausalLM.from_pretrained(str(teacher), dtype=torch.float32).eval()
                 if teacher_lm.config.vocab_size != config.vocab_size:
                     raise WeightprintError(f"{teacher}: vocabulary of {teacher_lm.config.vocab_size} tokens, "
                                            f"the student's has {config.vocab_size}")
-            if teacher_lm is None:
-                losses = _train(lm, ids, steps=steps, lr=lr, seq_len=seq_len, batch=batch, seed=seed)
-            else:
                 losses = _distill(lm, teacher_lm, ids, steps=steps, lr=lr, seq_len=seq_len, batch=batch, seed=seed)
         lm.save_pretrained(str(tmp))
         _write_info(tmp, {"recipe": "tiny_llama", "params": {
