@@ -37,10 +37,15 @@ def test_float16_conversion_is_numpys(threads: int) -> None:
     assert np.shares_memory(smaller, reuse[0]) and np.array_equal(smaller, got[:10])
 
 
-def test_float16_bits_exhaustive_sample() -> None:
-    """Every float32 whose top 16 bits are any value, with low bits around rounding ties."""
-    from weightprint.quant.legacy import half_bits_checked
+@pytest.mark.parametrize("impl", ["_half_bits_software", "_half_bits_hardware"])
+def test_float16_bits_exhaustive_sample(impl: str) -> None:
+    """Every float32 whose top 16 bits are any value, with low bits around rounding ties, through
+    both conversions (the hardware one is used where LLVM has an instruction for it)."""
+    from weightprint.quant import legacy
 
+    if impl == "_half_bits_hardware" and not legacy._hardware_half():
+        pytest.skip("no hardware float16 conversion on this CPU")
+    half_bits_checked = getattr(legacy, impl)
     high = np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)
     low = np.array([0, 1, 0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x3000, 0xFFFF], dtype=np.uint32)
     x = (high[:, None] | low[None, :]).reshape(-1).view(np.float32)
@@ -96,3 +101,49 @@ def test_json_layout(value) -> None:
         assert text == json.dumps(value, indent=2, ensure_ascii=False)
     else:  # one entry per line
         assert text.count("\n") == len(value) + 2 + 200  # braces of both objects, entries
+
+
+def test_ready_pieces_are_written_in_the_background_in_order(tmp_path) -> None:
+    """Ready pieces come from two alternating buffers that the producer refills as soon as the
+    piece after next is asked for; the file must still hold every piece as it was."""
+    from safetensors.numpy import load_file
+
+    from weightprint.io.safetensors_file import TensorChunks, write_safetensors_shards
+
+    rng = np.random.default_rng(3)
+    values = {name: rng.standard_normal((rows, 96)).astype(np.float16) for name, rows in (("a", 70), ("b", 1), ("c", 33))}
+    buffers = [np.empty(10 * 96, dtype=np.float16) for _ in range(2)]
+
+    def data(name: str) -> TensorChunks:
+        def pieces():
+            flat = values[name].reshape(-1)
+            for start in range(0, flat.size, 10 * 96):
+                buffers.reverse()
+                piece = buffers[0][: min(10 * 96, flat.size - start)]
+                piece[:] = flat[start : start + piece.size]
+                yield piece
+        return TensorChunks(values[name].shape, pieces(), ready=True)
+
+    write_safetensors_shards(tmp_path, [(n, v.shape, "F16") for n, v in values.items()], data)
+    got = load_file(tmp_path / "model.safetensors")
+    for name, v in values.items():
+        assert np.array_equal(got[name], v), name
+
+
+def test_ready_piece_of_the_wrong_dtype_and_a_failing_write(tmp_path) -> None:
+    from weightprint.errors import ShapeMismatchError
+    from weightprint.io.safetensors_file import TensorChunks, _Writer, write_safetensors_shards
+
+    with pytest.raises(ShapeMismatchError, match="a ready piece must be C-contiguous F16, got float32"):
+        write_safetensors_shards(tmp_path, [("w", (4,), "F16")],
+                                 lambda name: TensorChunks((4,), [np.zeros(4, np.float32)], ready=True))
+    assert list(tmp_path.iterdir()) == []  # no half-written file
+
+    class Full:
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    writer = _Writer(Full())
+    writer.write(np.zeros(8, np.float16), background=True)
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()

@@ -602,6 +602,16 @@ def test_bad_utf8_in_string_array_raises_on_access(tmp_path):
             m.tokenizer
 
 
+def test_item_starting_inside_a_character_is_bad_utf8(tmp_path):
+    """Two items that are one character split in two: their bytes joined are valid UTF-8, each
+    alone is not (the one-decode check must see where items start)."""
+    content = _gguf_bytes([_s("tokenizer.ggml.model") + struct.pack("<I", 8) + _s("gpt2"),
+                           _s("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, 3) + _s("ok") + _s(b"\xc3") + _s(b"\xa9")], [])
+    with GGUFModel(_write(tmp_path, content)) as m:
+        with pytest.raises(GGUFFormatError, match=r"`tokenizer\.ggml\.tokens`: item 1 is not valid UTF-8"):
+            m.tokenizer
+
+
 def test_wrongly_typed_tokenizer_key(tmp_path):
     content = _gguf_bytes([_s("tokenizer.ggml.model") + struct.pack("<I", 8) + _s("gpt2"),
                            _s("tokenizer.ggml.bos_token_id") + struct.pack("<I", 8) + _s("one")], [])

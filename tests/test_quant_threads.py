@@ -144,3 +144,47 @@ def test_forked_child_gets_a_fresh_pool(weights: np.ndarray, threads) -> None:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _all_dequantizable() -> list[str]:
+    from weightprint.quant.base import registry
+
+    return sorted(q.name for q in registry())
+
+
+@pytest.mark.parametrize("qtype", _all_dequantizable())
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_dequantize_to_float16_is_dequantize_then_astype(qtype: str, n_threads: int, threads) -> None:
+    """The fused path (each thread dequantizes a cache-sized piece and rounds it to half) gives
+    numpy's float16 of :func:`dequantize`, counts what float16 cannot hold, on random bytes of
+    every type (their scales include infinities, NaNs and huge values)."""
+    from weightprint.quant import dequantize_to_float16, kernel
+
+    threads(n_threads)
+    k = kernel(qtype)
+    rng = np.random.default_rng(11)
+    rows = 40
+    data = rng.integers(0, 256, size=(rows, k.type_size * max(1, 4096 // k.block_size)), dtype=np.uint8)
+    ref = dequantize(data, qtype).reshape(-1)
+    half = np.empty(ref.size, dtype=np.uint16)
+    refused = dequantize_to_float16(data, qtype, half)
+    ok = np.isfinite(ref) & (np.abs(ref) <= 65504)
+    assert refused == int(np.count_nonzero(~ok))
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert np.array_equal(half[ok], ref[ok].astype(np.float16).view(np.uint16))
+    if qtype in ("F32", "F16", "BF16"):  # a native view is taken as its bytes
+        native = data.view({"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[qtype])
+        again = np.empty_like(half)
+        assert dequantize_to_float16(native, qtype, again) == refused
+        assert np.array_equal(again[ok], half[ok])
+
+
+def test_dequantize_to_float16_refuses_a_wrong_output() -> None:
+    from weightprint.errors import ShapeMismatchError
+    from weightprint.quant import dequantize_to_float16
+
+    data = quantize(np.ones((2, 64), dtype=np.float32), "Q8_0")
+    with pytest.raises(ShapeMismatchError, match="uint16 array of 128 elements"):
+        dequantize_to_float16(data, "Q8_0", np.empty(127, dtype=np.uint16))
+    with pytest.raises(ShapeMismatchError, match="uint16 array"):
+        dequantize_to_float16(data, "Q8_0", np.empty(128, dtype=np.float32))

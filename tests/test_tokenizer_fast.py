@@ -74,6 +74,60 @@ def test_merges_match_the_definition_on_crafted_vocabularies(seed: int) -> None:
     assert _merges(unique, u_types, distinct=True) == _definition(unique, u_types)
 
 
+def _compiled(info: TokenizerInfo, types: np.ndarray) -> list[list[str]]:
+    from weightprint.io._vocab_kernels import VocabTable
+
+    left, right = _spm_merges(info, types, table=VocabTable(info.tokens))
+    return [[info.tokens[a], info.tokens[b]] for a, b in zip(left.tolist(), right.tolist())]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_merge_search_matches_the_definition(seed: int) -> None:
+    """The compiled search (every real vocabulary's path) on the same kind of crafted
+    vocabularies: repeated strings (the last id of a piece counts), ties, user-defined pieces."""
+    rng = np.random.default_rng(100 + seed)
+    alphabet = list("ab▁c") + ["日", "🤖", "\x00", '"']
+    tokens = ["".join(rng.choice(alphabet, size=int(rng.integers(0, 7)))) for _ in range(400)]
+    tokens += tokens[:30]
+    types = rng.choice([TOKEN_NORMAL] * 6 + [TOKEN_USER_DEFINED, TOKEN_CONTROL, TOKEN_BYTE], size=len(tokens)).tolist()
+    scores = rng.integers(-5, 5, size=len(tokens)).astype(float).tolist()
+    info = _info(tokens, types, scores)
+    expected = _definition(info, np.array(types))
+    assert len(expected) > 50
+    assert _compiled(info, np.array(types)) == expected
+
+
+def test_compiled_merge_search_is_the_same_on_two_threads() -> None:
+    """Split over threads by code points, the search gives the same splits in the same order."""
+    from weightprint.io._vocab_kernels import VocabTable, spm_merge_search
+
+    rng = np.random.default_rng(5)
+    tokens = ["".join(rng.choice(list("abcde"), size=int(rng.integers(1, 9)))) for _ in range(30_000)]
+    table = VocabTable(tokens)
+    ids = np.arange(len(tokens))
+    one = spm_merge_search(table.cps, table.starts, table.lens, ids, ids, threads=1)
+    two = spm_merge_search(table.cps, table.starts, table.lens, ids, ids, threads=2)
+    assert len(one[0]) > 10_000
+    for a, b in zip(one, two):
+        assert np.array_equal(a, b)
+
+
+def test_vocab_table_first_ids_and_json_literals() -> None:
+    """First occurrences as a dict keeps them; literals byte for byte as ``json.dumps`` writes
+    them (every ASCII control character, quotes, backslashes, non-ASCII kept)."""
+    from json.encoder import encode_basestring
+
+    from weightprint.io._vocab_kernels import VocabTable
+
+    tokens = ["a", "", "b", "a", "", "日本", "é", "b", "🤖"] + [chr(c) for c in range(0x80)] + ['x"\\y\u2028']
+    table = VocabTable(tokens)
+    expected_first = sorted({t: i for i, t in reversed(list(enumerate(tokens)))}.values())
+    assert table.first_ids().tolist() == expected_first
+    buf, off = table.literals()
+    got = [bytes(buf[off[i]:off[i + 1]]).decode("utf-8") for i in range(len(tokens))]
+    assert got == [encode_basestring(t) for t in tokens]
+
+
 def test_no_merges_and_missing_scores() -> None:
     info = _info(["a", "b", ""], [TOKEN_NORMAL] * 3, [0.0, 0.0, 0.0])
     assert _merges(info, np.array([TOKEN_NORMAL] * 3)) == []
@@ -91,6 +145,9 @@ def test_one_long_token_stays_linear() -> None:
     merges = _merges(info, np.array([TOKEN_NORMAL] * len(tokens)))
     assert time.perf_counter() - t0 < 20  # seconds even on a loaded 2-core machine; quadratic takes hours
     assert [(len(a), len(b)) for a, b in merges] == [(1, n - 1), (n - 1, 1), (n // 2, n // 2), (n // 2, 1)]
+    t0 = time.perf_counter()
+    assert _compiled(info, np.array([TOKEN_NORMAL] * len(tokens))) == merges
+    assert time.perf_counter() - t0 < 20
 
 
 @pytest.mark.slow
@@ -99,11 +156,18 @@ def test_gemma3_merges_unchanged(gemma3: Path) -> None:
     (test_io_hf compares those ids with llama.cpp's)."""
     from weightprint.io import open_model
 
+    from weightprint.io._vocab_kernels import VocabTable
+
     info = open_model(gemma3).tokenizer
     types = np.asarray(info.token_types, dtype=np.int32)
     fast = _merges(info, types)
     assert len(fast) > 500_000
     assert fast == _definition(info, types)
+    assert _compiled(info, types) == fast  # the compiled search, on the file's bytes
+    # the table read from the GGUF bytes is the table of the decoded strings
+    from_bytes, from_strings = VocabTable(info.tokens), VocabTable(list(info.tokens))
+    for name in ("cps", "starts", "lens", "utf8", "byte_off"):
+        assert np.array_equal(getattr(from_bytes, name), getattr(from_strings, name)), name
 
 
 def _hf_tokenizer(tmp_path: Path, vocab: dict, added: list) -> Path:

@@ -168,9 +168,40 @@ class StringArray(Sequence[str]):
         return out
 
     def __iter__(self) -> Iterator[str]:
+        if self._cache is None and len(self) <= DECODE_ONCE_STRINGS:
+            self.tolist()  # a real vocabulary is decoded once, by the first pass over it
         if self._cache is not None:
             return iter(self._cache)
         return self._iter_decoded()
+
+    def utf8(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(bytes, offsets)``: every string's UTF-8 bytes end to end (uint8, without the length
+        prefixes), string ``i`` being ``bytes[offsets[i]:offsets[i + 1]]``; for compiled passes
+        over a vocabulary that need no Python strings."""
+        r0, r1 = self._region
+        region = np.frombuffer(self._buffer, dtype=np.uint8, count=r1 - r0, offset=r0)
+        keep = np.ones(r1 - r0, dtype=bool)
+        keep[((self._starts - 8 - r0)[:, None] + np.arange(8)).reshape(-1)] = False  # the u64 lengths
+        off = np.zeros(len(self) + 1, dtype=np.int64)
+        np.cumsum(self._ends - self._starts, out=off[1:])
+        return region[keep], off
+
+    def validate(self) -> None:
+        """Refuse an item that is not valid UTF-8 (:class:`GGUFFormatError` naming it), without
+        keeping the strings: one decode of all the bytes, item by item only to name a bad one.
+
+        The joined bytes being valid UTF-8 with every item starting at a character makes each
+        item valid on its own: a UTF-8 sequence cannot straddle an item's start."""
+        data, off = self.utf8()
+        nonempty = off[:-1][off[1:] > off[:-1]]
+        try:
+            if not ((data[nonempty] & 0xC0) == 0x80).any():
+                data.tobytes().decode("utf-8")
+                return
+        except UnicodeDecodeError:
+            pass
+        for _ in self._iter_decoded():  # raises, naming the first bad item
+            pass
 
     def _iter_decoded(self) -> Iterator[str]:
         # decoded a chunk at a time and not kept: a pass over a million-token vocabulary costs
@@ -647,10 +678,10 @@ def tokenizer_from_gguf_metadata(metadata: Mapping[str, Any], label: str = "GGUF
         # a GGUF array stays lazy (decoded on access, from the map): a million-token vocabulary
         # as Python strings would cost ~100 MB for as long as the model is open
         if isinstance(value, StringArray):
-            # every item decodes (bad UTF-8 is refused now, not at some later access); a real
-            # vocabulary keeps the strings, which every pass of the tokenizer builders reads
+            # bad UTF-8 is refused now, not at some later access; the strings are decoded by the
+            # first pass over them (the tokenizer.json writer needs none: it reads the bytes)
             if len(value) <= DECODE_ONCE_STRINGS:
-                value.tolist()
+                value.validate()
             else:
                 for _ in value:
                     pass

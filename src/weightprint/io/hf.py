@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
+from collections.abc import Sized
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -356,13 +357,14 @@ def write_hf_dir(
     targets = {name: target for name, _, target in specs}
     half_buffer: list[np.ndarray] = []
     float_buffer: list[np.ndarray] = []
+    stream_buffers: list[np.ndarray] = []
     done = {"n": 0}
 
     def data(name: str) -> np.ndarray | TensorChunks:
         if isinstance(model, HFModel) and model.dtype_name(name) not in floating:
             values = model.tensor(name, None)  # type: ignore[arg-type]
         elif tensor_transform is None and model.streams_rows(name):
-            values = _stream_rows(model, name, targets[name], float_buffer, half_buffer)
+            values = _stream_rows(model, name, targets[name], float_buffer, stream_buffers)
         else:
             values = model.tensor(name, np.float32)
             if tensor_transform is not None:
@@ -403,8 +405,7 @@ def write_hf_dir(
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightprint-tokenizer") as pool:
             tokenizer_job = None
             if "tokenizer.json" not in copied:
-                tok = model.tokenizer
-                if tok is not None and len(tok.tokens) + len(tok.merges or ()) > CONCURRENT_TOKENIZER_STRINGS:
+                if _tokenizer_strings(model) > CONCURRENT_TOKENIZER_STRINGS:
                     _write_tokenizer_files(tmp, model, config)
                     release_freed_memory()  # the search's freed heap, before the weights' buffers
                 else:
@@ -426,21 +427,40 @@ def write_hf_dir(
     return out
 
 
+def _tokenizer_strings(model: Model) -> int:
+    """Tokens plus merges of ``model``'s tokenizer; from a GGUF file, the lengths of its
+    metadata arrays, so that the strings are decoded on the tokenizer's thread, not before the
+    weights start."""
+    meta = model.metadata or {}
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, Sized):
+        merges = meta.get("tokenizer.ggml.merges")
+        return len(tokens) + (len(merges) if isinstance(merges, Sized) else 0)
+    tok = model.tokenizer
+    return 0 if tok is None else len(tok.tokens) + len(tok.merges or ())
+
+
 _STREAM_ELEMENTS = 1 << 22
 """Values dequantized at a time by :func:`_stream_rows` (16 MB as float32)."""
 
 
-def _stream_rows(model: Model, name: str, target: str, float_buffer: list[np.ndarray], half_buffer: list[np.ndarray]) -> TensorChunks:
+def _stream_rows(model: Model, name: str, target: str, float_buffer: list[np.ndarray], half_buffers: list[np.ndarray]) -> TensorChunks:
     """``name`` as :class:`TensorChunks` of whole stored rows, dequantized into buffers reused
-    across tensors (no fresh pages per tensor) and converted to float16 there; the source's
-    mapped pages are released as it goes. Peak memory: two buffers, whatever the tensor's size
-    (a 7B model's 32000 x 4096 embedding would otherwise be 512 MB as float32). A float16
-    source written as float16 is copied as stored."""
-    from weightprint.quant import dequantize
+    across tensors (no fresh pages per tensor); the source's mapped pages are released as it
+    goes. Peak memory: two buffers, whatever the tensor's size (a 7B model's 32000 x 4096
+    embedding would otherwise be 512 MB as float32).
+
+    To float16, each block is dequantized and rounded in one pass
+    (:func:`weightprint.quant.dequantize_to_float16`) into one of two alternating buffers, so
+    the writer can write one block while the next is computed. A float16 source written as
+    float16 is copied as stored."""
+    from weightprint.io.safetensors_file import check_representable
+    from weightprint.quant import dequantize, dequantize_to_float16
 
     info = model.info(name)
     cols = int(info.shape[-1]) if len(info.shape) else 1
     copy_as_stored = info.qtype.name == target == "F16"
+    to_half = target == "F16" and not copy_as_stored
 
     def pieces() -> Iterator[np.ndarray]:
         for raw in model.stored_row_blocks(name, _STREAM_ELEMENTS):
@@ -448,12 +468,21 @@ def _stream_rows(model: Model, name: str, target: str, float_buffer: list[np.nda
                 yield raw
                 continue
             n = raw.shape[0] * cols
+            if to_half:
+                if len(half_buffers) < 2 or min(b.size for b in half_buffers) < n:
+                    # a buffer still being written stays alive through the writer's reference
+                    half_buffers[:] = [np.empty(max(n, _STREAM_ELEMENTS), dtype=np.uint16) for _ in range(2)]
+                half_buffers.reverse()  # alternate across tensors too: the last piece may still be writing
+                half = half_buffers[0][:n]
+                if dequantize_to_float16(raw, info.qtype, half, name=name):
+                    check_representable(name, dequantize(raw, info.qtype, name=name), "F16")  # raises, naming the tensor
+                yield half.view(np.float16)
+                continue
             if not float_buffer or float_buffer[0].size < n:
                 float_buffer[:] = [np.empty(max(n, _STREAM_ELEMENTS), dtype=np.float32)]
-            values = dequantize(raw, info.qtype, out=float_buffer[0][:n], name=name)
-            yield _to_float16(name, values, half_buffer) if target == "F16" else values
+            yield dequantize(raw, info.qtype, out=float_buffer[0][:n], name=name)
 
-    return TensorChunks(info.shape, pieces())
+    return TensorChunks(info.shape, pieces(), ready=to_half)
 
 
 def _to_float16(name: str, values: np.ndarray, reuse: list[np.ndarray] | None = None) -> np.ndarray:

@@ -18,6 +18,7 @@ import math
 import mmap
 import os
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -464,14 +465,54 @@ def check_representable(name: str, values: np.ndarray, dtype: str) -> None:
 class TensorChunks:
     """A tensor handed to :func:`write_safetensors_shards` as consecutive pieces of its
     row-major values (each a flat array of any length), so that no step holds the whole tensor:
-    a streaming reader dequantizes a few rows at a time into one reused buffer."""
+    a streaming reader dequantizes a few rows at a time into one reused buffer.
 
-    def __init__(self, shape: Sequence[int], pieces: Iterable[np.ndarray]) -> None:
+    A piece is read before the next one is requested. With ``ready=True`` the pieces are
+    already in the stored dtype and checked (:func:`check_representable`), and each stays
+    valid until the piece after the next is requested (two alternating buffers): the writer
+    then writes a piece on another thread while the next one is computed."""
+
+    def __init__(self, shape: Sequence[int], pieces: Iterable[np.ndarray], *, ready: bool = False) -> None:
         self.shape = tuple(int(d) for d in shape)
         self.pieces = pieces
+        self.ready = ready
 
 
-def _write_tensor(f: Any, name: str, arr: np.ndarray | TensorChunks, entry: _Entry) -> None:
+class _Writer:
+    """Appends to one open file, either at once or, for a ready piece, on a background thread
+    while the caller computes the next one; writes stay in order (each waits for the one
+    before). :meth:`wait` before the file is closed."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[Any] | None = None
+
+    def write(self, data: np.ndarray, *, background: bool = False) -> None:
+        self.wait()
+        view = data.view(np.uint8).data
+        if not background:
+            self.f.write(view)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightprint-write")
+        self._pending = self._pool.submit(self.f.write, view)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the last write (its error, if any, is raised) and stop the thread."""
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+
+def _write_tensor(f: _Writer, name: str, arr: np.ndarray | TensorChunks, entry: _Entry) -> None:
     """Convert ``arr`` to the stored dtype piece by piece and append it to ``f``."""
     chunked = isinstance(arr, TensorChunks)
     if not chunked:
@@ -485,13 +526,19 @@ def _write_tensor(f: Any, name: str, arr: np.ndarray | TensorChunks, entry: _Ent
         for start in range(0, flat.size, _CHUNK_ELEMENTS):
             _write_piece(f, name, flat[start : start + _CHUNK_ELEMENTS], entry)
         return
+    ready = arr.ready
     written, expected = 0, math.prod(entry.shape)
     for piece in arr.pieces:
         piece = np.asarray(piece).reshape(-1)
         if written + piece.size > expected:
             break
-        for start in range(0, piece.size, _CHUNK_ELEMENTS):
-            _write_piece(f, name, piece[start : start + _CHUNK_ELEMENTS], entry)
+        if ready:
+            if piece.dtype != entry.dtype.numpy or not piece.flags.c_contiguous:
+                raise ShapeMismatchError(f"tensor `{name}`: a ready piece must be C-contiguous {entry.dtype.name}, got {piece.dtype}")
+            f.write(piece, background=True)
+        else:
+            for start in range(0, piece.size, _CHUNK_ELEMENTS):
+                _write_piece(f, name, piece[start : start + _CHUNK_ELEMENTS], entry)
         written += piece.size
     else:
         if written == expected:
@@ -507,7 +554,7 @@ def _write_piece(f: Any, name: str, piece: np.ndarray, entry: _Entry) -> None:
         out = float32_to_bfloat16(piece.astype(np.float32, copy=False))
     else:
         out = np.ascontiguousarray(piece, dtype=entry.dtype.numpy)
-    f.write(out.view(np.uint8).data)
+    f.write(out)
 
 
 def _shard_groups(
@@ -602,10 +649,14 @@ def write_safetensors_shards(
             temps.append((Path(tmp), out / fname))
             with os.fdopen(fd, "wb") as f:
                 f.write(_header_bytes(metadata, entries))
-                for e in entries:
-                    _write_tensor(f, e.name, data(e.name), e)
-                    weight_map[e.name] = fname
-                    total += e.end - e.begin
+                writer = _Writer(f)
+                try:
+                    for e in entries:
+                        _write_tensor(writer, e.name, data(e.name), e)
+                        weight_map[e.name] = fname
+                        total += e.end - e.begin
+                finally:
+                    writer.close()
         if n > 1:
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
             fd, tmp = temp_file_beside(out / "model.safetensors.index.json")

@@ -23,13 +23,16 @@ import operator
 import os
 from pathlib import Path
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from weightprint.errors import MissingTokenizerError, ModelFormatError, WeightprintError
 from weightprint.io.model import TokenizerInfo
 from weightprint.io.gguf_file import DECODE_ONCE_STRINGS
+
+if TYPE_CHECKING:
+    from weightprint.io._vocab_kernels import VocabTable
 
 __all__ = [
     "tokenizer_json_from_info",
@@ -236,39 +239,11 @@ def _code_points(tokens: Sequence[str]) -> np.ndarray:
     return np.frombuffer("".join(tokens).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
-class _AllCodePoints:
-    """Every token's code points end to end, for a vocabulary of at most ``DECODE_ONCE_STRINGS``
-    (Gemma 3: 1.6M code points, 6 MB): runs of tokens are gathered from it instead of being
-    joined and encoded again, and the merge search's exact check runs over it compiled."""
-
-    def __init__(self, tokens: Sequence[str], lens: np.ndarray) -> None:
-        self.cps = _code_points(tokens)
-        self.lens = lens
-        self.starts = np.cumsum(lens) - lens
-
-    def run(self, ids: np.ndarray) -> np.ndarray:
-        return self.cps[np.repeat(self.starts[ids], self.lens[ids]) + _segment_arange(self.lens[ids])]
-
-    def spell(self, token: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        from weightprint.io._vocab_kernels import splits_spell
-
-        return splits_spell(self.cps, self.starts, self.lens, token, left, right)
-
-
-def _run(tokens: Sequence[str], lens: np.ndarray, ids: np.ndarray, bases: list[int], max_len: int,
-         every: _AllCodePoints | None = None) -> tuple[_ChunkHashes, np.ndarray]:
+def _run(tokens: Sequence[str], lens: np.ndarray, ids: np.ndarray, bases: list[int], max_len: int) -> tuple[_ChunkHashes, np.ndarray]:
     """The hashes of the tokens ``ids`` laid end to end, and each one's offset in that run."""
     chunk_lens = lens[ids]
-    cps = every.run(ids) if every is not None else _code_points(_take(tokens, ids))
+    cps = _code_points(_take(tokens, ids))
     return _ChunkHashes(cps, chunk_lens, bases, max_len), np.cumsum(chunk_lens) - chunk_lens
-
-
-def _decode_once(tokens: Sequence[str]) -> None:
-    """Decode a lazy vocabulary of at most ``DECODE_ONCE_STRINGS`` strings into its cache: it is
-    then read by list indexing instead of being decoded again by every pass (4.1M decodes for
-    Gemma 3's merges, 1.6 s); a larger, crafted one stays lazy."""
-    if len(tokens) <= DECODE_ONCE_STRINGS and hasattr(tokens, "tolist"):
-        tokens.tolist()  # type: ignore[attr-defined]
 
 
 def _take(tokens: Sequence[str], ids: np.ndarray) -> list[str]:
@@ -282,7 +257,8 @@ def _take(tokens: Sequence[str], ids: np.ndarray) -> list[str]:
     return [got] if len(ids) == 1 else list(got)
 
 
-def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = False,
+                table: VocabTable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Merges for a SentencePiece BPE vocabulary, ranked by the score of the merged piece, as the
     ids of their left and right parts (decoded a chunk at a time by the writer).
 
@@ -290,7 +266,9 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = Fals
     or user-defined; a repeated string means its last id) is a merge; merges are ordered by
     descending score of the merged token, then by the ids of the token and its two parts.
 
-    The search hashes every split of every token (polynomial hashes over code points), so it
+    With the vocabulary laid out as a :class:`VocabTable` (every real model's, up to
+    ``DECODE_ONCE_STRINGS`` strings), the search is one compiled pass
+    (:func:`~weightprint.io._vocab_kernels.spm_merge_search`). Otherwise it hashes every split of every token (polynomial hashes over code points), so it
     costs O(total length) numpy work instead of O(sum of len^2) string slicing (a single crafted
     million-character token stays linear), and works through the vocabulary a run of tokens at a
     time, so its memory is a few bytes a token whatever the vocabulary's size. Every hash hit is
@@ -302,6 +280,17 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = Fals
     scores = np.asarray(info.scores, dtype=np.float64)
     if len(scores) < len(tokens):
         raise ModelFormatError(f"tokenizer has {len(tokens)} tokens but {len(scores)} scores")
+    if table is not None:  # the compiled search: a repeated string's later id takes over by itself
+        piece = ((types == TOKEN_NORMAL) | (types == TOKEN_USER_DEFINED)) & (table.lens > 0)
+        members = np.nonzero(piece)[0]
+        merged = np.nonzero((types == TOKEN_NORMAL) & (table.lens >= 2))[0]
+        from weightprint.io._vocab_kernels import spm_merge_search
+
+        from weightprint.quant import num_threads
+
+        tid, li, ri = spm_merge_search(table.cps, table.starts, table.lens, members, merged, threads=num_threads())
+        rank = np.argsort(-scores[tid], kind="stable")  # ties stay by (token, left, right) id
+        return li[rank], ri[rank]
     if distinct:  # no token string repeats (the caller checked): every piece stands for itself
         members = np.nonzero((types == TOKEN_NORMAL) | (types == TOKEN_USER_DEFINED))[0].astype(np.int64)
     else:
@@ -315,14 +304,13 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = Fals
     if len(merged) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     max_len = int(lens.max())
-    every = _AllCodePoints(tokens, lens) if len(tokens) <= DECODE_ONCE_STRINGS else None
     rng = np.random.default_rng()
     for _attempt in range(8):
         bases = [int(rng.integers(256, p - 1)) for p in _HASH_PRIMES]
         member_keys = np.empty(len(members), dtype=np.uint64)
         at = 0
         for ids in _token_chunks(lens, members):
-            run, offsets = _run(tokens, lens, ids, bases, max_len, every)
+            run, offsets = _run(tokens, lens, ids, bases, max_len)
             member_keys[at : at + len(ids)] = run.key(offsets, offsets + lens[ids], offsets)
             at += len(ids)
         ordered = np.sort(member_keys)
@@ -338,7 +326,7 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = Fals
     # right part of the splits whose left part is a piece
     found_t, found_l, found_r = [], [], []
     for ids in _token_chunks(lens, merged):
-        run, offsets = _run(tokens, lens, ids, bases, max_len, every)
+        run, offsets = _run(tokens, lens, ids, bases, max_len)
         splits = lens[ids] - 1
         which = np.repeat(np.arange(len(ids)), splits)  # position of the merged token in the run
         k = _segment_arange(splits) + 1
@@ -354,32 +342,43 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = Fals
     tid, li, ri = (np.concatenate(f).astype(np.int32) for f in (found_t, found_l, found_r))
     del found_t, found_l, found_r, lookup
     # exact check of each hit: the parts spell the merged token (hash collisions are dropped)
-    if every is not None:
-        ok = every.spell(tid, li, ri)
-    else:
-        ok = np.zeros(len(tid), dtype=bool)
-        for c in range(0, len(tid), _WRITE_CHUNK):
-            sl = slice(c, c + _WRITE_CHUNK)
-            ok[sl] = [t == a + b for t, a, b in zip(_take(tokens, tid[sl]), _take(tokens, li[sl]), _take(tokens, ri[sl]))]
+    ok = np.zeros(len(tid), dtype=bool)
+    for c in range(0, len(tid), _WRITE_CHUNK):
+        sl = slice(c, c + _WRITE_CHUNK)
+        ok[sl] = [t == a + b for t, a, b in zip(_take(tokens, tid[sl]), _take(tokens, li[sl]), _take(tokens, ri[sl]))]
     tid, li, ri = tid[ok], li[ok], ri[ok]
     rank = np.lexsort((ri, li, tid, -scores[tid]))
     return li[rank], ri[rank]
 
 
-def _tokenizer_json_skeleton(info: TokenizerInfo, add_space_prefix: bool | None) -> tuple[dict[str, Any], bool, Any]:
-    """``(tokenizer.json with marker strings for its vocabulary and merges, whether the token
-    strings are distinct, the SentencePiece merges or None)``; see :func:`tokenizer_json_from_info`."""
+def _tokenizer_json_skeleton(info: TokenizerInfo, add_space_prefix: bool | None
+                             ) -> tuple[dict[str, Any], Sequence[int], Any, VocabTable | None]:
+    """``(tokenizer.json with marker strings for its vocabulary and merges, the ids of the
+    vocabulary's entries (a repeated string at its first id), the SentencePiece merges or None,
+    the vocabulary as a VocabTable)``;
+    see :func:`tokenizer_json_from_info`. The table is built for a vocabulary of at most
+    ``DECODE_ONCE_STRINGS`` strings (every real model's); a larger, crafted one is worked
+    through a chunk at a time without loading the compiler (~120 MB of resident memory for
+    numba and LLVM)."""
     # what would refuse the tokenizer is checked before the vocabulary is built (a million-token
     # vocabulary costs ~100 MB of Python strings and dict entries)
     if info.model not in ("gpt2", "llama"):
         raise WeightprintError(f"cannot build a tokenizer.json for GGUF tokenizer model `{info.model}`; supported: gpt2, llama")
     if info.model == "gpt2" and info.merges is None:
         raise ModelFormatError("byte-level BPE tokenizer has no merges (`tokenizer.ggml.merges`)")
-    _decode_once(info.tokens)
     types = _types(info)
     added = _added_tokens(info, types)
-    distinct = _distinct(info.tokens)
-    spm_merges = _spm_merges(info, types, distinct=distinct) if info.model == "llama" else None
+    table = None
+    if len(info.tokens) <= DECODE_ONCE_STRINGS:
+        from weightprint.io._vocab_kernels import VocabTable
+
+        table = VocabTable(info.tokens)
+        ids: range | Sequence[int] = table.first_ids()
+        distinct = len(ids) == len(info.tokens)
+    else:
+        distinct = _distinct(info.tokens)
+        ids = _first_ids(info.tokens, distinct)
+    spm_merges = _spm_merges(info, types, distinct=distinct, table=table) if info.model == "llama" else None
     # the vocabulary and merges go in as markers, filled by the caller (a dict, or streamed text)
     vocab, merges = _VOCAB_MARK, _MERGES_MARK
     post = None
@@ -419,7 +418,7 @@ def _tokenizer_json_skeleton(info: TokenizerInfo, add_space_prefix: bool | None)
                 "merges": merges,
             },
         }
-        return tj, distinct, spm_merges
+        return tj, ids, spm_merges, table
     if info.model == "llama":
         prefix = True if add_space_prefix is None else bool(add_space_prefix)
         norm_steps: list[dict[str, Any]] = []
@@ -456,7 +455,7 @@ def _tokenizer_json_skeleton(info: TokenizerInfo, add_space_prefix: bool | None)
                 "merges": merges,
             },
         }
-        return tj, distinct, spm_merges
+        return tj, ids, spm_merges, table
     raise AssertionError(info.model)  # checked above
 
 
@@ -513,9 +512,9 @@ def tokenizer_json_from_info(info: TokenizerInfo, *, add_space_prefix: bool | No
     ModelFormatError
         When merges (gpt2) or scores (llama) are missing.
     """
-    tj, distinct, spm_merges = _tokenizer_json_skeleton(info, add_space_prefix)
+    tj, ids, spm_merges, _ = _tokenizer_json_skeleton(info, add_space_prefix)
     tokens = info.tokens
-    tj["model"]["vocab"] = {tokens[i]: i for i in _first_ids(tokens, distinct)}
+    tj["model"]["vocab"] = {tokens[i]: i for i in map(int, ids)}
     tj["model"]["merges"] = [list(m) for m in _merge_parts(info, spm_merges)]
     return tj
 
@@ -527,16 +526,15 @@ def write_tokenizer_json(info: TokenizerInfo, path: str | os.PathLike[str], *, a
     within tens of MB)."""
     from json.encoder import encode_basestring  # json.dumps' own (C) string encoder
 
-    tj, distinct, spm_merges = _tokenizer_json_skeleton(info, add_space_prefix)
+    tj, ids, spm_merges, table = _tokenizer_json_skeleton(info, add_space_prefix)
     text = json.dumps(tj, ensure_ascii=False)
     head, rest = text.split(json.dumps(_VOCAB_MARK), 1)
     middle, tail = rest.split(json.dumps(_MERGES_MARK), 1)
     tokens = info.tokens
-    lists = _JsonLists(tokens)
+    lists = _JsonLists(tokens, table)
     with open(path, "wb") as f:
         f.write(head.encode("utf-8"))
         f.write(b"{")
-        ids = _first_ids(tokens, distinct)
         for c in range(0, len(ids), _WRITE_CHUNK):
             f.write((b", " if c else b"") + lists.entries(np.asarray(ids[c:c + _WRITE_CHUNK], dtype=np.int64)))
         f.write(b"}")
@@ -564,36 +562,32 @@ class _JsonLists:
     """The JSON text of chunks of the vocabulary (``"token": id, ...``) and of the merges
     (``["left", "right"], ...``), as UTF-8 bytes.
 
-    A vocabulary of at most ``DECODE_ONCE_STRINGS`` (every real model's) has all its string
-    literals encoded once, and the chunks are assembled by compiled kernels
-    (:mod:`weightprint.io._vocab_kernels`); a larger, crafted one is formatted in Python a chunk
-    at a time, without loading the compiler (~120 MB of resident memory for numba and LLVM)."""
+    With a :class:`VocabTable` (a vocabulary of at most ``DECODE_ONCE_STRINGS``, every real
+    model's) all string literals are encoded once and the chunks are assembled by compiled
+    kernels (:mod:`weightprint.io._vocab_kernels`); a larger, crafted vocabulary is formatted in
+    Python a chunk at a time."""
 
-    def __init__(self, tokens: Sequence[str]) -> None:
+    def __init__(self, tokens: Sequence[str], table: VocabTable | None) -> None:
         from json.encoder import encode_basestring
 
         self._tokens = tokens
         self._quote = encode_basestring
-        self._all = None
-        if len(tokens) <= DECODE_ONCE_STRINGS:
-            from weightprint.io._vocab_kernels import Literals
-
-            self._all = Literals(tokens)
+        self._literals = table.literals() if table is not None else None
 
     def entries(self, ids: np.ndarray) -> bytes:
-        if self._all is not None:
+        if self._literals is not None:
             from weightprint.io._vocab_kernels import vocab_entries
 
-            return vocab_entries(self._all.buf, self._all.off, ids, ids).tobytes()
+            return vocab_entries(*self._literals, ids, ids).tobytes()
         q = self._quote
         return ", ".join([f"{q(t)}: {i}" for t, i in zip(_take(self._tokens, ids), ids.tolist())]).encode("utf-8")
 
     def pairs(self, left: np.ndarray, right: np.ndarray) -> bytes:
         left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
-        if self._all is not None:
+        if self._literals is not None:
             from weightprint.io._vocab_kernels import merge_pairs
 
-            return merge_pairs(self._all.buf, self._all.off, left, right).tobytes()
+            return merge_pairs(*self._literals, left, right).tobytes()
         q = self._quote
         return ", ".join([f"[{q(a)}, {q(b)}]" for a, b in zip(_take(self._tokens, left), _take(self._tokens, right))]
                          ).encode("utf-8")

@@ -343,6 +343,27 @@ def quantize(
     return out.reshape(out_shape)
 
 
+def _stored_bytes(k: type[QuantKernel], data: np.ndarray, name: str | None) -> np.ndarray:
+    """``data`` as C-contiguous uint8 rows of whole blocks (a native float32/float16/bfloat16
+    view of a plain float type is taken as its bytes)."""
+    arr = np.asarray(data)
+    if arr.ndim == 0:
+        raise ShapeMismatchError(f"{_prefix(name)}cannot dequantize a scalar as {k.qtype.name}")
+    if arr.dtype != np.uint8:
+        native = _NATIVE_DTYPES.get(k.qtype)
+        if native is None or arr.dtype.newbyteorder("=") != native or arr.dtype.byteorder == ">":
+            raise ShapeMismatchError(
+                f"{_prefix(name)}{k.qtype.name} data must be uint8 bytes, got dtype {arr.dtype}"
+            )
+        arr = np.ascontiguousarray(arr).view(np.uint8)
+    nbytes = arr.shape[-1]
+    if nbytes % k.type_size != 0:
+        raise ShapeMismatchError(
+            f"{_prefix(name)}row of {nbytes} bytes is not a multiple of {k.qtype.name} block size {k.type_size} bytes"
+        )
+    return np.ascontiguousarray(arr)
+
+
 def dequantize(
     data: np.ndarray,
     qtype: QType | int | str,
@@ -386,23 +407,9 @@ def dequantize(
         The bytes are not whole blocks, the dtype is wrong, or ``shape`` does not fit.
     """
     k = kernel(qtype)
-    arr = np.asarray(data)
-    if arr.ndim == 0:
-        raise ShapeMismatchError(f"{_prefix(name)}cannot dequantize a scalar as {k.qtype.name}")
-    if arr.dtype != np.uint8:
-        native = _NATIVE_DTYPES.get(k.qtype)
-        if native is None or arr.dtype.newbyteorder("=") != native or arr.dtype.byteorder == ">":
-            raise ShapeMismatchError(
-                f"{_prefix(name)}{k.qtype.name} data must be uint8 bytes, got dtype {arr.dtype}"
-            )
-        arr = np.ascontiguousarray(arr).view(np.uint8)
-    nbytes = arr.shape[-1]
-    if nbytes % k.type_size != 0:
-        raise ShapeMismatchError(
-            f"{_prefix(name)}row of {nbytes} bytes is not a multiple of {k.qtype.name} block size {k.type_size} bytes"
-        )
-    cols = nbytes // k.type_size * k.block_size
-    blocks = np.ascontiguousarray(arr).reshape(-1, k.type_size)
+    arr = _stored_bytes(k, data, name)
+    cols = arr.shape[-1] // k.type_size * k.block_size
+    blocks = arr.reshape(-1, k.type_size)
     if out is not None:
         n = blocks.shape[0] * k.block_size
         if out.dtype != np.float32 or not out.flags.c_contiguous or out.size != n or not out.flags.writeable:
@@ -425,6 +432,67 @@ def dequantize(
             )
         values = values.reshape(shape)
     return values.astype(dtype, copy=False)
+
+
+_FUSED_WEIGHTS = 1 << 15
+"""Weights dequantized at a time by :func:`dequantize_to_float16` (128 KB of float32: stays in cache)."""
+_scratch = threading.local()
+
+
+def dequantize_to_float16(data: np.ndarray, qtype: QType | int | str, out: np.ndarray, *, name: str | None = None) -> int:
+    """Dequantize GGUF tensor bytes straight to float16 bit patterns in ``out``.
+
+    The values of ``dequantize(data, qtype).astype(np.float16)``, without the float32 array: each
+    thread dequantizes a cache-sized piece into its own scratch buffer and rounds it to half
+    there (one pass over memory instead of three).
+
+    Parameters
+    ----------
+    data : `np.ndarray`
+        ``uint8`` bytes of shape ``(..., row_bytes)`` (or a native float view), as for :func:`dequantize`.
+    qtype : `QType`, `int` or `str`
+        Stored type.
+    out : `np.ndarray`
+        A writeable C-contiguous ``uint16`` array with as many elements as the data holds weights.
+    name : `str`, *optional*
+        Tensor name used in error messages.
+
+    Returns
+    -------
+    int
+        How many values float16 cannot hold (NaN, infinity, ``|x| > 65504``); their entries of
+        ``out`` are unspecified. The caller decides what to do (refuse, naming the tensor).
+    """
+    from weightprint.quant.legacy import half_bits_checked
+
+    k = kernel(qtype)
+    blocks = _stored_bytes(k, data, name).reshape(-1, k.type_size)
+    n = blocks.shape[0] * k.block_size
+    if out.dtype != np.uint16 or not out.flags.c_contiguous or out.size != n or not out.flags.writeable:
+        raise ShapeMismatchError(
+            f"{_prefix(name)}`out` must be a writeable C-contiguous uint16 array of {n} elements, got {out.dtype} of {out.size}"
+        )
+    flat = out.reshape(-1)
+    starts, step = _chunk_starts(n, k.block_size)
+    sub = max(1, _FUSED_WEIGHTS // k.block_size)  # blocks per piece
+    refused = [0] * len(starts)
+
+    def work(start: int) -> None:
+        scratch = getattr(_scratch, "buf", None)
+        if scratch is None or scratch.size < sub * k.block_size:
+            scratch = _scratch.buf = np.empty(sub * k.block_size, dtype=np.float32)
+        b0, b1 = start // k.block_size, min((start + step) // k.block_size, blocks.shape[0])
+        bad = 0
+        for b in range(b0, b1, sub):
+            m = min(sub, b1 - b)
+            values = scratch[: m * k.block_size]
+            k.dequantize_blocks(blocks[b : b + m], values.reshape(m, k.block_size))
+            bad += half_bits_checked(values, flat[b * k.block_size : (b + m) * k.block_size])
+        refused[start // step] = bad
+
+    if n:
+        _run_chunks(work, starts)
+    return sum(refused)
 
 
 def _dequantize_into(k: type[QuantKernel], blocks: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from weightprint.constants import QType
 from weightprint.quant.base import (
@@ -46,7 +49,7 @@ class F32Kernel(QuantKernel, qtype=QType.F32):
 
 
 @_njit
-def half_bits_checked(src, dst):
+def _half_bits_software(src, dst):
     """float32 ``src`` -> float16 bit patterns in ``dst`` (uint16), rounding to nearest even as
     numpy's ``astype(np.float16)`` and ``GGML_FP32_TO_FP16`` do; returns how many values were
     refused (NaN, infinity or ``|x| > 65504``), whose ``dst`` entries are left unspecified.
@@ -83,6 +86,53 @@ def half_bits_checked(src, dst):
             h += 1
         dst[i] = sign | np.uint16(h)
     return refused
+
+
+def _hardware_half() -> bool:
+    """Whether LLVM lowers a float -> half truncation to one instruction here: F16C on x86-64
+    (every CPU since 2012), native on AArch64. Elsewhere it would call a compiler-rt helper that
+    the JIT may not link."""
+    import platform
+
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return True
+    if machine not in ("x86_64", "amd64"):
+        return False
+    import llvmlite.binding as llvm
+
+    return "+f16c" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+@intrinsic
+def _to_half_bits(typingctx, x):  # noqa: ARG001
+    """float32 -> float16 bit pattern by LLVM's ``fptrunc`` (the hardware's conversion: round to
+    nearest even, as numpy's ``astype(np.float16)``)."""
+    sig = types.uint16(types.float32)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return sig, codegen
+
+
+@_njit
+def _half_bits_hardware(src, dst):
+    """:func:`_half_bits_software`'s contract with the hardware conversion (~3x faster)."""
+    refused = 0
+    for i in range(src.size):
+        x = src[i]
+        if not abs(x) <= np.float32(65504.0):  # NaN compares false
+            refused += 1
+        dst[i] = _to_half_bits(x)
+    return refused
+
+
+half_bits_checked = _half_bits_hardware if _hardware_half() else _half_bits_software
+"""float32 ``src`` -> float16 bit patterns in ``dst`` (uint16), rounding to nearest even; returns
+how many values were refused (NaN, infinity or ``|x| > 65504``), whose ``dst`` entries are
+unspecified. The hardware conversion where LLVM has one, else the integer version; the tests
+check both against numpy."""
 
 
 class F16Kernel(QuantKernel, qtype=QType.F16):
