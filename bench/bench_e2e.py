@@ -247,6 +247,37 @@ def quantize_all(f16: Path, work: Path, repeats: int) -> dict:
     return res
 
 
+def fresh_process(source: Path, work: Path, repeats: int, warm_seconds: float | None) -> dict:
+    """``weightprint convert --to hf`` as a user runs it: a new interpreter each time, with the
+    compiled kernels cached on disk (numba's cache: no JIT), and once with an empty kernel cache
+    (everything compiled on the spot); ``weightprint --help`` beside it (start-up alone)."""
+    import subprocess
+
+    exe = Path(sys.executable).with_name("weightprint")
+    cmd = [str(exe), "convert", str(source), str(work / "hf-fresh"), "--to", "hf", "--dtype", "float16"]
+
+    def run(env: dict | None = None, args: list[str] | None = None) -> float:
+        _drop(work / "hf-fresh")
+        t0 = time.perf_counter()
+        subprocess.run(args or cmd, check=True, capture_output=True, env=env)
+        return time.perf_counter() - t0
+
+    run()  # the kernels are in the on-disk cache from here on
+    fresh = min(run() for _ in range(repeats))
+    help_s = min(run(args=[str(exe), "--help"]) for _ in range(repeats))
+    with tempfile.TemporaryDirectory(prefix="wp-numba-") as empty:
+        cold = run(env={**os.environ, "NUMBA_CACHE_DIR": empty})
+    _drop(work / "hf-fresh")
+    out = {"fresh_process_seconds": fresh, "help_seconds": help_s, "empty_kernel_cache_seconds": cold,
+           "jit_seconds_saved_by_the_cache": cold - fresh}
+    if warm_seconds is not None:
+        out["in_process_warm_seconds"] = warm_seconds
+        out["fresh_process_overhead_seconds"] = fresh - warm_seconds
+    print(f"fresh process: convert --to hf {fresh:.2f} s (in-process warm {warm_seconds or float('nan'):.2f} s),"
+          f" --help {help_s:.2f} s, with an empty kernel cache {cold:.2f} s", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=2)
@@ -268,6 +299,7 @@ def main() -> None:
         result["floor"] = fl = floor(source, work, args.repeats)
         if not args.skip_hf:
             result["to_hf"] = to_hf(source, work, args.repeats, fl)
+            result["fresh_process"] = fresh_process(source, work, args.repeats, result["to_hf"]["seconds"]["weightprint"])
         if not args.skip_quant:
             f16 = work / "gemma3-f16.gguf"
             convert(source, f16, file_type="F16")
