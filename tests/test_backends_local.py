@@ -82,6 +82,34 @@ def test_top_logprobs_and_chat(llama):
     assert c.text.strip() and c.top_logprobs and all(len(t) == 2 for t in c.top_logprobs)
 
 
+@pytest.mark.parametrize("k", [1, 5])
+def test_fast_greedy_logprobs_equal_llama_cpp_pythons(llama, k):
+    """The greedy top-k log-probabilities computed from the logits (no Python sort of the whole
+    vocabulary per token) are llama-cpp-python's own: tokens, values, tie order, dict keys; on
+    prompts in several languages and scripts, code, and one that stops at end of text."""
+    from weightprint.behave.suites import load_prompts
+
+    prompts = [p.prompt for p in load_prompts("default") if not p.chat][::4] + ["<|im_end|>"]
+    reqs = [GenerateRequest(p, max_tokens=12, top_logprobs=k) for p in prompts]
+    try:
+        llama.fast_logprobs = False
+        slow = llama.generate(reqs)
+    finally:
+        llama.fast_logprobs = True
+    calls = []
+    original = llama._greedy_with_logprobs
+    llama._greedy_with_logprobs = lambda r, knobs: calls.append(original(r, knobs)) or calls[-1]
+    try:
+        fast = llama.generate(reqs)
+    finally:
+        del llama._greedy_with_logprobs
+    assert sum(c is not None for c in calls) >= len(reqs) - 1  # the fast path answered (not the fallback)
+    for p, a, b in zip(prompts, slow, fast):
+        assert a.text == b.text and a.tokens == b.tokens and a.finish_reason == b.finish_reason, p
+        assert a.token_logprobs == b.token_logprobs, p
+        assert [list(t.items()) for t in a.top_logprobs] == [list(t.items()) for t in b.top_logprobs], p
+
+
 def test_transformers_generation(hf, llama):
     greedy = GenerateRequest(PROMPT, max_tokens=6, top_logprobs=2)
     a, b = hf.generate([greedy, GenerateRequest(PROMPT, max_tokens=6, seed=5)])
