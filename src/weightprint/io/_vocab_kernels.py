@@ -35,6 +35,8 @@ class VocabTable:
         if utf8 is not None:  # a GGUF string array: its stored bytes, no Python string per token
             self.utf8, self.byte_off = utf8()
             text = self.utf8.tobytes().decode("utf-8")  # validated when the file was opened
+            self.cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            del text
             chars = np.zeros(len(self.utf8) + 1, dtype=np.int64)
             np.cumsum((self.utf8 & 0xC0) != 0x80, out=chars[1:])  # characters before each byte
             off = chars[self.byte_off]
@@ -42,21 +44,20 @@ class VocabTable:
             self.lens = np.diff(off)
         else:
             text = "".join(strings)
+            self.cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+            self.utf8 = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+            del text
             self.lens = np.fromiter(map(len, strings), dtype=np.int64, count=n)
             off = np.zeros(n + 1, dtype=np.int64)
             np.cumsum(self.lens, out=off[1:])
-            self.utf8 = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
             # bytes per code point: 1 below U+0080, 2 below U+0800, 3 below U+10000, else 4
-            width = np.ones(len(text) + 1, dtype=np.int64)
+            width = np.ones(len(self.cps) + 1, dtype=np.int64)
             width[0] = 0
-            cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
             for bound in (0x80, 0x800, 0x10000):
-                width[1:] += cps >= bound
+                width[1:] += self.cps >= bound
             self.byte_off = np.cumsum(width)[off]
-            del width, cps
+            del width
         self.starts = off[:-1]
-        self.cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        del text
 
     def first_ids(self) -> np.ndarray:
         """Ids of the vocabulary's distinct strings in order, each at its first id."""

@@ -268,9 +268,10 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = Fals
 
     With the vocabulary laid out as a :class:`VocabTable` (every real model's, up to
     ``DECODE_ONCE_STRINGS`` strings), the search is one compiled pass
-    (:func:`~weightprint.io._vocab_kernels.spm_merge_search`). Otherwise it hashes every split of every token (polynomial hashes over code points), so it
-    costs O(total length) numpy work instead of O(sum of len^2) string slicing (a single crafted
-    million-character token stays linear), and works through the vocabulary a run of tokens at a
+    (:func:`~weightprint.io._vocab_kernels.spm_merge_search`). Otherwise it hashes every split
+    of every token (polynomial hashes over code points), so it costs O(total length) numpy work
+    instead of O(sum of len^2) string slicing (a single crafted million-character token stays
+    linear), and works through the vocabulary a run of tokens at a
     time, so its memory is a few bytes a token whatever the vocabulary's size. Every hash hit is
     then checked exactly, so the merges do not depend on the random bases.
     """
@@ -285,7 +286,6 @@ def _spm_merges(info: TokenizerInfo, types: np.ndarray, *, distinct: bool = Fals
         members = np.nonzero(piece)[0]
         merged = np.nonzero((types == TOKEN_NORMAL) & (table.lens >= 2))[0]
         from weightprint.io._vocab_kernels import spm_merge_search
-
         from weightprint.quant import num_threads
 
         tid, li, ri = spm_merge_search(table.cps, table.starts, table.lens, members, merged, threads=num_threads())
