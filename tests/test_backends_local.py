@@ -82,6 +82,18 @@ def test_top_logprobs_and_chat(llama):
     assert c.text.strip() and c.top_logprobs and all(len(t) == 2 for t in c.top_logprobs)
 
 
+@pytest.mark.parametrize("k", [1, 3, 5, 40])
+def test_best_entries_are_llama_cpp_pythons_choice_with_ties(k):
+    """The top-k selection without a full sort equals the library's full sort, ties (by the larger
+    id) included: rows of few distinct values, and one shorter than k."""
+    from weightprint.behave.backends.llama_cpp import _best
+
+    rng = np.random.default_rng(k)
+    for row in [rng.integers(-4, 1, size=200).astype(np.float32), np.full(50, -1.5, np.float32),
+                rng.standard_normal(30).astype(np.float32)]:
+        assert _best(row, k) == sorted(zip(row, range(len(row))), reverse=True)[:k]
+
+
 @pytest.mark.parametrize("k", [1, 5])
 def test_fast_greedy_logprobs_equal_llama_cpp_pythons(llama, k):
     """The greedy top-k log-probabilities computed from the logits (no Python sort of the whole

@@ -202,10 +202,7 @@ class LlamaCppBackend(LocalBackend):
                 continue
             row, prev = logprobs[idx], completion[:idx]
             token_str = detok([token], prev_tokens=prev).decode("utf-8", errors="ignore")
-            kth = np.partition(row, -k)[-k] if k < row.size else row.min()
-            cand = np.nonzero(row >= kth)[0]
-            best = sorted(zip(row[cand], cand.tolist()), reverse=True)[:k]
-            top = {detok([i], prev_tokens=prev).decode("utf-8", errors="ignore"): v for v, i in best}
+            top = {detok([i], prev_tokens=prev).decode("utf-8", errors="ignore"): v for v, i in _best(row, k)}
             top[token_str] = row[token]
             tokens.append(token_str)
             chosen.append(float(row[token]))
@@ -218,6 +215,14 @@ class LlamaCppBackend(LocalBackend):
         if llm is not None:
             llm.close()
             self._llm = None
+
+
+def _best(row: np.ndarray, k: int) -> list[tuple[Any, int]]:
+    """``sorted(zip(row, range(len(row))), reverse=True)[:k]`` (llama-cpp-python's choice of the
+    top log-probabilities: by value, ties by the larger id) without sorting the whole row."""
+    kth = np.partition(row, -k)[-k] if k < row.size else row.min()
+    cand = np.nonzero(row >= kth)[0]
+    return sorted(zip(row[cand], cand.tolist()), reverse=True)[:k]
 
 
 def _top_k(d: dict[str, float], k: int) -> dict[str, float]:
