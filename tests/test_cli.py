@@ -155,6 +155,29 @@ def test_lineage_search_exit_codes(tiny_models: dict[str, Path], tmp_path: Path)
     assert code == 2 and err.startswith("error: ")
 
 
+def test_lineage_search_with_a_basis_sketch(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """`fingerprint --basis-sketch` stores what `search` needs to see through a rotated residual basis."""
+    from weightprint.convert import convert
+    from weightprint.io import open_model
+    from weightprint.testing.symmetry import residual_transform
+
+    rotated = tmp_path / "rot.gguf"
+    with open_model(tiny_models["a"]) as m:
+        convert(residual_transform(m, "rotate", seed=5), rotated, file_type="Q8_0")
+    plain, sketch = tmp_path / "plain.db", tmp_path / "sketch.db"
+    code, out, _ = _code("fingerprint", tiny_models["a"], "--db", plain, "--json")
+    assert code == 0
+    small = json.loads(out)["n_bytes"]
+    code, out, err = _code("fingerprint", tiny_models["a"], "--db", sketch, "--basis-sketch", "--json")
+    assert code == 0, err
+    assert json.loads(out)["n_bytes"] > small
+    assert _code("lineage", "search", rotated, "--db", plain)[0] == 0
+    code, out, _ = _code("lineage", "search", rotated, "--db", sketch, "--json")
+    assert code == 1
+    top = json.loads(out)["ranking"][0]
+    assert top["verdict"] == "derived" and top["basis"]["kind"] == "orthogonal"
+
+
 def test_old_lineage_forms_are_gone(tiny_models: dict[str, Path]) -> None:
     """`lineage A B` is now `lineage compare A B`: the old form is a usage error (exit 2), not a verdict."""
     assert _code("lineage", tiny_models["a"], tiny_models["b"])[0] == 2

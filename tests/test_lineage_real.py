@@ -95,6 +95,40 @@ def test_smollm2_under_a_change_of_residual_basis_is_derived(name, kind, words, 
         assert r.basis["fit_quality"] < 0.2  # held-out embedding residual: quantization noise only
 
 
+@pytest.mark.parametrize("kind", ["permute", "rotate"])
+def test_smollm2_block_symmetries_under_a_change_of_basis_are_derived(kind, smollm2):
+    """A symmetry no issue names: inside every block, MLP units rescaled (up x c, down / c), values
+    mixed by an invertible matrix per KV head (o_proj by its inverse), rotary pairs of q/k scaled
+    and rotated -- the column norms the features use all move -- then the residual basis changed."""
+    from weightprint.testing.symmetry import block_symmetries, residual_transform
+
+    with open_model(smollm2) as m:
+        r = compare_models(m, residual_transform(block_symmetries(m, seed=7), kind, seed=11))
+    assert r.verdict == "derived", r.reason
+    assert r.log10_pvalue < -8
+    assert r.basis["kind"] == {"permute": "permutation", "rotate": "orthogonal"}[kind]
+
+
+def test_database_search_under_a_changed_basis_needs_the_sketch(tmp_path, smollm2, gemma3, symmetry_derivatives):
+    """`lineage search` against references stored with --basis-sketch finds SmolLM2's permuted and
+    rotated copies; against the plain fingerprint it cannot (identity-basis test only)."""
+    db, plain = tmp_path / "sketch.db", tmp_path / "plain.db"
+    stored = fingerprint_model(smollm2, db, label="SmolLM2-135M", basis_sketch=True)
+    from weightprint.lineage.fingerprint import basis_sketch_bytes
+
+    assert stored.n_bytes <= stored.budget_bytes == 134_515 + basis_sketch_bytes(576)
+    fingerprint_model(gemma3, db, label="Gemma-3-270M", basis_sketch=True)
+    fingerprint_model(smollm2, plain, label="SmolLM2-135M")
+    for name, kind in (("residual_perm+mlp_perm+q8_0", "permutation"), ("rotation+folded+untied+mlp_perm+q8_0", "orthogonal")):
+        r = search_fingerprints(symmetry_derivatives[name], db)
+        top = r.ranking[0]
+        assert r.verdict == "derived" and top.a == "SmolLM2-135M", top.reason
+        assert top.log10_pvalue < -8 and top.basis["kind"] == kind, top.reason
+        assert r.seconds < 30
+        assert search_fingerprints(symmetry_derivatives[name], plain).verdict == "no evidence"
+    assert search_fingerprints(gemma3, db).ranking[0].a == "Gemma-3-270M"
+
+
 def test_smollm2_width_pruned_to_512_is_derived(smollm2):
     """576 -> 512 residual channels, same tokenizer (issue 9: `not comparable` before)."""
     from _fixtures_lineage import WidthPrunedView

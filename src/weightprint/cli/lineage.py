@@ -106,13 +106,17 @@ def fingerprint(
     model: Annotated[Path, typer.Argument(help="Reference model to store.")],
     db: Annotated[str, typer.Option("--db", help="SQLAlchemy URL or SQLite file of the fingerprint database.")],
     label: Annotated[Optional[str], typer.Option("--label", help="Name of the reference (default: file name).")] = None,
+    basis_sketch: Annotated[bool, typer.Option(
+        "--basis-sketch",
+        help="Also store 2-bit embedding rows of 1.5 x hidden-size tokens (0.375 d^2 bytes over the budget), so that "
+             "`lineage search` finds copies whose residual basis was rotated or permuted.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Store a compact fingerprint of MODEL for later `lineage search SUSPECT --db`."""
     from weightprint.lineage.db import fingerprint_model
 
     with progress_bar("fingerprinting", steps=True) as progress:
-        result = fingerprint_model(model, db, label=label, progress=progress)
+        result = fingerprint_model(model, db, label=label, basis_sketch=basis_sketch, progress=progress)
     if as_json:
         emit_json(result)
         return

@@ -416,6 +416,9 @@ def _basis_text(basis: dict[str, Any] | None) -> str:
     if not basis:
         return ""
     kind = basis.get("kind")
+    if kind is None:
+        why = basis.get("not_recovered") or basis.get("sketch_not_run")
+        return f"residual map not recovered ({why})" if why else ""
     words = {
         "identity": "residual basis unchanged",
         "sign flip": "residual basis sign-flipped",
@@ -427,7 +430,10 @@ def _basis_text(basis: dict[str, Any] | None) -> str:
     }.get(str(kind), f"residual map {kind}")
     fold = ", norms folded into the layers" if basis.get("folded_norms") and kind == "orthogonal" else ""
     fit = basis.get("fit_quality")
-    how = f"held-out fit residual {fit:.3f}" if isinstance(fit, (int, float)) else "from the embedding signs"
+    if isinstance(basis.get("fit_corr"), (int, float)):
+        how = f"from the stored basis sketch, held-out corr {basis['fit_corr']:.2f}"
+    else:
+        how = f"held-out fit residual {fit:.3f}" if isinstance(fit, (int, float)) else "from the embedding signs"
     return f"{words}{fold} ({how})"
 
 
@@ -525,6 +531,10 @@ def compare_fingerprints(
         tests.append(rec if rec is not None else _not_run(identity, 0.0, "no layer feature left in the recovered basis"))
     elif result.basis.get("skipped"):
         tests.append(_not_run(identity, 0.0, f"not run: the identity-basis test already gave p < 1e{SKIP_RECOVERY_LOG10:.0f}"))
+    elif result.basis.get("sketch_not_run"):
+        # a basis sketch was there but gave no map: the test counts as p = 1 (the decision to
+        # skip it was taken on the data, so it stays in the combination)
+        tests.append(_not_run(identity, 0.0, f"not run: {result.basis['sketch_not_run']}"))
     elif result.basis.get("kind") in ("identity", "sign flip"):
         # such a map changes no norm: the test in the recovered basis is the identity-basis test
         tests.append(_not_run(identity, identity.log10_pvalue, "the recovered map changes no norm: same as identity-basis"))

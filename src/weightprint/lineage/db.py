@@ -27,13 +27,23 @@ import numpy as np
 
 from weightprint.errors import WeightprintError
 from weightprint.io.model import Model
-from weightprint.lineage.compare import DEFAULT_ALPHA, LineageResult, compare_fingerprints
+from weightprint.lineage.compare import (
+    DEFAULT_ALPHA,
+    SKIP_RECOVERY_LOG10,
+    LineageResult,
+    _basis_from_signs,
+    compare_fingerprints,
+)
 from weightprint.lineage.fingerprint import (
     FORMAT_VERSION,
     Fingerprint,
+    basis_sketch_bytes,
+    basis_sketch_tokens,
     build_fingerprint,
     fingerprint_budget_bytes,
 )
+from weightprint.lineage.features import hidden_size_of
+from weightprint.lineage.recover import map_from_sketch
 from weightprint.results import TestResult, VerdictResult, format_pvalue, to_jsonable
 from weightprint.io.open import open_or_borrow
 from weightprint.progress import ProgressCallback, no_progress
@@ -273,6 +283,7 @@ def fingerprint_model(
     *,
     label: str | None = None,
     max_bytes: int | None = None,
+    basis_sketch: bool = False,
     progress: ProgressCallback | None = None,
 ) -> FingerprintResult:
     """Store the compact fingerprint of a reference model in a database.
@@ -287,6 +298,10 @@ def fingerprint_model(
         Name of the reference; defaults to the file name.
     max_bytes : int, *optional*
         Size cap; defaults to 1 MB per 1e9 parameters.
+    basis_sketch : bool, *optional*, defaults to False
+        Also store the 2-bit embedding rows of ``1.5 d`` tokens (``0.375 d^2`` bytes on top of
+        the budget), so that :func:`search_fingerprints` can recover a change of the suspect's
+        residual basis (a rotation with folded norms, a permutation) against this reference.
     progress : ProgressCallback, *optional*
         Called at each step (hash, fingerprint, store).
 
@@ -327,13 +342,16 @@ def fingerprint_model(
                 hint="choose another label",
             )
         progress(1, 3, f"fingerprint {name}")
-        full = build_fingerprint(m, label=name)
+        n_sample = max(2048, basis_sketch_tokens(hidden_size_of(m) or 0)) if basis_sketch else 2048
+        full = build_fingerprint(m, label=name, max_tokens=n_sample)
     finally:
         if owned:
             m.close()
     budget = fingerprint_budget_bytes(full.n_parameters) if max_bytes is None else int(max_bytes)
     progress(2, 3, "store")
-    n_bytes, n_tokens = store_fingerprint(full, url, source_sha256=sha, max_bytes=budget)
+    n_bytes, n_tokens = store_fingerprint(full, url, source_sha256=sha, max_bytes=budget, basis_sketch=basis_sketch)
+    if basis_sketch:
+        budget += basis_sketch_bytes(full.hidden_size)
     return FingerprintResult(name, _redact(url), n_bytes, budget, full.n_parameters, full.hidden_size,
                              full.n_layers, n_tokens, sha, False, time.perf_counter() - t0)
 
@@ -344,10 +362,12 @@ def store_fingerprint(
     *,
     source_sha256: str | None = None,
     max_bytes: int | None = None,
+    basis_sketch: bool = False,
 ) -> tuple[int, int]:
     """Store a (full or compact) fingerprint under its label; returns ``(n_bytes, n_tokens)``.
 
-    A full fingerprint is compacted to ``max_bytes`` (default: 1 MB per 1e9 parameters) first.
+    A full fingerprint is compacted to ``max_bytes`` (default: 1 MB per 1e9 parameters) first;
+    ``basis_sketch`` adds the basis sketch on top of that budget (:func:`basis_sketch_bytes`).
     Raises :class:`WeightprintError` when the label is already taken.
     """
     from sqlalchemy import insert, select
@@ -356,7 +376,9 @@ def store_fingerprint(
     from weightprint.store import database_error
 
     budget = fingerprint_budget_bytes(fingerprint.n_parameters) if max_bytes is None else int(max_bytes)
-    compact = fingerprint if fingerprint.levels else fingerprint.compact(max_bytes=budget)
+    compact = fingerprint if fingerprint.levels else fingerprint.compact(max_bytes=budget, basis_sketch=basis_sketch)
+    if compact.basis_rows is not None:
+        budget += basis_sketch_bytes(compact.hidden_size)
     blob = compact.to_bytes()
     if len(blob) > budget:
         raise WeightprintError(
@@ -465,50 +487,67 @@ def search_fingerprints(
     t0 = time.perf_counter()
     progress = progress or no_progress
     url, refs = _load_all(db_url)
-    tokens: list[str] = list(dict.fromkeys(t for fp in refs for t in fp.tokens))
+    tokens: list[str] = list(dict.fromkeys(t for fp in refs for t in (*fp.tokens, *fp.basis_tokens)))
     m, owned = open_or_borrow(suspect)
-    progress(0, len(refs) + 1, "fingerprint the suspect")
     try:
+        progress(0, len(refs) + 1, "fingerprint the suspect")
         fs = build_fingerprint(m, tokens=tokens)
+        seed = int(rng.integers(2**62)) if isinstance(rng, np.random.Generator) else (0 if rng is None else int(rng))
+        suspect_name = str(suspect.path if isinstance(suspect, Model) else suspect)
+        in_basis: dict[str, tuple[Fingerprint | None, dict[str, Any]]] = {}
+
+        def compare(ref: Fingerprint, level: float) -> LineageResult:
+            r = compare_fingerprints(ref, fs, n_resamples=n_resamples, rng=seed, alpha=level, components=components)
+            if ref.basis_rows is not None and r.combined is not None and ref.hidden_size == fs.hidden_size:
+                # A reference stored with a basis sketch: the suspect may be a copy whose residual
+                # basis was changed (rotation with folded norms, permutation). Recover the map
+                # from the sketch and test the layer features in the reference's basis too,
+                # unless the identity-basis test already decides (as compare_models does).
+                if r.log10_pvalue < SKIP_RECOVERY_LOG10:
+                    basis: dict[str, Any] = _basis_from_signs(r)
+                    fb = None
+                else:
+                    if ref.label not in in_basis:
+                        in_basis[ref.label] = map_from_sketch(ref, fs, m)
+                    fb, basis = in_basis[ref.label]
+                    if fb is None:
+                        basis = {**basis, "sketch_not_run": basis.get("not_recovered", "no map")}
+                r = compare_fingerprints(ref, fs, n_resamples=n_resamples, rng=seed, alpha=level,
+                                         components=components, recovered=fb, basis=basis, _reuse=r)
+            r.b = suspect_name
+            return r
+
+        pairs: list[tuple[LineageResult, Fingerprint]] = []
+        for i, ref in enumerate(refs, 1):
+            progress(i, len(refs) + 1, f"compare with {ref.label}")
+            pairs.append((compare(ref, alpha), ref))
+        pairs.sort(key=lambda p: (p[0].combined is None, p[0].log10_pvalue))
+        results = [r for r, _ in pairs]
+
+        # Bonferroni over the references actually tested. A reference is significant after the
+        # correction iff its raw p < alpha / n_tested; the few that were `derived` at the raw level
+        # only are compared again at the corrected level (same seed, same p-value) so that their
+        # verdict and reason state the corrected decision.
+        n_tested = sum(r.combined is not None for r in results)
+        shift = math.log10(n_tested) if n_tested else 0.0
+        level = alpha / max(n_tested, 1)
+        adjusted: list[float] = []
+        for k, (r, ref) in enumerate(pairs):
+            if r.combined is None:
+                adjusted.append(0.0)
+                continue
+            adj = min(0.0, r.log10_pvalue + shift)
+            if r.verdict == "derived" and not adj < math.log10(alpha):
+                r = results[k] = compare(ref, level)
+            r.alpha = level
+            adjusted.append(adj)
+        if n_tested == 0:
+            verdict = "not comparable"
+        else:
+            verdict = "derived" if any(a < math.log10(alpha) for a in adjusted) else "no evidence"
+        return SearchResult(suspect=suspect_name, db_url=_redact(url), verdict=verdict, alpha=alpha, ranking=results,
+                            adjusted_log10_pvalues=adjusted, n_references=len(refs), n_tested=n_tested,
+                            seconds=time.perf_counter() - t0)
     finally:
         if owned:
             m.close()
-    seed = int(rng.integers(2**62)) if isinstance(rng, np.random.Generator) else (0 if rng is None else int(rng))
-    suspect_name = str(suspect.path if isinstance(suspect, Model) else suspect)
-
-    def compare(ref: Fingerprint, level: float) -> LineageResult:
-        r = compare_fingerprints(ref, fs, n_resamples=n_resamples, rng=seed, alpha=level, components=components)
-        r.b = suspect_name
-        return r
-
-    pairs: list[tuple[LineageResult, Fingerprint]] = []
-    for i, ref in enumerate(refs, 1):
-        progress(i, len(refs) + 1, f"compare with {ref.label}")
-        pairs.append((compare(ref, alpha), ref))
-    pairs.sort(key=lambda p: (p[0].combined is None, p[0].log10_pvalue))
-    results = [r for r, _ in pairs]
-
-    # Bonferroni over the references actually tested. A reference is significant after the
-    # correction iff its raw p < alpha / n_tested; the few that were `derived` at the raw level
-    # only are compared again at the corrected level (same seed, same p-value) so that their
-    # verdict and reason state the corrected decision.
-    n_tested = sum(r.combined is not None for r in results)
-    shift = math.log10(n_tested) if n_tested else 0.0
-    level = alpha / max(n_tested, 1)
-    adjusted: list[float] = []
-    for k, (r, ref) in enumerate(pairs):
-        if r.combined is None:
-            adjusted.append(0.0)
-            continue
-        adj = min(0.0, r.log10_pvalue + shift)
-        if r.verdict == "derived" and not adj < math.log10(alpha):
-            r = results[k] = compare(ref, level)
-        r.alpha = level
-        adjusted.append(adj)
-    if n_tested == 0:
-        verdict = "not comparable"
-    else:
-        verdict = "derived" if any(a < math.log10(alpha) for a in adjusted) else "no evidence"
-    return SearchResult(suspect=suspect_name, db_url=_redact(url), verdict=verdict, alpha=alpha, ranking=results,
-                        adjusted_log10_pvalues=adjusted, n_references=len(refs), n_tested=n_tested,
-                        seconds=time.perf_counter() - t0)

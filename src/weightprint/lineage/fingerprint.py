@@ -9,6 +9,12 @@ config summary and chat-template family.
 
 Stored fingerprints quantize the rank profiles to 4 bits (16 levels, two per byte) and size
 the token sample so that the whole blob stays within ``1 MB per 1e9 parameters``.
+
+An optional *basis sketch* (``compact(basis_sketch=True)``) adds the embedding rows of
+``ceil(1.5 d)`` sample tokens as 2-bit rank profiles (each coordinate's quartile over those
+tokens): enough for a database search to recover a rotation of the suspect's residual basis
+(orthogonal Procrustes, :func:`weightprint.lineage.recover.map_from_sketch`), at
+``0.375 d^2`` bytes on top of the budget.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Fingerprint",
     "build_fingerprint",
+    "basis_sketch_bytes",
     "fingerprint_budget_bytes",
 ]
 
@@ -46,6 +53,19 @@ BYTES_PER_PARAMETER_BUDGET = 1_000_000 / 1e9  # 1 MB per 1B parameters
 STORED_LEVELS = 16
 MIN_STORED_TOKENS = 32
 MAX_STORED_TOKENS = 1024
+BASIS_SKETCH_RATIO = 1.5  # sketch tokens per residual coordinate: the fit needs more rows than d
+BASIS_LEVELS = 4  # 2 bits per sketch entry
+
+
+def basis_sketch_tokens(hidden_size: int) -> int:
+    """Tokens in a basis sketch: ``ceil(1.5 d)``."""
+    return int(math.ceil(BASIS_SKETCH_RATIO * hidden_size))
+
+
+def basis_sketch_bytes(hidden_size: int) -> int:
+    """What a basis sketch adds to a stored fingerprint (2 bits per entry, plus its token strings)."""
+    n = basis_sketch_tokens(hidden_size)
+    return n * hidden_size * 2 // 8 + n * 16
 
 
 def fingerprint_budget_bytes(n_parameters: int) -> int:
@@ -87,6 +107,11 @@ class Fingerprint:
     chat_template_sha256 : str | None
     levels : int
         0 for full precision, else the number of quantization levels of the stored profiles.
+    basis_tokens : list[str]
+        Token strings of the basis sketch (empty without one).
+    basis_rows : numpy.ndarray | None
+        ``(len(basis_tokens), hidden_size)`` rank profile over those tokens of each coordinate of
+        the row-standardized embedding rows (stored at :data:`BASIS_LEVELS` levels).
     """
 
     label: str
@@ -108,6 +133,8 @@ class Fingerprint:
     chat_template_family: str = "none"
     chat_template_sha256: str | None = None
     levels: int = 0
+    basis_tokens: list[str] = field(default_factory=list)
+    basis_rows: np.ndarray | None = None
 
     @property
     def n_layers(self) -> int:
@@ -120,10 +147,12 @@ class Fingerprint:
         return [dict(zip(roles, feats)) for roles, feats in zip(self.layer_roles, self.layer_features)]
 
     # ------------------------------------------------------------------ storage
-    def compact(self, *, max_bytes: int | None = None) -> "Fingerprint":
+    def compact(self, *, max_bytes: int | None = None, basis_sketch: bool = False) -> "Fingerprint":
         """A stored-size copy: 4-bit profiles and a token sample that fits ``max_bytes``.
 
         ``max_bytes`` defaults to :func:`fingerprint_budget_bytes` of ``n_parameters``.
+        ``basis_sketch`` adds the 2-bit basis sketch (:func:`basis_sketch_bytes`, on top of
+        ``max_bytes``); it needs an embedding sample of at least :func:`basis_sketch_tokens` rows.
         """
         budget = fingerprint_budget_bytes(self.n_parameters) if max_bytes is None else int(max_bytes)
         d = self.hidden_size
@@ -156,6 +185,16 @@ class Fingerprint:
             chat_template_sha256=self.chat_template_sha256,
             levels=STORED_LEVELS,
         )
+        if basis_sketch:
+            n_b = basis_sketch_tokens(d)
+            if self.embedding is None or len(self.tokens) < n_b:
+                raise WeightprintError(
+                    f"{self.label}: a basis sketch needs the embedding rows of {n_b} sample tokens, "
+                    f"the fingerprint has {0 if self.embedding is None else len(self.tokens)}"
+                )
+            out.basis_tokens = list(self.tokens[:n_b])
+            out.basis_rows = _quantize_profile(rank_transform(self.embedding[:n_b], axis=0), BASIS_LEVELS)
+            budget += basis_sketch_bytes(d)
         while len(out.tokens) > 8 and len(out.to_bytes()) > budget:
             n = int(len(out.tokens) * 0.85)
             out.tokens = out.tokens[:n]
@@ -180,6 +219,9 @@ class Fingerprint:
             put("embedding", self.embedding)
         if self.head is not None:
             put("head", self.head)
+        if self.basis_rows is not None:
+            arrays["basis_rows"] = (_pack(self.basis_rows, BASIS_LEVELS) if levels
+                                    else np.asarray(self.basis_rows, dtype=np.float32))
         if self.vocab_minhash is not None:
             arrays["vocab_minhash"] = self.vocab_minhash
         if self.merges_minhash is not None:
@@ -202,6 +244,8 @@ class Fingerprint:
             "chat_template_family": self.chat_template_family,
             "chat_template_sha256": self.chat_template_sha256,
             "levels": levels,
+            "basis_tokens": self.basis_tokens,
+            "basis_shape": None if self.basis_rows is None else list(self.basis_rows.shape),
         }
         buf = io.BytesIO()
         np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8), **arrays)
@@ -230,6 +274,12 @@ class Fingerprint:
         feats = [get(f"layer{i}", s) for i, s in enumerate(header["layer_shapes"])]
         descs = [arrays[f"desc{i}"].astype(np.float32) for i in range(len(feats))]
         glob = {k: get(f"global_{k}", [1, d])[0] for k in header["global_keys"]}
+        basis_shape = header.get("basis_shape")
+        basis_rows = None
+        if basis_shape is not None:
+            x = arrays["basis_rows"]
+            basis_rows = (_unpack(x, tuple(basis_shape), BASIS_LEVELS) if levels
+                          else x.astype(np.float32).reshape(basis_shape))
         return cls(
             label=header["label"],
             hidden_size=d,
@@ -250,6 +300,8 @@ class Fingerprint:
             chat_template_family=header["chat_template_family"],
             chat_template_sha256=header["chat_template_sha256"],
             levels=levels,
+            basis_tokens=list(header.get("basis_tokens") or []),
+            basis_rows=basis_rows,
         )
 
 
@@ -259,20 +311,35 @@ def _quantize_profile(x: np.ndarray, levels: int = STORED_LEVELS) -> np.ndarray:
     return ((b + 0.5) / levels).astype(np.float32)
 
 
+def _bits(levels: int) -> int:
+    if levels not in (4, 16):
+        raise WeightprintError(f"fingerprint: {levels} quantization levels are not supported (4 or 16)")
+    return 2 if levels == 4 else 4
+
+
 def _pack(x: np.ndarray, levels: int = STORED_LEVELS) -> np.ndarray:
+    """Bin indices of ``x`` in (0, 1), ``log2(levels)`` bits each, packed low bits first."""
+    bits = _bits(levels)
+    per = 8 // bits
     b = np.clip(np.floor(np.asarray(x, dtype=np.float32).reshape(-1) * levels), 0, levels - 1).astype(np.uint8)
-    if b.size % 2:
-        b = np.concatenate([b, np.zeros(1, np.uint8)])
-    return (b[0::2] | (b[1::2] << 4)).astype(np.uint8)
+    if b.size % per:
+        b = np.concatenate([b, np.zeros(per - b.size % per, np.uint8)])
+    b = b.reshape(-1, per)
+    out = np.zeros(b.shape[0], dtype=np.uint8)
+    for k in range(per):
+        out |= (b[:, k] << (bits * k)).astype(np.uint8)
+    return out
 
 
 def _unpack(p: np.ndarray, shape: tuple[int, ...], levels: int) -> np.ndarray:
+    bits = _bits(levels)
+    per = 8 // bits
     p = np.asarray(p, dtype=np.uint8)
-    b = np.empty(p.size * 2, dtype=np.uint8)
-    b[0::2] = p & 0x0F
-    b[1::2] = p >> 4
+    b = np.empty((p.size, per), dtype=np.uint8)
+    for k in range(per):
+        b[:, k] = (p >> (bits * k)) & (levels - 1)
     n = math.prod(shape)
-    return ((b[:n].astype(np.float32) + 0.5) / levels).reshape(shape)
+    return ((b.reshape(-1)[:n].astype(np.float32) + 0.5) / levels).reshape(shape)
 
 
 def sample_tokens(tokens: list[str], *, limit: int, among: set[str] | None = None) -> list[str]:

@@ -4,7 +4,9 @@
   :func:`weightprint.basis.recover_residual_map` recovers (signed permutation, rotation with
   folded norms), and the map it found;
 - :func:`recover_width` -- A's fingerprint restricted to the residual channels that a
-  width-pruned B kept.
+  width-pruned B kept;
+- :func:`map_from_sketch` -- the same as :func:`recover_basis` for a database search, where A
+  is only a stored fingerprint with a basis sketch (2-bit embedding rows of ``1.5 d`` tokens).
 
 Split out of ``compare.py``, which runs the tests on what these return.
 """
@@ -20,7 +22,7 @@ from weightprint.io.model import Model
 from weightprint.lineage.fingerprint import Fingerprint, build_fingerprint
 from weightprint.lineage.stats import correlation_matrix
 
-__all__ = ["WIDTH_MATCH_MIN_CORR", "recover_basis", "recover_width"]
+__all__ = ["SKETCH_MIN_CORR", "WIDTH_MATCH_MIN_CORR", "map_from_sketch", "recover_basis", "recover_width"]
 
 
 def recover_basis(ma: Model, mb: Model, fa: Fingerprint) -> tuple[Fingerprint | None, dict[str, Any] | None]:
@@ -50,6 +52,66 @@ def recover_basis(ma: Model, mb: Model, fa: Fingerprint) -> tuple[Fingerprint | 
         fb = build_fingerprint(rmap.mapped(mb), tokens=[], gains=rmap.gains_a if rmap.folded else None,
                                metadata=False)
     return fb, basis
+
+
+SKETCH_MIN_CORR = 0.3  # held-out median corr below which a sketch fit is taken as no map (H0: ~0)
+SKETCH_HELDOUT = 0.2  # share of the sketch tokens kept out of the fit
+SKETCH_SNAP = 0.5  # every column of the fitted map has an entry above this: taken as a signed permutation
+
+
+def map_from_sketch(ref: Fingerprint, suspect: Fingerprint, mb: Model) -> tuple[Fingerprint | None, dict[str, Any]]:
+    """B's fingerprint in the reference's residual basis, recovered from A's basis sketch.
+
+    ``suspect`` must hold B's row-standardized embedding rows of (some of) ``ref.basis_tokens``
+    (``build_fingerprint(mb, tokens=...)``). The map is orthogonal Procrustes between A's 2-bit
+    rank profiles and B's rows, column-centred, fitted on 80% of the shared sketch tokens; its
+    quality is the median over A's coordinates of the correlation, on the held-out 20%, between
+    A's profile and B's rows mapped into A's basis. Under H0 the fit explains nothing out of
+    sample (median correlation ~0); below :data:`SKETCH_MIN_CORR` no map is claimed. The map
+    decides only *where* the layer-feature test looks: its p-value is the recovered-basis test's,
+    calibrated like :func:`recover_basis`'s (``docs/lineage.md``).
+    """
+    from weightprint.basis import ResidualMap, _gains, _perm_matrix, _procrustes
+
+    d = ref.hidden_size
+    out: dict[str, Any] = {"kind": None, "method": "orthogonal Procrustes on the stored 2-bit basis sketch"}
+    if ref.basis_rows is None or suspect.embedding is None:
+        return None, {**out, "not_recovered": "no basis sketch"}
+    index_b = {t: k for k, t in enumerate(suspect.tokens)}
+    pairs = [(k, index_b[t]) for k, t in enumerate(ref.basis_tokens) if t in index_b]
+    n_held = max(1, int(len(pairs) * SKETCH_HELDOUT))
+    if len(pairs) - n_held < d:
+        return None, {**out, "not_recovered": f"{len(pairs)} shared sketch tokens: too few to fit a {d} x {d} map"}
+    ia, ib = (np.array(x) for x in zip(*pairs))
+    qa = ref.basis_rows[ia].astype(np.float64) - 0.5
+    zb = suspect.embedding[ib].astype(np.float64)
+    n_fit = len(pairs) - n_held
+    zb = zb - zb[:n_fit].mean(axis=0)
+    r = _procrustes(qa[:n_fit].T @ zb[:n_fit])  # zb ~ qa R: rows of B are A's rows times R
+    kind = "orthogonal"
+    col = np.arange(d)
+    best = np.abs(r).argmax(axis=0)
+    if np.unique(best).size == d and np.abs(r[best, col]).min() > SKETCH_SNAP:
+        # every coordinate of B has one partner in A: the map is a signed permutation, exactly
+        signs = np.sign(r[best, col])
+        r = _perm_matrix(best, signs.astype(np.float32))
+        kind = "permutation" if np.all(signs > 0) else "signed permutation"
+    mapped = zb[n_fit:] @ r.T
+    x = qa[n_fit:] - qa[n_fit:].mean(axis=0)
+    y = mapped - mapped.mean(axis=0)
+    den = np.sqrt((x * x).sum(axis=0) * (y * y).sum(axis=0))
+    corr = np.where(den > 0, (x * y).sum(axis=0) / np.where(den > 0, den, 1.0), 0.0)
+    quality = float(np.median(corr))
+    out.update({"fit_corr": quality, "n_fit": int(n_fit), "n_heldout": int(n_held)})
+    if not quality >= SKETCH_MIN_CORR:
+        out["not_recovered"] = f"the sketch fit explains nothing held out (median corr {quality:.2f} < {SKETCH_MIN_CORR})"
+        return None, out
+    out["kind"] = kind
+    out["folded_norms"] = kind == "orthogonal"
+    rmap = ResidualMap(kind, r, None, None, 1.0, float("nan"), float("nan"), int(n_fit), int(n_held), d,
+                       {}, _gains(mb, d), frozenset(mb.tensor_names()))
+    fb = build_fingerprint(_RotatedBack(mb, rmap), tokens=[], norm_features=False, metadata=False)
+    return fb, out
 
 
 WIDTH_MATCH_MIN_CORR = 0.5  # median |corr| of matched embedding columns below which no injection is claimed

@@ -1,7 +1,7 @@
 """Function-preserving changes of residual basis, as a thief applies them for free.
 
-Three transforms of a decoder-only RMSNorm transformer (llama family) leave what it computes
-unchanged (up to float rounding):
+Transforms of a decoder-only RMSNorm transformer (llama family) that leave what it computes
+unchanged (up to float rounding). Of the residual basis:
 
 - **sign flip**: every residual coordinate times -1 (embedding, readers' input columns,
   writers' output rows);
@@ -14,6 +14,13 @@ unchanged (up to float rounding):
 time), so a transformed copy can be written by ``convert`` (GGUF of any type) or
 ``write_hf_dir``. :func:`transformed` builds and caches one on disk. The inverse map is what
 :func:`weightprint.basis.recover_residual_map` recovers.
+
+And inside each block, :func:`block_symmetries` (:class:`BlockSymmetries`): every MLP hidden unit's
+``up`` row times ``c_u`` and its ``down`` column over ``c_u`` (SwiGLU is linear in ``up``);
+each KV head's values times an invertible ``M_h`` and the output columns of its query heads
+times ``M_h^-1``; each rotary frequency pair of a KV head's keys times ``Rot(theta) / c`` and of
+its query heads times ``c Rot(theta)`` (a rotation-scaling of the pair commutes with RoPE and
+``q^T k`` is unchanged). These change the column norms the lineage features are made of.
 """
 
 from __future__ import annotations
@@ -35,7 +42,16 @@ from weightprint.errors import WeightprintError
 from weightprint.io.model import Model, TensorInfo
 from weightprint.io.names import EMBED_NAME, FINAL_NORM_NAME, HEAD_NAME, NORM_SHIFT_ARCHITECTURES
 
-__all__ = ["KINDS", "ModelView", "TransformedModel", "random_orthogonal", "residual_transform", "transformed"]
+__all__ = [
+    "KINDS",
+    "BlockSymmetries",
+    "ModelView",
+    "TransformedModel",
+    "block_symmetries",
+    "random_orthogonal",
+    "residual_transform",
+    "transformed",
+]
 
 KINDS = ("sign_flip", "permute", "rotate")
 
@@ -174,6 +190,84 @@ class TransformedModel(ModelView):
         else:
             y = x
         return np.asarray(y, dtype=dtype)
+
+
+class BlockSymmetries(ModelView):
+    """``inner`` with the function-preserving changes inside each block (see the module docstring).
+
+    ``spread`` bounds the factors: MLP unit scales in ``[1/(2 spread), 2 spread]``, singular
+    values of ``M_h`` and the rotary-pair scales in ``[1/spread, spread]`` (log-uniform).
+    Canonical HF layout (rotary pairs ``(i, i + head_dim/2)``); grouped-query heads share their
+    KV head's transforms.
+    """
+
+    def __init__(self, inner: Model, *, seed: int = 0, spread: float = 2.0,
+                 mlp: bool = True, values: bool = True, rotary: bool = True) -> None:
+        super().__init__(inner)
+        c = self.config
+        self.n_heads = int(c["num_attention_heads"])
+        self.n_kv = int(c.get("num_key_value_heads") or self.n_heads)
+        self.head_dim = int(c.get("head_dim") or int(c["hidden_size"]) // self.n_heads)
+        self.seed, self.spread = int(seed), float(spread)
+        self.mlp, self.vo, self.qk = mlp, values, rotary
+
+    def _rng(self, layer: int, what: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, layer, what])
+
+    def _mixers(self, layer: int) -> list[np.ndarray]:
+        r, hd, lo = self._rng(layer, 2), self.head_dim, np.log(self.spread)
+        out = []
+        for _ in range(self.n_kv):
+            u, _ = np.linalg.qr(r.standard_normal((hd, hd)))
+            v, _ = np.linalg.qr(r.standard_normal((hd, hd)))
+            out.append(u @ np.diag(np.exp(r.uniform(-lo, lo, hd))) @ v.T)
+        return out
+
+    def values(self, name: str, x: np.ndarray) -> np.ndarray:
+        from weightprint.io.names import split_layer
+
+        parts = split_layer(name)
+        if parts is None or np.ndim(x) != 2:
+            return x
+        layer, role = parts[1], parts[2]
+        x = np.asarray(x, dtype=np.float64)
+        hd, group = self.head_dim, self.n_heads // self.n_kv
+        if self.mlp and role in ("mlp.up_proj.weight", "mlp.down_proj.weight"):
+            lo = np.log(2 * self.spread)
+            units = x.shape[0] if role == "mlp.up_proj.weight" else x.shape[1]
+            c = np.exp(self._rng(layer, 1).uniform(-lo, lo, units))
+            return x * c[:, None] if role == "mlp.up_proj.weight" else x / c[None, :]
+        if self.vo and role in ("self_attn.v_proj.weight", "self_attn.o_proj.weight"):
+            mix = self._mixers(layer)
+            y = x.copy()
+            if role == "self_attn.v_proj.weight":
+                for h in range(self.n_kv):
+                    y[h * hd:(h + 1) * hd] = mix[h] @ x[h * hd:(h + 1) * hd]
+            else:
+                inv = [np.linalg.inv(m) for m in mix]
+                for q in range(self.n_heads):
+                    y[:, q * hd:(q + 1) * hd] = x[:, q * hd:(q + 1) * hd] @ inv[q // group]
+            return y
+        if self.qk and role in ("self_attn.q_proj.weight", "self_attn.k_proj.weight"):
+            r, half, lo = self._rng(layer, 3), hd // 2, np.log(self.spread)
+            scale = np.exp(r.uniform(-lo, lo, (self.n_kv, half)))
+            theta = r.uniform(-np.pi, np.pi, (self.n_kv, half))
+            query = role == "self_attn.q_proj.weight"
+            y = x.copy()
+            for h in range(self.n_heads if query else self.n_kv):
+                kv = h // group if query else h
+                c = (scale[kv] if query else 1.0 / scale[kv])[:, None]
+                co, si = np.cos(theta[kv])[:, None], np.sin(theta[kv])[:, None]
+                a, b = x[h * hd:h * hd + half], x[h * hd + half:(h + 1) * hd]
+                y[h * hd:h * hd + half] = c * (co * a - si * b)
+                y[h * hd + half:(h + 1) * hd] = c * (si * a + co * b)
+            return y
+        return x
+
+
+def block_symmetries(model: Model, seed: int = 0, **kwargs: Any) -> BlockSymmetries:
+    """``model`` with MLP unit scaling, V/O per-head mixing and Q/K rotary-pair scaling (lazy)."""
+    return BlockSymmetries(model, seed=seed, **kwargs)
 
 
 def residual_transform(model: Model, kind: str, seed: int = 0) -> TransformedModel:
