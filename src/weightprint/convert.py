@@ -76,22 +76,60 @@ class ConvertResult:
         }
 
 
+def gguf_tensor_groups(model: Model) -> list[tuple[str, tuple[int, ...], list[str]]]:
+    """The tensors of a GGUF written from ``model``: ``(GGUF name, shape, canonical names)``.
+
+    One canonical tensor each, except a mixture of experts' per-expert tensors, which llama.cpp
+    stacks into one 3-D tensor per layer and role (:func:`weightprint.io.names.expert_stack_of`):
+    their group lists the experts in order and the shape is ``(n_expert, rows, cols)``.
+
+    Raises
+    ------
+    ShapeMismatchError
+        Experts of one stack with different shapes, or missing expert indices.
+    """
+    from weightprint.errors import ShapeMismatchError
+    from weightprint.io.names import expert_stack_of, hf_to_gguf_name
+
+    arch = model.architecture
+    groups: dict[str, list[tuple[int, str]]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for t in model.tensor_infos():
+        stack = expert_stack_of(t.name)
+        key, index = (hf_to_gguf_name(t.name, arch), 0) if stack is None else stack
+        members = groups.setdefault(key, [])
+        if stack is not None and members and shapes[key] != tuple(t.shape):
+            raise ShapeMismatchError(f"{model.path}: expert tensor `{t.name}` has shape {tuple(t.shape)}, "
+                                     f"its stack `{key}` {shapes[key]}")
+        shapes[key] = tuple(t.shape)
+        members.append((index, t.name))
+    out = []
+    for key, members in groups.items():
+        if expert_stack_of(members[0][1]) is None:
+            out.append((key, shapes[key], [members[0][1]]))
+            continue
+        members.sort()
+        if [i for i, _ in members] != list(range(len(members))):
+            raise ShapeMismatchError(f"{model.path}: experts of `{key}` are {[i for i, _ in members]}, "
+                                     f"not 0..{len(members) - 1}")
+        out.append((key, (len(members), *shapes[key]), [n for _, n in members]))
+    return out
+
+
 def plan_tensor_types(model: Model, file_type: FileType) -> dict[str, QType]:
     """The type llama.cpp would give each tensor of ``model`` for ``file_type`` (canonical names)."""
-    from weightprint.io.names import hf_to_gguf_name
     from weightprint.quant.mixes import choose_tensor_types
 
-    infos = model.tensor_infos()
-    arch = model.architecture
-    gguf_names = {t.name: hf_to_gguf_name(t.name, arch) for t in infos}
+    infos = {t.name: t for t in model.tensor_infos()}
+    groups = gguf_tensor_groups(model)
     # A GGUF source's un-quantized tensors keep their stored type, as in llama.cpp; other
     # sources write 1-D tensors as F32, as llama.cpp's converter does.
     tensors = [
-        (gguf_names[t.name], tuple(t.shape), t.qtype) if model.ggml_types else (gguf_names[t.name], tuple(t.shape))
-        for t in infos
+        (key, shape, infos[names[0]].qtype) if model.ggml_types else (key, shape)
+        for key, shape, names in groups
     ]
-    chosen = choose_tensor_types(arch, tensors, file_type, **model.geometry.mix_params())
-    return {t.name: QType(chosen[gguf_names[t.name]]) for t in infos}
+    chosen = choose_tensor_types(model.architecture, tensors, file_type, **model.geometry.mix_params())
+    return {name: QType(chosen[key]) for key, _, names in groups for name in names}
 
 
 def convert(
@@ -183,7 +221,7 @@ def _convert_to_gguf(
     progress: ProgressCallback,
 ) -> ConvertResult:
     from weightprint.io.gguf_writer import TensorSpec, write_gguf
-    from weightprint.io.names import hf_to_gguf_name, to_stored_layout
+    from weightprint.io.names import to_stored_layout
     from weightprint.io.safetensors_file import check_representable
     from weightprint.quant import quantize
 
@@ -193,16 +231,16 @@ def _convert_to_gguf(
                                f"config.json `num_hidden_layers`), needed to choose tensor types")
     plan = plan_tensor_types(model, file_type)
     infos = {t.name: t for t in model.tensor_infos()}
-    specs = [TensorSpec(hf_to_gguf_name(name, arch), tuple(infos[name].shape), plan[name]) for name in infos]
-    by_stored = {s.stored_name: name for s, name in zip(specs, infos)}
+    groups = gguf_tensor_groups(model)
+    specs = [TensorSpec(key, shape, plan[names[0]]) for key, shape, names in groups]
+    members = {key: names for key, _, names in groups}
     metadata, types = _gguf_metadata(model, file_type)
     result = ConvertResult(str(model.path), str(out), "gguf", file_type.name)
-    total = len(specs)
+    total = len(infos)
 
-    def data(spec: TensorSpec) -> np.ndarray:
-        name = by_stored[spec.stored_name]
+    def one(name: str, qtype: QType) -> np.ndarray:
         info = infos[name]
-        if transform is None and model.ggml_types and info.qtype == spec.qtype:
+        if transform is None and model.ggml_types and info.qtype == qtype:
             result.copied_tensors += 1
             out_bytes = np.array(model.raw(name)).view(np.uint8)
             model.release(name)
@@ -210,7 +248,7 @@ def _convert_to_gguf(
             values = model.tensor(name, np.float32)
             keyed = None
             if transform is not None:
-                got = transform(name, values, spec.qtype)
+                got = transform(name, values, qtype)
                 if isinstance(got, KeyedRounding):
                     keyed = got
                     got = got.values
@@ -219,20 +257,27 @@ def _convert_to_gguf(
                     raise WeightprintError(
                         f"tensor transform changed the shape of `{name}` from {info.shape} to {values.shape}"
                     )
-            if spec.qtype in (QType.F16, QType.BF16):
-                check_representable(name, values, spec.qtype.name)  # as --to hf: never a silent infinity
+            if qtype in (QType.F16, QType.BF16):
+                check_representable(name, values, qtype.name)  # as --to hf: never a silent infinity
             stored = to_stored_layout(name, values, arch, model.config)
             rows = stored.reshape(-1, stored.shape[-1]) if stored.ndim > 1 else stored.reshape(1, -1)
             if keyed is None:
-                out_bytes = quantize(rows, spec.qtype, name=name)
+                out_bytes = quantize(rows, qtype, name=name)
             else:
                 dirs = to_stored_layout(name, np.asarray(keyed.rounding, dtype=np.int8), arch, model.config)
-                out_bytes = quantize(rows, spec.qtype, name=name, rounding=dirs.reshape(rows.shape),
+                out_bytes = quantize(rows, qtype, name=name, rounding=dirs.reshape(rows.shape),
                                      delta=keyed.delta)
         result.n_parameters += info.n_elements
         progress(result.n_tensors + 1, total, name)
         result.n_tensors += 1
         return out_bytes
+
+    def data(spec: TensorSpec) -> np.ndarray:
+        names = members[spec.stored_name]
+        if len(names) == 1 and len(spec.shape) == len(infos[names[0]].shape):
+            return one(names[0], spec.qtype)
+        # stacked experts: each expert's rows, one after the other
+        return np.concatenate([np.asarray(one(n, spec.qtype)).reshape(-1).view(np.uint8) for n in names])
 
     write_gguf(out, metadata=metadata, metadata_types=types, tensors=specs, data=data)
     result.tensor_types = {name: plan[name].name for name in infos}

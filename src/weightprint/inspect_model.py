@@ -33,6 +33,8 @@ class InspectResult:
         Per storage type: tensor count, elements and bytes.
     context_length : int | None
     n_layers, hidden_size : int | None
+    n_experts : int
+        Experts per MoE layer (0 for a dense model); ``n_tensors`` counts each expert's tensors.
     tokenizer_model : str | None
         ``gpt2`` (byte-level BPE), ``llama`` (SentencePiece)...
     vocab_size : int | None
@@ -64,6 +66,7 @@ class InspectResult:
     file_type: str | None = None
     file_bytes: int = 0
     file_sha256: str | None = None
+    n_experts: int = 0
 
     def facts(self) -> list[tuple[str, str]]:
         """The summary as ``(label, text)`` rows, for tables and reports."""
@@ -76,6 +79,8 @@ class InspectResult:
             ("tensors", str(self.n_tensors)),
             ("file type", self.file_type or "-"),
             ("layers / hidden", f"{self.n_layers} / {self.hidden_size}"),
+            *([("experts", f"{self.n_experts} per layer")]
+              if self.n_experts > 1 else []),
             ("context length", str(self.context_length)),
             ("tokenizer", f"{self.tokenizer_model} (pre={self.tokenizer_pre}), vocab {self.vocab_size}"),
             ("vocab sha256", self.tokenizer_sha256 or "-"),
@@ -165,6 +170,7 @@ def _inspect(path: str | Path | Model, sha256: bool) -> InspectResult:
             chat_template_sha256=template_sha256(model.chat_template),
             file_type=file_type,
             file_bytes=sum(f.stat().st_size for f in files),
+            n_experts=int(geo.n_experts or 0),
         )
         if sha256:
             result.file_sha256 = file_sha256(p) if p.is_file() else None

@@ -47,7 +47,13 @@ from weightprint.io.limits import (
     shape_fits,
 )
 from weightprint.io.model import STORED_DTYPES, Model, TensorInfo, TokenizerInfo, dequantize_raw
-from weightprint.io.names import from_stored_layout, gguf_to_hf_name, layout_config_from_gguf, needs_layout_change
+from weightprint.io.names import (
+    expert_names,
+    from_stored_layout,
+    gguf_to_hf_name,
+    layout_config_from_gguf,
+    needs_layout_change,
+)
 
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
@@ -525,13 +531,21 @@ class GGUFModel(Model):
                     f"tensor `{name}` data [{start}, {start + nbytes}) runs past end of file "
                     f"({self.file_size} bytes)"
                 )
-            hf_name = gguf_to_hf_name(name, self.architecture)
-            if hf_name in by_name:
-                raise p.fail(f"tensors `{by_name[hf_name].stored_name}` and `{name}` both map to `{hf_name}`")
-            info = TensorInfo(name=hf_name, stored_name=name, shape=shape, qtype=qtype,
-                              offset=start, nbytes=nbytes, file=self.path)
-            infos.append(info)
-            by_name[hf_name] = info
+            experts = expert_names(name, shape[0]) if len(shape) == 3 else None
+            if experts is not None:
+                # one stacked tensor of n_expert experts: each a contiguous run of its rows
+                step = nbytes // shape[0]
+                parts = [TensorInfo(name=hf, stored_name=f"{name}[{e}]", shape=shape[1:], qtype=qtype,
+                                    offset=start + e * step, nbytes=step, file=self.path)
+                         for e, hf in enumerate(experts)]
+            else:
+                parts = [TensorInfo(name=gguf_to_hf_name(name, self.architecture), stored_name=name, shape=shape,
+                                    qtype=qtype, offset=start, nbytes=nbytes, file=self.path)]
+            for info in parts:
+                if info.name in by_name:
+                    raise p.fail(f"tensors `{by_name[info.name].stored_name}` and `{name}` both map to `{info.name}`")
+                infos.append(info)
+                by_name[info.name] = info
         _check_no_overlap(infos, p)
         self._infos = infos
         self._by_name = by_name

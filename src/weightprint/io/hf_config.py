@@ -20,7 +20,17 @@ from gguf import GGUFValueType
 
 from weightprint.errors import MissingTokenizerError, ModelFormatError, WeightprintError
 from weightprint.io.model import TokenizerInfo
-from weightprint.io.values import MAX_CONTEXT, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, Values, check_heads, describe
+from weightprint.io.values import (
+    MAX_CONTEXT,
+    MAX_EXPERTS,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    Values,
+    check_heads,
+    describe,
+)
 
 __all__ = [
     "HF_TO_GGUF_ARCH",
@@ -34,6 +44,7 @@ __all__ = [
 HF_TO_GGUF_ARCH: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",  # llama.cpp converts Mistral checkpoints to the llama arch
+    "MixtralForCausalLM": "llama",  # ... and Mixtral's, with `llama.expert_count`
     "Qwen2ForCausalLM": "qwen2",
     "Gemma3ForCausalLM": "gemma3",
     "Gemma3ForConditionalGeneration": "gemma3",
@@ -42,6 +53,7 @@ HF_TO_GGUF_ARCH: dict[str, str] = {
 _HF_ARCH_NAME: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
+    "MixtralForCausalLM": "llama",  # a llama whose MLPs are mixtures of experts (as llama.cpp has it)
     "Qwen2ForCausalLM": "qwen2",
     "Gemma3ForCausalLM": "gemma3",
     "Gemma3ForConditionalGeneration": "gemma3",
@@ -66,7 +78,8 @@ def architecture_from_hf(config: dict[str, Any]) -> str:
     model_type = config.get("model_type")
     if not isinstance(model_type, str):
         return "unknown"
-    return {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "gemma3_text": "gemma3", "gemma3": "gemma3"}.get(
+    return {"llama": "llama", "mistral": "mistral", "mixtral": "llama", "qwen2": "qwen2", "gemma3_text": "gemma3",
+            "gemma3": "gemma3"}.get(
         model_type, "unknown"
     )
 
@@ -175,7 +188,13 @@ def hf_config_from_gguf(metadata: dict[str, Any], *, tie_word_embeddings: bool |
         config["rope_parameters"] = {"rope_type": "default", "rope_theta": rope_theta, **(rope_scaling or {})}
         if rope_scaling:
             config["rope_scaling"] = rope_scaling
-        if arch == "llama":
+        n_expert = v.int("expert_count", lo=0, hi=MAX_EXPERTS) or 0
+        if arch == "llama" and n_expert > 1:
+            # llama.cpp's llama with experts is Mixtral
+            config.update(architectures=["MixtralForCausalLM"], model_type="mixtral", num_local_experts=n_expert,
+                          num_experts_per_tok=v.int("expert_used_count", lo=1, hi=n_expert, default=2),
+                          router_aux_loss_coef=0.02, output_router_logits=False, sliding_window=None)
+        elif arch == "llama":
             config.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
         elif arch == "mistral":
             window = v.int("attention.sliding_window", lo=0, hi=MAX_CONTEXT)
@@ -362,6 +381,10 @@ def gguf_metadata_from_hf(
             put(f"{a}.attention.value_length", head_dim, U32)
         if c.has("vocab_size"):
             put(f"{a}.vocab_size", c.int("vocab_size", lo=1, hi=MAX_VOCAB), U32)
+        n_expert = c.int("num_local_experts", lo=0, hi=MAX_EXPERTS) or 0
+        if n_expert > 1:  # Mixtral: convert_hf_to_gguf's add_expert_count / add_expert_used_count
+            put(f"{a}.expert_count", n_expert, U32)
+            put(f"{a}.expert_used_count", c.int("num_experts_per_tok", lo=1, hi=n_expert, required=need), U32)
         scaling = _rope_scaling(config, label=label)
     if scaling and scaling.get("type") in ("linear", "yarn") and scaling.get("factor"):
         put(f"{a}.rope.scaling.type", scaling["type"], STR)

@@ -78,8 +78,10 @@ _BLOCK_COMMON: dict[str, str] = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-# One norm between attention and MLP (llama, mistral, qwen2, qwen3, gemma 1).
-_BLOCK_LLAMA: dict[str, str] = {**_BLOCK_COMMON, "ffn_norm": "post_attention_layernorm"}
+# One norm between attention and MLP (llama, mistral, qwen2, qwen3, gemma 1); llama.cpp stores
+# Mixtral as ``llama`` with ``expert_count``: its router is ``ffn_gate_inp`` (experts: below).
+_BLOCK_LLAMA: dict[str, str] = {**_BLOCK_COMMON, "ffn_norm": "post_attention_layernorm",
+                                "ffn_gate_inp": "block_sparse_moe.gate"}
 # Gemma 2/3 "sandwich" norms: after attention, before and after the MLP.
 _BLOCK_GEMMA2: dict[str, str] = {
     **_BLOCK_COMMON,
@@ -186,6 +188,48 @@ def hf_to_gguf_name(hf_name: str, arch: str) -> str:
         return hf_name
     gg = _GLOBAL_HF_TO_GGUF.get(base)
     return hf_name if gg is None else gg + suffix
+
+
+# --------------------------------------------------------------------------- experts
+
+# llama.cpp stacks a layer's experts into one 3-D tensor ``blk.N.ffn_{gate,up,down}_exps.weight``
+# of numpy shape ``(n_expert, rows, cols)``; Mixtral's checkpoints keep one 2-D tensor per expert,
+# ``model.layers.N.block_sparse_moe.experts.E.w{1,3,2}.weight`` (w1 = gate, w3 = up, w2 = down).
+# Each expert is a contiguous run of rows of the stacked tensor, so a reader exposes the experts
+# as views and a writer stacks their quantized bytes.
+EXPERT_STACKS: dict[str, str] = {"ffn_gate_exps": "w1", "ffn_up_exps": "w3", "ffn_down_exps": "w2"}
+_EXPERT_HF_RE = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w1|w2|w3)\.weight$")
+_EXPERT_GGUF_RE = re.compile(r"^blk\.(\d+)\.(ffn_gate_exps|ffn_up_exps|ffn_down_exps)\.weight$")
+_STACK_OF = {hf: gg for gg, hf in EXPERT_STACKS.items()}
+
+
+def expert_stack_of(hf_name: str) -> tuple[str, int] | None:
+    """``(stacked GGUF name, expert index)`` of one expert's tensor, or None for other names.
+
+    Examples
+    --------
+    >>> expert_stack_of("model.layers.2.block_sparse_moe.experts.5.w2.weight")
+    ('blk.2.ffn_down_exps.weight', 5)
+    """
+    m = _EXPERT_HF_RE.match(hf_name)
+    if m is None:
+        return None
+    return f"blk.{m.group(1)}.{_STACK_OF[m.group(3)]}.weight", int(m.group(2))
+
+
+def expert_names(gguf_name: str, n_expert: int) -> list[str] | None:
+    """The per-expert Hugging Face names of a stacked GGUF expert tensor, or None for other names.
+
+    Examples
+    --------
+    >>> expert_names("blk.0.ffn_gate_exps.weight", 2)
+    ['model.layers.0.block_sparse_moe.experts.0.w1.weight', 'model.layers.0.block_sparse_moe.experts.1.w1.weight']
+    """
+    m = _EXPERT_GGUF_RE.match(gguf_name)
+    if m is None:
+        return None
+    layer, part = m.group(1), EXPERT_STACKS[m.group(2)]
+    return [f"model.layers.{layer}.block_sparse_moe.experts.{e}.{part}.weight" for e in range(n_expert)]
 
 
 # --------------------------------------------------------------------------- layout
