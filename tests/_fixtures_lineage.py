@@ -271,6 +271,85 @@ def drop_layer(t: dict[str, np.ndarray], layer: int) -> dict[str, np.ndarray]:
     return out
 
 
+class DepthPrunedView(Model):
+    """A lazy view of a real model without the decoder layers ``drop`` (the others renumbered)."""
+
+    def __init__(self, inner: Model, drop: set[int]) -> None:
+        self.inner = inner
+        self.path, self.format, self.architecture = Path(f"{inner.path}-minus{len(drop)}"), inner.format, inner.architecture
+        self.metadata, self.tokenizer, self.chat_template = inner.metadata, inner.tokenizer, inner.chat_template
+        n = int((inner.config or {})["num_hidden_layers"])
+        kept = [i for i in range(n) if i not in drop]
+        new = {old: k for k, old in enumerate(kept)}
+        self.config = {**(inner.config or {}), "num_hidden_layers": len(kept)}
+        self._src: dict[str, str] = {}
+        self._infos = []
+        for i in inner.tensor_infos():
+            m = re.search(r"layers\.(\d+)\.", i.name)
+            if m and int(m.group(1)) in drop:
+                continue
+            name = i.name if not m else i.name.replace(f"layers.{m.group(1)}.", f"layers.{new[int(m.group(1))]}.")
+            self._src[name] = i.name
+            self._infos.append(TensorInfo(name, name, tuple(i.shape), QType.F32, 0, i.n_elements * 4, None))
+        self._by = {i.name: i for i in self._infos}
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return list(self._infos)
+
+    def info(self, name: str) -> TensorInfo:
+        if name not in self._by:
+            raise TensorNotFound(f"{self.path}: no tensor `{name}`")
+        return self._by[name]
+
+    def raw(self, name: str) -> np.ndarray:
+        raise NotImplementedError("a depth-pruned view has no stored bytes")
+
+    def tensor(self, name: str, dtype=np.float32) -> np.ndarray:
+        return np.asarray(self.inner.tensor(self._src[name]), dtype=dtype)
+
+    def release(self, name: str) -> None:
+        self.inner.release(self._src[name])
+
+    def close(self) -> None:
+        pass
+
+
+class UntiedView(Model):
+    """A lazy view of a tied model with its output head untied (``lm_head`` = a copy of the embedding)."""
+
+    def __init__(self, inner: Model) -> None:
+        self.inner = inner
+        self.path, self.format, self.architecture = Path(f"{inner.path}-untied"), inner.format, inner.architecture
+        self.metadata, self.tokenizer, self.chat_template = inner.metadata, inner.tokenizer, inner.chat_template
+        self.config = {**(inner.config or {}), "tie_word_embeddings": False}
+        e = inner.info("model.embed_tokens.weight")
+        self._infos = [*inner.tensor_infos(), TensorInfo("lm_head.weight", "lm_head.weight", tuple(e.shape),
+                                                         QType.F32, 0, e.n_elements * 4, None)]
+        self._by = {i.name: i for i in self._infos}
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return list(self._infos)
+
+    def info(self, name: str) -> TensorInfo:
+        if name not in self._by:
+            raise TensorNotFound(f"{self.path}: no tensor `{name}`")
+        return self._by[name]
+
+    def raw(self, name: str) -> np.ndarray:
+        raise NotImplementedError("an untied view has no stored bytes")
+
+    def tensor(self, name: str, dtype=np.float32) -> np.ndarray:
+        src = "model.embed_tokens.weight" if name == "lm_head.weight" else name
+        return np.asarray(self.inner.tensor(src), dtype=dtype)
+
+    def release(self, name: str) -> None:
+        if name != "lm_head.weight":
+            self.inner.release(name)
+
+    def close(self) -> None:
+        pass
+
+
 TransformFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 

@@ -89,6 +89,7 @@ def test_smollm2_under_a_change_of_residual_basis_is_derived(name, kind, words, 
     assert r.log10_pvalue < -8
     assert r.basis["kind"] == kind
     assert words in r.reason
+    assert r.basis_free["token_gram_corr"] > 0.99  # basis-free evidence agrees
     if kind == "sign flip":  # the identity-basis test decides alone; the signs name the map
         assert r.basis["skipped"] and r.basis["flipped_coordinates"] == r.basis["matched_coordinates"] > 500
     else:
@@ -127,6 +128,35 @@ def test_database_search_under_a_changed_basis_needs_the_sketch(tmp_path, smollm
         assert r.seconds < 30
         assert search_fingerprints(symmetry_derivatives[name], plain).verdict == "no evidence"
     assert search_fingerprints(gemma3, db).ranking[0].a == "Gemma-3-270M"
+
+
+@pytest.mark.parametrize("name", ["sign_flip+mlp_perm+q4_k_m", "residual_perm+mlp_perm+q8_0"])
+def test_smollm2_basis_change_with_an_untied_head_is_derived(name, smollm2, symmetry_derivatives):
+    """The sign flip and the residual permutation with the head untied too (the rotation's copy
+    always has one): the head is then a second token component."""
+    from _fixtures_lineage import UntiedView
+
+    with open_model(symmetry_derivatives[name]) as b:
+        r = compare_models(smollm2, UntiedView(b))
+    assert r.verdict == "derived" and r.log10_pvalue < -8, r.reason
+    assert r.basis["kind"] == {"sign_flip+mlp_perm+q4_k_m": "sign flip", "residual_perm+mlp_perm+q8_0": "permutation"}[name]
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_smollm2_depth_pruned_by_four_layers_is_derived(rotate, smollm2):
+    """Depth pruning: layers 3, 10, 17 and 24 dropped (30 -> 26), also after a residual rotation."""
+    from _fixtures_lineage import DepthPrunedView
+
+    from weightprint.testing.symmetry import residual_transform
+
+    drop = {3, 10, 17, 24}
+    with open_model(smollm2) as m:
+        b = DepthPrunedView(m, drop)
+        r = compare_models(m, residual_transform(b, "rotate", seed=5) if rotate else b)
+    assert r.verdict == "derived" and r.log10_pvalue < -8, r.reason
+    assert r.basis["kind"] == ("orthogonal" if rotate else "identity")
+    decider = next(c for c in r.components if c.name == ("recovered-basis" if rotate else "identity-basis"))
+    assert sorted(decider.evidence.get("unmatched_a", r.alignment["unmatched_a"])) == sorted(drop), decider.evidence
 
 
 def test_smollm2_width_pruned_to_512_is_derived(smollm2):
@@ -227,6 +257,7 @@ def test_smollm2_vs_gemma_is_not_derived(smollm2, gemma3):
     r = compare_models(smollm2, gemma3)
     assert r.verdict == "not comparable"
     assert "hidden sizes differ (576 vs 640)" in r.reason
+    assert 0.2 < r.basis_free["token_gram_corr"] < 0.5  # two real LMs share token similarities, not geometry
     assert r.tokenizer["vocab_jaccard"] < 0.5
     r2 = compare_models(gemma3, smollm2)  # the narrower one as suspect: the width-pruning check runs
     assert r2.verdict != "derived", r2.reason

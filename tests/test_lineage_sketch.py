@@ -90,10 +90,10 @@ def test_search_finds_a_rotated_copy_only_through_the_sketch(tiny_pair, tmp_path
     assert r.verdict == "derived"
     top, other = r.ranking
     assert top.a == "A" and top.log10_pvalue < -8, top.reason
-    assert top.basis["kind"] == "orthogonal" and top.basis["fit_corr"] > 0.6
+    assert top.basis["kind"] == "orthogonal" and top.basis["fit_corr"] > 0.6 and top.basis["token_gram_corr"] > 0.8
     assert "rotated" in top.reason and "basis sketch" in top.reason
-    # B (independent) is still tested in two ways, and its sketch fit explains nothing
-    assert other.verdict == "no evidence" and other.basis["fit_corr"] < 0.3
+    # B (independent) is still tested in two ways; its embedding geometry differs, so no map is fitted
+    assert other.verdict == "no evidence" and other.basis["token_gram_corr"] < 0.6 and "fit_corr" not in other.basis
     assert "Sidak" in other.combined.method and "recovered-basis" in other.combined.method
     r0 = search_fingerprints(suspect, plain)
     assert r0.verdict == "no evidence", r0.ranking[0].reason
@@ -113,6 +113,20 @@ def test_sketch_search_keeps_h0_pairs_quiet(tmp_path):
         assert r.verdict == "no evidence", r.ranking[0].reason
         ps.append(r.ranking[0].log10_pvalue)
     assert min(ps) > -3, ps
+
+
+def test_token_gram_correlation_is_basis_free():
+    from weightprint.lineage.stats import token_gram_correlation
+    from weightprint.testing.symmetry import random_orthogonal
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 32)) @ rng.standard_normal((32, 32))
+    rotated = 3.0 * x @ random_orthogonal(32, 1)
+    assert token_gram_correlation(x, rotated) == pytest.approx(1.0, abs=1e-12)
+    wider = np.concatenate([x, np.zeros((200, 8))], axis=1)  # width does not matter
+    assert token_gram_correlation(x, wider) == pytest.approx(1.0, abs=1e-12)
+    assert abs(token_gram_correlation(x, rng.standard_normal((200, 32)))) < 0.1
+    assert np.isnan(token_gram_correlation(x[:2], x[:2]))
 
 
 def test_block_symmetries_preserve_the_function(tiny_pair, tmp_path, llama_cpp_module):

@@ -35,11 +35,13 @@ from weightprint.lineage.features import hidden_size_of
 from weightprint.lineage.fingerprint import Fingerprint, build_fingerprint, sample_tokens
 from weightprint.lineage.recover import recover_basis as _recover, recover_width as _recover_width
 from weightprint.lineage.stats import (
+    GRAM_MAX_TOKENS,
     NULL_RESIDUAL_EXCHANGEABLE,
     assignment_test_sparse,
     correlation_matrix,
     rank_transform,
     threshold_entries,
+    token_gram_correlation,
 )
 from scipy import special
 
@@ -100,6 +102,11 @@ class LineageResult(VerdictResult):
         The recovered map from A's residual basis to B's (``kind``: identity, sign flip,
         permutation, signed permutation, orthogonal; ``fit_quality``; ``folded_norms``), empty
         when it could not be recovered (fingerprints, too few shared tokens).
+    basis_free : dict
+        Evidence that does not depend on the residual basis nor on the widths:
+        ``token_gram_corr``, the correlation of the two token Gram matrices over shared sample
+        tokens (:func:`~weightprint.lineage.stats.token_gram_correlation`). Not a test: no exact
+        null exists for it (``docs/lineage.md`` gives measured values).
     seconds : float
         Wall time of the comparison.
     """
@@ -118,6 +125,7 @@ class LineageResult(VerdictResult):
     alignment: dict[str, Any] = field(default_factory=dict)
     basis: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    basis_free: dict[str, Any] = field(default_factory=dict)
 
     @property
     def log10_pvalue(self) -> float:
@@ -155,6 +163,7 @@ class LineageResult(VerdictResult):
                 "layers": self.layers,
                 "alignment": self.alignment,
                 "basis": self.basis,
+                "basis_free": self.basis_free,
                 "seconds": self.seconds,
             }
         )
@@ -398,6 +407,21 @@ def _not_run(identity: TestResult, log10_pvalue: float, why: str) -> TestResult:
                       evidence={"not_run": why})
 
 
+def _basis_free(a: Fingerprint, b: Fingerprint) -> dict[str, Any]:
+    """The token Gram correlation over the shared sample tokens (both embedding samples needed)."""
+    if a.embedding is None or b.embedding is None:
+        return {}
+    index_b = {t: k for k, t in enumerate(b.tokens)}
+    pairs = [(k, index_b[t]) for k, t in enumerate(a.tokens) if t in index_b][:GRAM_MAX_TOKENS]
+    if len(pairs) < 16:
+        return {}
+    ia, ib = (np.array(x) for x in zip(*pairs))
+    value = token_gram_correlation(a.embedding[ia], b.embedding[ib])
+    return {"token_gram_corr": value, "n_tokens": len(pairs),
+            "method": "Pearson correlation of the two token Gram matrices X X^T (rows column-centred): unchanged by "
+                      "any orthogonal change of residual basis and by the widths; evidence, not a test"}
+
+
 def _basis_from_signs(done: LineageResult) -> dict[str, Any]:
     """The residual map when the recovery was skipped: identity up to the signs of the coordinates,
     as the embedding component of ``done`` (the identity-basis test, already run with its
@@ -485,7 +509,7 @@ def compare_fingerprints(
         "identical": a.chat_template_sha256 is not None and a.chat_template_sha256 == b.chat_template_sha256,
     }
     result = LineageResult(a=a.label, b=b.label, verdict="not comparable", reason="", combined=None, alpha=alpha,
-                           config=cfg, tokenizer=tok, chat_template=chat)
+                           config=cfg, tokenizer=tok, chat_template=chat, basis_free=_basis_free(a, b))
     context = _context_text(tok, chat)
     if a.hidden_size != b.hidden_size:
         result.basis = dict(basis or {})

@@ -20,9 +20,9 @@ import numpy as np
 from weightprint.basis import RowMapped
 from weightprint.io.model import Model
 from weightprint.lineage.fingerprint import Fingerprint, build_fingerprint
-from weightprint.lineage.stats import correlation_matrix
+from weightprint.lineage.stats import correlation_matrix, token_gram_correlation
 
-__all__ = ["SKETCH_MIN_CORR", "WIDTH_MATCH_MIN_CORR", "map_from_sketch", "recover_basis", "recover_width"]
+__all__ = ["SKETCH_MIN_CORR", "SKETCH_MIN_GRAM", "WIDTH_MATCH_MIN_CORR", "map_from_sketch", "recover_basis", "recover_width"]
 
 
 def recover_basis(ma: Model, mb: Model, fa: Fingerprint) -> tuple[Fingerprint | None, dict[str, Any] | None]:
@@ -55,6 +55,10 @@ def recover_basis(ma: Model, mb: Model, fa: Fingerprint) -> tuple[Fingerprint | 
 
 
 SKETCH_MIN_CORR = 0.3  # held-out median corr below which a sketch fit is taken as no map (H0: ~0)
+#: token Gram correlation (basis-free) below which no map is fitted at all: a copy under any change
+#: of basis measures 0.86 through the 2-bit sketch, SmolLM2 vs Gemma 3 0.32, independent tiny
+#: llamas at most 0.37 (the fit costs an SVD of d x d per reference; this gate costs nothing)
+SKETCH_MIN_GRAM = 0.6
 SKETCH_HELDOUT = 0.2  # share of the sketch tokens kept out of the fit
 SKETCH_SNAP = 0.5  # every column of the fitted map has an entry above this: taken as a signed permutation
 
@@ -67,7 +71,9 @@ def map_from_sketch(ref: Fingerprint, suspect: Fingerprint, mb: Model) -> tuple[
     rank profiles and B's rows, column-centred, fitted on 80% of the shared sketch tokens; its
     quality is the median over A's coordinates of the correlation, on the held-out 20%, between
     A's profile and B's rows mapped into A's basis. Under H0 the fit explains nothing out of
-    sample (median correlation ~0); below :data:`SKETCH_MIN_CORR` no map is claimed. The map
+    sample (median correlation ~0); below :data:`SKETCH_MIN_CORR` no map is claimed. Before any
+    fit, the basis-free token Gram correlation (:func:`token_gram_correlation`) must reach
+    :data:`SKETCH_MIN_GRAM`, which spares the SVD for unrelated references. The map
     decides only *where* the layer-feature test looks: its p-value is the recovered-basis test's,
     calibrated like :func:`recover_basis`'s (``docs/lineage.md``).
     """
@@ -85,6 +91,11 @@ def map_from_sketch(ref: Fingerprint, suspect: Fingerprint, mb: Model) -> tuple[
     ia, ib = (np.array(x) for x in zip(*pairs))
     qa = ref.basis_rows[ia].astype(np.float64) - 0.5
     zb = suspect.embedding[ib].astype(np.float64)
+    gram = token_gram_correlation(qa, zb)
+    out["token_gram_corr"] = gram
+    if not gram >= SKETCH_MIN_GRAM:
+        out["not_recovered"] = f"token Gram correlation {gram:.2f} < {SKETCH_MIN_GRAM}: no shared embedding geometry"
+        return None, out
     n_fit = len(pairs) - n_held
     zb = zb - zb[:n_fit].mean(axis=0)
     r = _procrustes(qa[:n_fit].T @ zb[:n_fit])  # zb ~ qa R: rows of B are A's rows times R
