@@ -271,27 +271,16 @@ def drop_layer(t: dict[str, np.ndarray], layer: int) -> dict[str, np.ndarray]:
     return out
 
 
-class DepthPrunedView(Model):
-    """A lazy view of a real model without the decoder layers ``drop`` (the others renumbered)."""
+class _ListedView(Model):
+    """A lazy view of ``inner`` whose tensors are listed in ``self._infos`` (F32, no stored bytes)."""
 
-    def __init__(self, inner: Model, drop: set[int]) -> None:
+    def __init__(self, inner: Model, path: Path, config: dict, infos: list[TensorInfo]) -> None:
         self.inner = inner
-        self.path, self.format, self.architecture = Path(f"{inner.path}-minus{len(drop)}"), inner.format, inner.architecture
+        self.path, self.format, self.architecture = path, inner.format, inner.architecture
         self.metadata, self.tokenizer, self.chat_template = inner.metadata, inner.tokenizer, inner.chat_template
-        n = int((inner.config or {})["num_hidden_layers"])
-        kept = [i for i in range(n) if i not in drop]
-        new = {old: k for k, old in enumerate(kept)}
-        self.config = {**(inner.config or {}), "num_hidden_layers": len(kept)}
-        self._src: dict[str, str] = {}
-        self._infos = []
-        for i in inner.tensor_infos():
-            m = re.search(r"layers\.(\d+)\.", i.name)
-            if m and int(m.group(1)) in drop:
-                continue
-            name = i.name if not m else i.name.replace(f"layers.{m.group(1)}.", f"layers.{new[int(m.group(1))]}.")
-            self._src[name] = i.name
-            self._infos.append(TensorInfo(name, name, tuple(i.shape), QType.F32, 0, i.n_elements * 4, None))
-        self._by = {i.name: i for i in self._infos}
+        self.config = config
+        self._infos = infos
+        self._by = {i.name: i for i in infos}
 
     def tensor_infos(self) -> list[TensorInfo]:
         return list(self._infos)
@@ -302,7 +291,33 @@ class DepthPrunedView(Model):
         return self._by[name]
 
     def raw(self, name: str) -> np.ndarray:
-        raise NotImplementedError("a depth-pruned view has no stored bytes")
+        raise NotImplementedError(f"{type(self).__name__} has no stored bytes")
+
+    def close(self) -> None:
+        pass
+
+
+def _f32_info(name: str, shape: tuple[int, ...]) -> TensorInfo:
+    return TensorInfo(name, name, tuple(shape), QType.F32, 0, int(np.prod(shape)) * 4, None)
+
+
+class DepthPrunedView(_ListedView):
+    """A lazy view of a real model without the decoder layers ``drop`` (the others renumbered)."""
+
+    def __init__(self, inner: Model, drop: set[int]) -> None:
+        n = int((inner.config or {})["num_hidden_layers"])
+        new = {old: k for k, old in enumerate(i for i in range(n) if i not in drop)}
+        self._src: dict[str, str] = {}
+        infos = []
+        for i in inner.tensor_infos():
+            m = re.search(r"layers\.(\d+)\.", i.name)
+            if m and int(m.group(1)) in drop:
+                continue
+            name = i.name if not m else i.name.replace(f"layers.{m.group(1)}.", f"layers.{new[int(m.group(1))]}.")
+            self._src[name] = i.name
+            infos.append(_f32_info(name, i.shape))
+        super().__init__(inner, Path(f"{inner.path}-minus{len(drop)}"),
+                         {**(inner.config or {}), "num_hidden_layers": len(new)}, infos)
 
     def tensor(self, name: str, dtype=np.float32) -> np.ndarray:
         return np.asarray(self.inner.tensor(self._src[name]), dtype=dtype)
@@ -310,33 +325,14 @@ class DepthPrunedView(Model):
     def release(self, name: str) -> None:
         self.inner.release(self._src[name])
 
-    def close(self) -> None:
-        pass
 
-
-class UntiedView(Model):
+class UntiedView(_ListedView):
     """A lazy view of a tied model with its output head untied (``lm_head`` = a copy of the embedding)."""
 
     def __init__(self, inner: Model) -> None:
-        self.inner = inner
-        self.path, self.format, self.architecture = Path(f"{inner.path}-untied"), inner.format, inner.architecture
-        self.metadata, self.tokenizer, self.chat_template = inner.metadata, inner.tokenizer, inner.chat_template
-        self.config = {**(inner.config or {}), "tie_word_embeddings": False}
         e = inner.info("model.embed_tokens.weight")
-        self._infos = [*inner.tensor_infos(), TensorInfo("lm_head.weight", "lm_head.weight", tuple(e.shape),
-                                                         QType.F32, 0, e.n_elements * 4, None)]
-        self._by = {i.name: i for i in self._infos}
-
-    def tensor_infos(self) -> list[TensorInfo]:
-        return list(self._infos)
-
-    def info(self, name: str) -> TensorInfo:
-        if name not in self._by:
-            raise TensorNotFound(f"{self.path}: no tensor `{name}`")
-        return self._by[name]
-
-    def raw(self, name: str) -> np.ndarray:
-        raise NotImplementedError("an untied view has no stored bytes")
+        super().__init__(inner, Path(f"{inner.path}-untied"), {**(inner.config or {}), "tie_word_embeddings": False},
+                         [*inner.tensor_infos(), _f32_info("lm_head.weight", e.shape)])
 
     def tensor(self, name: str, dtype=np.float32) -> np.ndarray:
         src = "model.embed_tokens.weight" if name == "lm_head.weight" else name
@@ -346,8 +342,42 @@ class UntiedView(Model):
         if name != "lm_head.weight":
             self.inner.release(name)
 
-    def close(self) -> None:
-        pass
+
+class StructurePrunedView(_ListedView):
+    """A lazy view of a real llama with MLP hidden units and whole KV-head groups pruned in every
+    layer (Minitron / Sheared-LLaMA-style structured pruning; the residual width is kept): the
+    ``mlp_keep`` units of gate/up (rows) and down (columns), the ``kv_keep`` KV heads with their
+    query heads (q/k/v rows, o_proj columns)."""
+
+    def __init__(self, inner: Model, mlp_keep: np.ndarray, kv_keep: np.ndarray) -> None:
+        c = dict(inner.config or {})
+        n_heads, n_kv = int(c["num_attention_heads"]), int(c.get("num_key_value_heads") or c["num_attention_heads"])
+        hd = int(c.get("head_dim") or int(c["hidden_size"]) // n_heads)
+        group = n_heads // n_kv
+        kv_keep = np.sort(np.asarray(kv_keep))
+        q_heads = np.concatenate([np.arange(k * group, (k + 1) * group) for k in kv_keep])
+        rows = lambda heads: np.concatenate([np.arange(h * hd, (h + 1) * hd) for h in heads])  # noqa: E731
+        self._rows = {"q_proj": rows(q_heads), "k_proj": rows(kv_keep), "v_proj": rows(kv_keep),
+                      "gate_proj": np.sort(mlp_keep), "up_proj": np.sort(mlp_keep)}
+        self._cols = {"o_proj": rows(q_heads), "down_proj": np.sort(mlp_keep)}
+        infos = [_f32_info(i.name, self._cut(i.name, np.empty(i.shape, np.uint8)).shape) for i in inner.tensor_infos()]
+        c.update(num_attention_heads=len(q_heads), num_key_value_heads=len(kv_keep), head_dim=hd,
+                 intermediate_size=int(len(mlp_keep)))
+        super().__init__(inner, Path(f"{inner.path}-pruned"), c, infos)
+
+    def _cut(self, name: str, x: np.ndarray) -> np.ndarray:
+        role = name.rsplit(".", 2)[-2] if name.endswith(".weight") else ""
+        if ".layers." in name and role in self._rows:
+            return x[self._rows[role]]
+        if ".layers." in name and role in self._cols:
+            return x[:, self._cols[role]]
+        return x
+
+    def tensor(self, name: str, dtype=np.float32) -> np.ndarray:
+        return np.ascontiguousarray(self._cut(name, self.inner.tensor(name))).astype(dtype, copy=False)
+
+    def release(self, name: str) -> None:
+        self.inner.release(name)
 
 
 TransformFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]

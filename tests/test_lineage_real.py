@@ -159,6 +159,28 @@ def test_smollm2_depth_pruned_by_four_layers_is_derived(rotate, smollm2):
     assert sorted(decider.evidence.get("unmatched_a", r.alignment["unmatched_a"])) == sorted(drop), decider.evidence
 
 
+@pytest.mark.parametrize("how", ["mlp+heads", "mlp+heads+rotation", "sheared"])
+def test_smollm2_structured_pruning_is_derived(how, smollm2):
+    """Minitron / Sheared-LLaMA-style compression: a third of the MLP units and one of three KV-head
+    groups pruned in every layer; then a residual rotation, or ("sheared") also 4 layers dropped and
+    the residual width cut to 512."""
+    from _fixtures_lineage import DepthPrunedView, StructurePrunedView, WidthPrunedView
+
+    from weightprint.testing.symmetry import residual_transform
+
+    rng = np.random.default_rng(0)
+    with open_model(smollm2) as m:
+        b = StructurePrunedView(m, rng.choice(1536, 1024, replace=False), [0, 2])
+        assert b.info("model.layers.0.self_attn.q_proj.weight").shape == (384, 576)
+        if how == "mlp+heads+rotation":
+            b = residual_transform(b, "rotate", seed=3)
+        elif how == "sheared":
+            b = WidthPrunedView(DepthPrunedView(b, {3, 10, 17, 24}), np.sort(rng.choice(576, 512, replace=False)))
+        r = compare_models(m, b)
+    assert r.verdict == "derived" and r.log10_pvalue < -8, r.reason
+    assert r.basis["kind"] == {"mlp+heads": "identity", "mlp+heads+rotation": "orthogonal", "sheared": "width pruned"}[how]
+
+
 def test_smollm2_width_pruned_to_512_is_derived(smollm2):
     """576 -> 512 residual channels, same tokenizer (issue 9: `not comparable` before)."""
     from _fixtures_lineage import WidthPrunedView
