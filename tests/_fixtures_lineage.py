@@ -301,23 +301,26 @@ def _f32_info(name: str, shape: tuple[int, ...]) -> TensorInfo:
     return TensorInfo(name, name, tuple(shape), QType.F32, 0, int(np.prod(shape)) * 4, None)
 
 
-class DepthPrunedView(_ListedView):
-    """A lazy view of a real model without the decoder layers ``drop`` (the others renumbered)."""
+class LayerStackView(_ListedView):
+    """A lazy view of a real model whose decoder layers are ``order``: source layer indices, which
+    may skip layers (depth pruning) or repeat them (SOLAR-style depth up-scaling, frankenmerges)."""
 
-    def __init__(self, inner: Model, drop: set[int]) -> None:
-        n = int((inner.config or {})["num_hidden_layers"])
-        new = {old: k for k, old in enumerate(i for i in range(n) if i not in drop)}
-        self._src: dict[str, str] = {}
-        infos = []
+    def __init__(self, inner: Model, order: list[int], label: str = "restacked") -> None:
+        by_layer: dict[int, list] = {}
+        others = []
         for i in inner.tensor_infos():
             m = re.search(r"layers\.(\d+)\.", i.name)
-            if m and int(m.group(1)) in drop:
-                continue
-            name = i.name if not m else i.name.replace(f"layers.{m.group(1)}.", f"layers.{new[int(m.group(1))]}.")
-            self._src[name] = i.name
-            infos.append(_f32_info(name, i.shape))
-        super().__init__(inner, Path(f"{inner.path}-minus{len(drop)}"),
-                         {**(inner.config or {}), "num_hidden_layers": len(new)}, infos)
+            (by_layer.setdefault(int(m.group(1)), []) if m else others).append(i)
+        self._src: dict[str, str] = {}
+        infos = [_f32_info(i.name, i.shape) for i in others]
+        self._src.update({i.name: i.name for i in others})
+        for k, src in enumerate(order):
+            for i in by_layer[src]:
+                name = i.name.replace(f"layers.{src}.", f"layers.{k}.")
+                self._src[name] = i.name
+                infos.append(_f32_info(name, i.shape))
+        super().__init__(inner, Path(f"{inner.path}-{label}"), {**(inner.config or {}), "num_hidden_layers": len(order)},
+                         infos)
 
     def tensor(self, name: str, dtype=np.float32) -> np.ndarray:
         return np.asarray(self.inner.tensor(self._src[name]), dtype=dtype)
@@ -325,6 +328,13 @@ class DepthPrunedView(_ListedView):
     def release(self, name: str) -> None:
         self.inner.release(self._src[name])
 
+
+class DepthPrunedView(LayerStackView):
+    """A lazy view of a real model without the decoder layers ``drop`` (the others renumbered)."""
+
+    def __init__(self, inner: Model, drop: set[int]) -> None:
+        n = int((inner.config or {})["num_hidden_layers"])
+        super().__init__(inner, [i for i in range(n) if i not in drop], label=f"minus{len(drop)}")
 
 class UntiedView(_ListedView):
     """A lazy view of a tied model with its output head untied (``lm_head`` = a copy of the embedding)."""

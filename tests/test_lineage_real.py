@@ -181,6 +181,22 @@ def test_smollm2_structured_pruning_is_derived(how, smollm2):
     assert r.basis["kind"] == {"mlp+heads": "identity", "mlp+heads+rotation": "orthogonal", "sheared": "width pruned"}[how]
 
 
+@pytest.mark.parametrize("rotate", [False, True])
+def test_smollm2_depth_upscaled_is_derived(rotate, smollm2):
+    """SOLAR-style depth up-scaling (layers 0-23 then 6-29: 48 layers, 18 of them twice), the
+    frankenmerge recipe no issue names; also after a residual rotation."""
+    from _fixtures_lineage import LayerStackView
+
+    from weightprint.testing.symmetry import residual_transform
+
+    with open_model(smollm2) as m:
+        b = LayerStackView(m, list(range(24)) + list(range(6, 30)), label="upscaled")
+        assert b.config["num_hidden_layers"] == 48
+        r = compare_models(m, residual_transform(b, "rotate", seed=2) if rotate else b)
+    assert r.verdict == "derived" and r.log10_pvalue < -8, r.reason
+    assert r.basis["kind"] == ("orthogonal" if rotate else "identity")
+
+
 def test_smollm2_width_pruned_to_512_is_derived(smollm2):
     """576 -> 512 residual channels, same tokenizer (issue 9: `not comparable` before)."""
     from _fixtures_lineage import WidthPrunedView
