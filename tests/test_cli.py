@@ -126,7 +126,9 @@ def test_lineage_compare_exit_codes(tiny_models: dict[str, Path], tmp_path: Path
     assert code == 1 and out.startswith("derived"), out
     html = (tmp_path / "l.html").read_text()
     assert "<svg" in html and "derived" in html
-    assert json.loads((tmp_path / "l.json").read_text())["sections"][0]["data"]["verdict"] == "derived"
+    assert "token Gram correlation (basis-free evidence, not a test)" in html
+    data = json.loads((tmp_path / "l.json").read_text())["sections"][0]["data"]
+    assert data["verdict"] == "derived" and data["basis_free"]["token_gram_corr"] > 0.99
     code, out, _ = _code("lineage", "compare", tiny_models["a"], tiny_models["b"], "--json")
     assert code == 0 and json.loads(out)["verdict"] != "derived"
     assert _code("lineage", "compare", tiny_models["a"], tmp_path / "missing.gguf")[0] == 2

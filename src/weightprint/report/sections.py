@@ -152,6 +152,13 @@ def lineage_section(result: LineageResult, heading: str | None = None) -> Sectio
     if chat:
         facts.append(("chat template", f"{chat.get('family_a')} vs {chat.get('family_b')}"
                       + (" (identical)" if chat.get("identical") else "")))
+    basis = result.basis or {}
+    if basis.get("kind"):
+        facts.append(("residual map (B in A's basis)", str(basis["kind"])))
+    gram = (result.basis_free or {}).get("token_gram_corr")
+    if isinstance(gram, float):
+        facts.append(("token Gram correlation (basis-free evidence, not a test)",
+                      f"{gram:.3f} over {result.basis_free.get('n_tokens')} shared tokens"))
     differ = (result.config or {}).get("differ", {})
     for k, v in list(differ.items())[:12]:
         facts.append((f"config {k}", f"{v[0]} vs {v[1]}"))
