@@ -97,6 +97,11 @@ def test_search_finds_a_rotated_copy_only_through_the_sketch(tiny_pair, tmp_path
     assert "Sidak" in other.combined.method and "recovered-basis" in other.combined.method
     r0 = search_fingerprints(suspect, plain)
     assert r0.verdict == "no evidence", r0.ranking[0].reason
+    # the same file again: already stored; asking for a sketch it was stored without is an error
+    fingerprint_model(suspect, plain, label="R")
+    assert fingerprint_model(suspect, plain, label="R").already_stored
+    with pytest.raises(WeightprintError, match="without a basis sketch"):
+        fingerprint_model(suspect, plain, label="R", basis_sketch=True)
 
 
 def test_sketch_search_keeps_h0_pairs_quiet(tmp_path):

@@ -334,6 +334,11 @@ def fingerprint_model(
         if row is not None:
             if sha is not None and row.source_sha256 == sha:
                 fp = Fingerprint.from_bytes(row.blob, source=f"{_redact(url)}:{name}")
+                if basis_sketch and fp.basis_rows is None:
+                    raise WeightprintError(
+                        f"fingerprint database {_redact(url)} holds `{name}` without a basis sketch",
+                        hint="store it again under another --label with --basis-sketch",
+                    )
                 return FingerprintResult(name, _redact(url), len(row.blob), fingerprint_budget_bytes(fp.n_parameters),
                                          fp.n_parameters, fp.hidden_size, fp.n_layers, len(fp.tokens), sha, True,
                                          time.perf_counter() - t0)
