@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_compare.py speed          # compare SmolLM2 Q4_1 vs its Q8_0, default suite
     .venv/bin/python bench/bench_compare.py calibrate      # every pair of the model zoo, both regimes
     .venv/bin/python bench/bench_compare.py likelihood     # the sampled regime's likelihood test over the zoo
+    .venv/bin/python bench/bench_compare.py power          # verdict vs fine-tune strength (10..200 steps)
 
 Calibration: the same-model test's null is "unrelated models" with mean prefix similarity at
 most c0. Over known-different pairs (SmolLM2 vs Gemma 3, real models vs independently
@@ -278,9 +279,52 @@ def likelihood(threads: int, n_samples: int, with_finetune: bool, sampled_prompt
             "models": {k: str(v[1]) for k, v in models.items()}}
 
 
+def _chat_corpus() -> str:
+    """The shipped training text as ChatML turns: "Continue this passage: <20 words>" -> the rest."""
+    import re
+
+    from weightprint.testing.corpus import training_text
+
+    out = []
+    for p in (p.strip() for p in re.split(r"\n\s*\n", training_text())):
+        words = p.split()
+        if len(words) > 40:
+            out.append(f"<|im_start|>user\nContinue this passage: {' '.join(words[:20])}<|im_end|>\n"
+                       f"<|im_start|>assistant\n{' '.join(words[20:])}<|im_end|>\n")
+    return "".join(out)
+
+
+def power(threads: int, sampled_steps: tuple[int, ...] = (25,)) -> dict:
+    """`compare` SmolLM2 (Q4_1) against full fine-tunes of it of increasing length (lr 1e-4, AdamW,
+    the shipped prose corpus; and 200 steps on the same text as chat turns): where does the
+    verdict turn from `same`/`related` to `different`, and at what weight drift."""
+    from weightprint.testing.derive import derived
+    from weightprint.testing.hfdir import read_derive_info
+    from weightprint.testing.models import smollm2_path
+
+    smol = smollm2_path()
+    variants = [(f"prose, {n} steps", dict(steps=n, seed=0)) for n in (10, 25, 50, 100, 200)]
+    variants.append(("chat turns, 200 steps", dict(steps=200, seed=0, text=_chat_corpus())))
+    rows = []
+    for name, params in variants:
+        ft = derived("finetune", smol, **params)
+        gguf = derived("gguf", ft, file_type="Q8_0")
+        info = (read_derive_info(ft).get("result") or {})
+        for sampled in (False, True) if params["steps"] in sampled_steps else (False,):
+            r = compare_models(str(smol), str(gguf), sampled=sampled, options_a={"n_threads": threads},
+                               options_b={"n_threads": threads})
+            row = {"finetune": name, "steps": params["steps"], "relative_drift": info.get("relative_drift"),
+                   "regime": r.mode, "verdict": r.verdict, "log10_p_unrelated": r.unrelated_test.log10_pvalue,
+                   "statistics": {k: v for k, v in r.statistics.items() if isinstance(v, (int, float)) or v is None},
+                   "tests": {t.name: {"statistic": t.statistic, "log10_pvalue": t.log10_pvalue} for t in r.tests}}
+            rows.append(row)
+            print(json.dumps({k: row[k] for k in ("finetune", "relative_drift", "regime", "verdict")}), flush=True)
+    return {"reference": "SmolLM2-135M-Instruct Q4_1", "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["speed", "calibrate", "acceptance", "likelihood"])
+    ap.add_argument("mode", choices=["speed", "calibrate", "acceptance", "likelihood", "power"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=6)
     ap.add_argument("--finetune", action="store_true", help="include the 200-step fine-tune (built once, slow)")
@@ -294,6 +338,9 @@ def main() -> None:
         print(_write("likelihood" + ("_" + args.scorers.replace(",", "_") if args.scorers else ""),
                      likelihood(args.threads, args.samples, args.finetune or bool(args.finetune_dir), args.sampled_prompts,
                                 args.finetune_dir, args.scorers)))
+        return
+    if args.mode == "power":
+        print(_write("power", power(args.threads)))
         return
     if args.mode == "acceptance":
         print(_write("acceptance", acceptance(args.threads, args.samples, args.sampled_prompts, args.finetune_dir)))

@@ -112,12 +112,15 @@ def test_requantized_copy_is_never_different(smollm2, smollm2_q8, local, http_ca
     assert r.verdict in ("same", "related"), r.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="measured 2026-11-30: the 200-step fine-tune writes 19th-century prose from the first "
-                   "word (greedy similarity 0.05, top-5 first-token overlap 0.52 vs null bound 0.3): `different`")
 def test_finetuned_copy_is_related_with_drift(llama_server, finetuned_gguf, local, http_cache):
+    """The 200-step fine-tune writes 19th-century prose from the first word (greedy similarity 0.05):
+    the texts say nothing, the next-token top-5 at the same contexts does -- 32 suite prompts and
+    96 one-token probes (measured locally: overlap 0.52, p = 1e-6; Gemma 3: 0.19)."""
     r = _compare(llama_server, local(finetuned_gguf), http_cache)
     assert r.verdict == "related", r.summary()
-    assert r.statistics["exact_agreement"] < 1.0
+    assert r.statistics["exact_agreement"] < 1.0 and r.statistics["logprob_distance"] > 0.1
+    topk = next(t for t in r.tests if t.name == "unrelated-null-topk")
+    assert topk.n == N_PROMPTS + 96 and topk.evidence["probe_prompts"] == 96 and topk.log10_pvalue < -4
 
 
 # ------------------------------------------------------------------ text only, sampled
@@ -151,7 +154,8 @@ def test_text_only_sampled_endpoint_vs_gemma_is_different(proxy, gemma3, local, 
     assert r.verdict == "different", r.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="see test_finetuned_copy_is_related_with_drift and the sampled regime's power")
+@pytest.mark.xfail(strict=True, reason="text only and sampled, no top-k to probe: the likelihood test measures 0.27-0.35 "
+                   "for the 200-step fine-tune against a null bound of 0.3 (unrelated pairs up to 0.29): `different`")
 def test_text_only_sampled_endpoint_vs_finetune_is_related(proxy, finetuned_gguf, local, http_cache):
     r = _compare(proxy.url, local(finetuned_gguf), http_cache)
     assert r.verdict == "related", r.summary()

@@ -181,6 +181,22 @@ def collect_answers(backend: Backend, prompts: Sequence[Prompt], *, sampled: boo
     return Side(label=backend.label or backend.name, answers=answers, logprobs=has_lp, queries=len(reqs))
 
 
+def probe_overlaps(ba: Backend, bb: Backend, probes: Sequence[Prompt], *, top_logprobs: int, seed: int = 0,
+                   progress: ProgressCallback | None = None) -> tuple[list[float], int]:
+    """First-token top-k overlaps (Jaccard) of two backends on one-token probe prompts.
+
+    The top-k test needs no continuation, only the next-token distribution at a shared context,
+    so each probe asks for one token: 96 probes cost about what 6 suite prompts do. Returns the
+    overlaps (probes where either side gave no top-k are left out) and the queries per side.
+    """
+    progress = progress or no_progress
+    kw = dict(sampled=False, max_tokens=1, n_samples=1, temperature=0.0, top_logprobs=top_logprobs, seed=seed)
+    pa = collect_answers(ba, probes, progress=substep(progress, 0, 2, f"probes A {ba.label}"), **kw)
+    pb = collect_answers(bb, probes, progress=substep(progress, 1, 2, f"probes B {bb.label}"), **kw)
+    out = [ov for ov in (_first_topk_overlap(x[0], y[0]) for x, y in zip(pa.answers, pb.answers)) if ov is not None]
+    return out, len(probes)
+
+
 # ----------------------------------------------------------------------------------------------
 # Statistics
 # ----------------------------------------------------------------------------------------------
@@ -431,10 +447,13 @@ def likelihood_observations(scorer: Backend, prompts: Sequence[Prompt], own: Sid
 def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sampled: bool,
                     prefix_pieces: int, alpha: float = DEFAULT_ALPHA, c0: float | None = None,
                     n_resamples: int = 999, seed: int = 0, exact_match: bool | None = None,
-                    likelihood: tuple[str, LikelihoodEvidence] | None = None) -> CompareResult:
+                    likelihood: tuple[str, LikelihoodEvidence] | None = None,
+                    probe_topk: Sequence[float] | None = None) -> CompareResult:
     """The statistics and verdict of two sides' answers to the same prompts (see the module docstring).
 
     ``likelihood``: ``(scorer label, evidence)`` of :func:`likelihood_observations` (sampled regime).
+    ``probe_topk``: first-token top-k overlaps on the probe prompts (:func:`probe_overlaps`), added
+    to the prompts' own in the top-k test (greedy regime, both sides with log-probabilities).
     """
     n = len(prompts)
     if not (len(side_a.answers) == len(side_b.answers) == n) or n == 0:
@@ -501,6 +520,10 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
                            "match": "exact prefix" if exact_match else "prefix fraction"},
     )
     tests = [unrelated]
+    n_probe = 0
+    if topk and probe_topk:
+        n_probe = len(probe_topk)
+        topk = topk + [float(x) for x in probe_topk]
     if len(topk) >= n / 2:
         # where both sides give log-probabilities: the top-k first tokens for the same prompt overlap
         # for related models even when their greedy texts part at once (a fine-tune in a new style)
@@ -509,8 +532,9 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
             log10_pvalue=chernoff_log10_pvalue(float(np.mean(topk)), C0_TOPK, len(topk)),
             null_hypothesis=(f"A and B are unrelated models: the mean Jaccard overlap of their top-k first tokens "
                              f"is at most {C0_TOPK} (the bound calibrated on known-different pairs)"),
-            alternative="greater", method="Chernoff-Hoeffding bound exp(-n KL(mean || c0)) over prompts",
-            n=len(topk), evidence={"c0": C0_TOPK}))
+            alternative="greater", method="Chernoff-Hoeffding bound exp(-n KL(mean || c0)) over prompts"
+                                          + (f" ({n} suite prompts + {n_probe} one-token probe prompts)" if n_probe else ""),
+            n=len(topk), evidence={"c0": C0_TOPK, "probe_prompts": n_probe}))
     stats: dict[str, Any] = {
         "mean_similarity": mean_sim,
         "exact_agreement": float(exact.mean()),
@@ -556,6 +580,7 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
     null_tests = [t for t in tests if t.name.startswith("unrelated-null")]
     rejected = [t.significant(alpha / len(null_tests)) for t in null_tests]
     stats["first_topk_overlap"] = float(np.mean(topk)) if topk else None
+    stats["probe_prompts"] = n_probe
     by_name = {t.name: r for t, r in zip(null_tests, rejected)}
     if not any(rejected):
         verdict = "different"
@@ -622,6 +647,7 @@ def compare_models(
     top_logprobs: int = 5,
     alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
+    probes: str | Path | Sequence[Prompt] | None = "probes",
     options_a: dict[str, Any] | None = None,
     options_b: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
@@ -657,6 +683,10 @@ def compare_models(
         Level of the unrelated-null test below which the verdict is ``same`` or ``related``.
     seed : int, *optional*
         Seed of the sampled requests and of the permutation test.
+    probes : str, Path, sequence of Prompt or None, *optional*, defaults to ``"probes"``
+        One-token probe prompts for the top-k test (greedy regime, when both sides give
+        log-probabilities): their first-token top-k overlaps join the prompts' own. The shipped
+        ``probes`` suite has 96 (16 in each language of the default suite); None asks none.
     options_a, options_b : dict, *optional*
         Keyword arguments of :func:`~weightprint.behave.backends.base.open_backend` (``model=``...).
     progress : ProgressCallback, *optional*
@@ -690,6 +720,13 @@ def compare_models(
             kw["seed"] = seed + (SEED_OFFSET_B if sampled else 0)
             side_b = collect_answers(bb, plist, progress=substep(progress, 2, 3, f"B {bb.label}"), **kw)
             likelihood = None
+            probe_topk: list[float] = []
+            if not sampled and probes is not None and side_a.logprobs and side_b.logprobs:
+                plist_probe = list(probes) if not isinstance(probes, (str, Path)) else load_prompts(probes)
+                probe_topk, n_probe = probe_overlaps(ba, bb, plist_probe, top_logprobs=top_logprobs, seed=seed,
+                                                     progress=substep(progress, 2, 3, "probes"))
+                side_a.queries += n_probe
+                side_b.queries += n_probe
             scorer = _scorer(ba, bb) if sampled else None
             if scorer is not None:
                 own, other = (side_a, side_b) if scorer is ba else (side_b, side_a)
@@ -703,7 +740,7 @@ def compare_models(
             ba.close()
     progress(3, 3, "statistics")
     result = compare_answers(side_a, side_b, plist, sampled=sampled, prefix_pieces=pp, alpha=alpha, seed=seed,
-                             likelihood=likelihood)
+                             likelihood=likelihood, probe_topk=probe_topk)
     object.__setattr__(result, "seconds", time.perf_counter() - t0)
     stats = result.statistics
     stats.update(max_tokens=mt, n_samples=n_samples if sampled else 1, temperature=temperature if sampled else 0.0)
