@@ -363,3 +363,44 @@ def test_cached_backend_answers_once(tmp_path):
     assert inner.calls == 4 and again == first
     CachedBackend(inner, tmp_path / "c.db", "another-model").generate(reqs[:1])
     assert inner.calls == 5
+
+
+# ------------------------------------------------------------------ one-token probes for the top-k test
+def test_probe_overlaps_join_the_topk_test():
+    from weightprint.behave.compare import collect_answers, compare_answers
+
+    kw = dict(sampled=False, max_tokens=8, n_samples=1, temperature=0.0, top_logprobs=5, seed=0)
+    a, b = collect_answers(FakeModel(1), PROMPTS, **kw), collect_answers(FakeModel(2), PROMPTS, **kw)
+    plain = compare_answers(a, b, PROMPTS, sampled=False, prefix_pieces=10)
+    assert plain.verdict == "different" and plain.statistics["probe_prompts"] == 0
+    # what a fine-tune in a new style gives: texts apart, next-token top-5 overlapping on 96 probes
+    probed = compare_answers(a, b, PROMPTS, sampled=False, prefix_pieces=10, probe_topk=[0.6] * 96)
+    topk = next(t for t in probed.tests if t.name == "unrelated-null-topk")
+    assert topk.n == len(PROMPTS) + 96 and topk.evidence["probe_prompts"] == 96
+    assert probed.verdict == "related" and topk.log10_pvalue < -4
+    # at the null bound's level they are no evidence
+    low = compare_answers(a, b, PROMPTS, sampled=False, prefix_pieces=10, probe_topk=[0.2] * 96)
+    assert low.verdict == "different"
+
+
+def test_probes_are_asked_only_with_logprobs_on_both_sides():
+    from weightprint.behave.suites import load_prompts
+
+    n_probes = len(load_prompts("probes"))
+    with_lp = FakeModel(1), FakeModel(1)
+    r = _compare(*with_lp)
+    assert r.statistics["probe_prompts"] == n_probes and with_lp[0].calls == len(PROMPTS) + n_probes
+    assert r.queries == {"a": len(PROMPTS) + n_probes, "b": len(PROMPTS) + n_probes}
+    text_only = FakeModel(1, logprobs=False), FakeModel(1)
+    r = _compare(*text_only)
+    assert r.statistics["probe_prompts"] == 0 and text_only[0].calls == len(PROMPTS)
+    off = FakeModel(1), FakeModel(1)
+    assert _compare(*off, probes=None).statistics["probe_prompts"] == 0 and off[0].calls == len(PROMPTS)
+
+
+def test_shipped_probe_suite():
+    ps = load_prompts("probes")
+    assert "probes" in shipped_suites() and len(ps) == 96 and len({p.id for p in ps}) == 96
+    langs = [p.lang for p in ps]
+    assert {lang: langs.count(lang) for lang in set(langs)} == {lang: 16 for lang in ("en", "ru", "de", "fr", "zh", "code")}
+    assert not {p.prompt for p in ps} & {p.prompt for p in load_prompts("default")}
