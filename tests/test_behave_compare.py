@@ -327,6 +327,11 @@ def test_cli_compare_two_endpoints_json(tmp_path, monkeypatch):
     assert d["verdict"] == "same" and d["mode"] == "greedy" and d["n_prompts"] == len(load_prompts())
     assert (tmp_path / "http_cache.db").is_file()  # answers cached under $WEIGHTPRINT_CACHE
     assert "prefix similarity per prompt" in (tmp_path / "r.html").read_text()
+    probes = d["statistics"]["probe_prompts"]
+    assert probes in (0, len(load_prompts("probes")))  # asked when the server gives log-probabilities
+    with FaultServer() as srv:
+        res = CliRunner().invoke(app, ["compare", srv.url, srv.url + "/v1", "--json", "--probes", "none"])
+    assert res.exit_code == 1 and json.loads(res.stdout)["statistics"]["probe_prompts"] == 0
 
 
 def test_cli_compare_missing_file_is_one_line_error(tmp_path):

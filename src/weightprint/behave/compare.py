@@ -761,6 +761,9 @@ def describe(result: CompareResult) -> list[tuple[str, str]]:
         rows.append(("arg-max agreement", f"{s['argmax_agreement']:.3f}"))
     if s.get("cross_within_ratio") is not None:
         rows.append(("cross/within similarity", f"{s['cross_within_ratio']:.3f}"))
+    if s.get("first_topk_overlap") is not None:
+        probes = f" and {s['probe_prompts']} one-token probes" if s.get("probe_prompts") else ""
+        rows.append(("first-token top-k overlap", f"{s['first_topk_overlap']:.3f} (prompts{probes}; null bound {C0_TOPK})"))
     for t in result.tests[1:]:
         rows.append((f"H0: {t.name}", t.pvalue_text()))
     rows.append(("queries", f"A {result.queries.get('a', 0)}, B {result.queries.get('b', 0)}"))
