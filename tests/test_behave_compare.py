@@ -169,7 +169,8 @@ class SamplingFake(Backend):
 
     def __init__(self, seed: int, *, text_only: bool = False, mix: float = 0.0, prompt_blind: bool = False) -> None:
         self.seed, self.mix, self.prompt_blind = seed, mix, prompt_blind
-        self.capabilities = Capabilities(logprobs=not text_only, echo=not text_only, top_logprobs=False, max_top_logprobs=0)
+        self.capabilities = Capabilities(logprobs=not text_only, echo=not text_only, top_logprobs=not text_only,
+                                         max_top_logprobs=0 if text_only else 5)
         self.label = f"sampler{seed}" + (" (text only)" if text_only else "") + (f"~{mix}" if mix else "")
 
     def _probs(self, prompt: str, prev: str) -> np.ndarray:
@@ -185,6 +186,14 @@ class SamplingFake(Backend):
     def generate(self, requests, progress=None):
         out = []
         for r in requests:
+            if r.top_logprobs and self.capabilities.logprobs and r.temperature == 0:
+                # a scorer asked for its top-k next words at the prompt (the probe tests)
+                p = self._probs(r.prompt, "")
+                top = np.argsort(-p)[:r.top_logprobs]
+                first = {" " + WORDS[i]: float(np.log(p[i])) for i in top}
+                out.append(Generation(text=" " + WORDS[top[0]], tokens=(" " + WORDS[top[0]],),
+                                      token_logprobs=(float(np.log(p[top[0]])),), top_logprobs=(first,)))
+                continue
             rng = np.random.default_rng([r.seed or 0, self.seed, int(hashlib.sha256(r.prompt.encode()).hexdigest()[:8], 16)])
             words, prev = [], ""
             for _ in range(r.max_tokens):
@@ -409,3 +418,27 @@ def test_shipped_probe_suite():
     langs = [p.lang for p in ps]
     assert {lang: langs.count(lang) for lang in set(langs)} == {lang: 16 for lang in ("en", "ru", "de", "fr", "zh", "code")}
     assert not {p.prompt for p in ps} & {p.prompt for p in load_prompts("default")}
+
+
+def test_probe_membership_on_a_text_only_sampling_endpoint():
+    """The endpoint's sampled next word at each probe falls among the local scorer's top-5 there:
+    one model often (here about half: the fake's next-word distributions are flat), an unrelated
+    one rarely. Alone it rejects H0 (the likelihood test is weak with 4 samples per prompt): the
+    verdict is then `related`, never `same`."""
+    from weightprint.behave.compare import C0_PROBE_SAMPLED, PROBE_SAMPLES
+
+    probes = [Prompt(id=f"q{i}", prompt=f"probe {i}") for i in range(300)]
+    kw = dict(sampled=True, n_samples=4, probes=probes)
+
+    def tests(r):
+        return {t.name: t for t in r.tests}
+
+    one = _compare(SamplingFake(1, text_only=True), SamplingFake(1), **kw)
+    m = tests(one)["unrelated-null-probe-membership"]
+    assert m.n == 300 * PROBE_SAMPLES and m.statistic > C0_PROBE_SAMPLED and m.log10_pvalue < -6
+    assert not tests(one)["unrelated-null-likelihood"].significant(1e-3 / 3)
+    assert one.verdict == "related", one.summary()
+    diff = _compare(SamplingFake(1, text_only=True), SamplingFake(2), **kw)
+    assert diff.verdict == "different" and tests(diff)["unrelated-null-probe-membership"].statistic < C0_PROBE_SAMPLED / 2
+    off = _compare(SamplingFake(1, text_only=True), SamplingFake(1), sampled=True, n_samples=4, probes=None)
+    assert "unrelated-null-probe-membership" not in tests(off)
