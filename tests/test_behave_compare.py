@@ -169,8 +169,7 @@ class SamplingFake(Backend):
 
     def __init__(self, seed: int, *, text_only: bool = False, mix: float = 0.0, prompt_blind: bool = False) -> None:
         self.seed, self.mix, self.prompt_blind = seed, mix, prompt_blind
-        self.capabilities = Capabilities(logprobs=not text_only, echo=not text_only, top_logprobs=not text_only,
-                                         max_top_logprobs=0 if text_only else 5)
+        self.capabilities = Capabilities(logprobs=not text_only, echo=not text_only, top_logprobs=False, max_top_logprobs=0)
         self.label = f"sampler{seed}" + (" (text only)" if text_only else "") + (f"~{mix}" if mix else "")
 
     def _probs(self, prompt: str, prev: str) -> np.ndarray:
@@ -186,14 +185,6 @@ class SamplingFake(Backend):
     def generate(self, requests, progress=None):
         out = []
         for r in requests:
-            if r.top_logprobs and self.capabilities.logprobs and r.temperature == 0:
-                # a scorer asked for its top-k next words at the prompt (the probe tests)
-                p = self._probs(r.prompt, "")
-                top = np.argsort(-p)[:r.top_logprobs]
-                first = {" " + WORDS[i]: float(np.log(p[i])) for i in top}
-                out.append(Generation(text=" " + WORDS[top[0]], tokens=(" " + WORDS[top[0]],),
-                                      token_logprobs=(float(np.log(p[top[0]])),), top_logprobs=(first,)))
-                continue
             rng = np.random.default_rng([r.seed or 0, self.seed, int(hashlib.sha256(r.prompt.encode()).hexdigest()[:8], 16)])
             words, prev = [], ""
             for _ in range(r.max_tokens):
@@ -336,11 +327,6 @@ def test_cli_compare_two_endpoints_json(tmp_path, monkeypatch):
     assert d["verdict"] == "same" and d["mode"] == "greedy" and d["n_prompts"] == len(load_prompts())
     assert (tmp_path / "http_cache.db").is_file()  # answers cached under $WEIGHTPRINT_CACHE
     assert "prefix similarity per prompt" in (tmp_path / "r.html").read_text()
-    probes = d["statistics"]["probe_prompts"]
-    assert probes in (0, len(load_prompts("probes")))  # asked when the server gives log-probabilities
-    with FaultServer() as srv:
-        res = CliRunner().invoke(app, ["compare", srv.url, srv.url + "/v1", "--json", "--probes", "none"])
-    assert res.exit_code == 1 and json.loads(res.stdout)["statistics"]["probe_prompts"] == 0
 
 
 def test_cli_compare_missing_file_is_one_line_error(tmp_path):
@@ -377,68 +363,3 @@ def test_cached_backend_answers_once(tmp_path):
     assert inner.calls == 4 and again == first
     CachedBackend(inner, tmp_path / "c.db", "another-model").generate(reqs[:1])
     assert inner.calls == 5
-
-
-# ------------------------------------------------------------------ one-token probes for the top-k test
-def test_probe_overlaps_join_the_topk_test():
-    from weightprint.behave.compare import collect_answers, compare_answers
-
-    kw = dict(sampled=False, max_tokens=8, n_samples=1, temperature=0.0, top_logprobs=5, seed=0)
-    a, b = collect_answers(FakeModel(1), PROMPTS, **kw), collect_answers(FakeModel(2), PROMPTS, **kw)
-    plain = compare_answers(a, b, PROMPTS, sampled=False, prefix_pieces=10)
-    assert plain.verdict == "different" and plain.statistics["probe_prompts"] == 0
-    # what a fine-tune in a new style gives: texts apart, next-token top-5 overlapping on 96 probes
-    probed = compare_answers(a, b, PROMPTS, sampled=False, prefix_pieces=10, probe_topk=[0.6] * 96)
-    topk = next(t for t in probed.tests if t.name == "unrelated-null-topk")
-    assert topk.n == len(PROMPTS) + 96 and topk.evidence["probe_prompts"] == 96
-    assert probed.verdict == "related" and topk.log10_pvalue < -4
-    # at the null bound's level they are no evidence
-    low = compare_answers(a, b, PROMPTS, sampled=False, prefix_pieces=10, probe_topk=[0.2] * 96)
-    assert low.verdict == "different"
-
-
-def test_probes_are_asked_only_with_logprobs_on_both_sides():
-    from weightprint.behave.suites import load_prompts
-
-    n_probes = len(load_prompts("probes"))
-    with_lp = FakeModel(1), FakeModel(1)
-    r = _compare(*with_lp)
-    assert r.statistics["probe_prompts"] == n_probes and with_lp[0].calls == len(PROMPTS) + n_probes
-    assert r.queries == {"a": len(PROMPTS) + n_probes, "b": len(PROMPTS) + n_probes}
-    text_only = FakeModel(1, logprobs=False), FakeModel(1)
-    r = _compare(*text_only)
-    assert r.statistics["probe_prompts"] == 0 and text_only[0].calls == len(PROMPTS)
-    off = FakeModel(1), FakeModel(1)
-    assert _compare(*off, probes=None).statistics["probe_prompts"] == 0 and off[0].calls == len(PROMPTS)
-
-
-def test_shipped_probe_suite():
-    ps = load_prompts("probes")
-    assert "probes" in shipped_suites() and len(ps) == 96 and len({p.id for p in ps}) == 96
-    langs = [p.lang for p in ps]
-    assert {lang: langs.count(lang) for lang in set(langs)} == {lang: 16 for lang in ("en", "ru", "de", "fr", "zh", "code")}
-    assert not {p.prompt for p in ps} & {p.prompt for p in load_prompts("default")}
-
-
-def test_probe_membership_on_a_text_only_sampling_endpoint():
-    """The endpoint's sampled next word at each probe falls among the local scorer's top-5 there:
-    one model often (here about half: the fake's next-word distributions are flat), an unrelated
-    one rarely. Alone it rejects H0 (the likelihood test is weak with 4 samples per prompt): the
-    verdict is then `related`, never `same`."""
-    from weightprint.behave.compare import C0_PROBE_SAMPLED, PROBE_SAMPLES
-
-    probes = [Prompt(id=f"q{i}", prompt=f"probe {i}") for i in range(300)]
-    kw = dict(sampled=True, n_samples=4, probes=probes)
-
-    def tests(r):
-        return {t.name: t for t in r.tests}
-
-    one = _compare(SamplingFake(1, text_only=True), SamplingFake(1), **kw)
-    m = tests(one)["unrelated-null-probe-membership"]
-    assert m.n == 300 * PROBE_SAMPLES and m.statistic > C0_PROBE_SAMPLED and m.log10_pvalue < -6
-    assert not tests(one)["unrelated-null-likelihood"].significant(1e-3 / 3)
-    assert one.verdict == "related", one.summary()
-    diff = _compare(SamplingFake(1, text_only=True), SamplingFake(2), **kw)
-    assert diff.verdict == "different" and tests(diff)["unrelated-null-probe-membership"].statistic < C0_PROBE_SAMPLED / 2
-    off = _compare(SamplingFake(1, text_only=True), SamplingFake(1), sampled=True, n_samples=4, probes=None)
-    assert "unrelated-null-probe-membership" not in tests(off)

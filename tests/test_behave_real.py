@@ -112,15 +112,14 @@ def test_requantized_copy_is_never_different(smollm2, smollm2_q8, local, http_ca
     assert r.verdict in ("same", "related"), r.summary()
 
 
+@pytest.mark.xfail(strict=True, reason="measured 2026-11-30/12-01: the 200-step fine-tune writes 19th-century prose from the "
+                   "first word (greedy similarity 0.05, top-5 first-token overlap 0.52 vs null bound 0.3 over 32 prompts): "
+                   "`different`; even a 10-step fine-tune is (bench_compare.py power). More top-k contexts would not "
+                   "be a valid fix: independent tiny llamas sharing one tokenizer overlap 0.31-0.57 (docs/behave.md)")
 def test_finetuned_copy_is_related_with_drift(llama_server, finetuned_gguf, local, http_cache):
-    """The 200-step fine-tune writes 19th-century prose from the first word (greedy similarity 0.05):
-    the texts say nothing, the next-token top-5 at the same contexts does -- 32 suite prompts and
-    96 one-token probes (measured locally: overlap 0.52, p = 1e-6; Gemma 3: 0.19)."""
     r = _compare(llama_server, local(finetuned_gguf), http_cache)
     assert r.verdict == "related", r.summary()
-    assert r.statistics["exact_agreement"] < 1.0 and r.statistics["logprob_distance"] > 0.1
-    topk = next(t for t in r.tests if t.name == "unrelated-null-topk")
-    assert topk.n == N_PROMPTS + 96 and topk.evidence["probe_prompts"] == 96 and topk.log10_pvalue < -4
+    assert r.statistics["exact_agreement"] < 1.0
 
 
 # ------------------------------------------------------------------ text only, sampled
@@ -152,19 +151,13 @@ def test_text_only_sampled_endpoint_vs_requantized_copy_is_never_different(proxy
 def test_text_only_sampled_endpoint_vs_gemma_is_different(proxy, gemma3, local, http_cache):
     r = _compare(proxy.url, local(gemma3), http_cache)
     assert r.verdict == "different", r.summary()
-    probe = next(t for t in r.tests if t.name == "unrelated-null-probe-membership")
-    assert probe.statistic < 0.4
 
 
+@pytest.mark.xfail(strict=True, reason="text only and sampled: the likelihood test measures 0.27-0.35 for the 200-step "
+                   "fine-tune against its null bound 0.3 (unrelated pairs up to 0.29): `different` (docs/behave.md)")
 def test_text_only_sampled_endpoint_vs_finetune_is_related(proxy, finetuned_gguf, local, http_cache):
-    """Text only and sampled: the endpoint's sampled next token at each of 96 probe contexts falls
-    among the local fine-tune's top-5 there far more often than an unrelated model's does
-    (measured locally: 0.65 vs Gemma 3's 0.27-0.32); the likelihood test alone cannot tell."""
     r = _compare(proxy.url, local(finetuned_gguf), http_cache)
-    assert r.mode == "sampled"
     assert r.verdict == "related", r.summary()
-    probe = next(t for t in r.tests if t.name == "unrelated-null-probe-membership")
-    assert probe.n == 96 * 4 and probe.statistic > 0.5 and probe.log10_pvalue < -4
 
 
 # ------------------------------------------------------------------ identify, template, CLI

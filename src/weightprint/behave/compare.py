@@ -85,14 +85,6 @@ C0_SAMPLED = 0.25
 #: null bound of the mean first-token top-5 overlap (Jaccard) of unrelated models: SmolLM2 vs Gemma 3
 #: measured 0.22 (21 prompts, max 0.67 on one), tiny llamas 0.0; 0.3 leaves a margin
 C0_TOPK = 0.3
-#: null bound of the probe-membership observations (sampled regime: a side's sampled next token at a
-#: probe context is among the scoring side's top-5 there): unrelated pairs measured 0.26-0.32
-#: (SmolLM2 or its 200-step fine-tune scoring Gemma 3's samples and the reverse, 512 samples each),
-#: one model 0.72-0.77, the fine-tunes 0.65-0.67; 0.4 leaves a margin for tokenizers closer than
-#: these two (bench/results/bench_compare_probe_membership.json)
-C0_PROBE_SAMPLED = 0.4
-#: sampled next tokens per probe prompt and side for that test
-PROBE_SAMPLES = 4
 #: null bound of the likelihood-test observations of unrelated models (see :func:`likelihood_observations`):
 #: over the zoo of bench/bench_compare.py (16 prompts x 6 samples, every model scoring every model's
 #: samples), unrelated pairs where the test applies measured at most 0.21 (SmolLM2's Q8_0 scoring
@@ -187,49 +179,6 @@ def collect_answers(backend: Backend, prompts: Sequence[Prompt], *, sampled: boo
     answers = [gens[i * per:(i + 1) * per] for i in range(len(prompts))]
     has_lp = bool(k) and all(g.token_logprobs is not None for g in gens)
     return Side(label=backend.label or backend.name, answers=answers, logprobs=has_lp, queries=len(reqs))
-
-
-def probe_overlaps(ba: Backend, bb: Backend, probes: Sequence[Prompt], *, top_logprobs: int, seed: int = 0,
-                   progress: ProgressCallback | None = None) -> tuple[list[float], int]:
-    """First-token top-k overlaps (Jaccard) of two backends on one-token probe prompts.
-
-    The top-k test needs no continuation, only the next-token distribution at a shared context,
-    so each probe asks for one token: 96 probes cost about what 6 suite prompts do. Returns the
-    overlaps (probes where either side gave no top-k are left out) and the queries per side.
-    """
-    progress = progress or no_progress
-    kw = dict(sampled=False, max_tokens=1, n_samples=1, temperature=0.0, top_logprobs=top_logprobs, seed=seed)
-    pa = collect_answers(ba, probes, progress=substep(progress, 0, 2, f"probes A {ba.label}"), **kw)
-    pb = collect_answers(bb, probes, progress=substep(progress, 1, 2, f"probes B {bb.label}"), **kw)
-    out = [ov for ov in (_first_topk_overlap(x[0], y[0]) for x, y in zip(pa.answers, pb.answers)) if ov is not None]
-    return out, len(probes)
-
-
-def probe_membership(scorer: Backend, other: Backend, probes: Sequence[Prompt], *, n_samples: int, temperature: float,
-                     top_logprobs: int, seed: int = 0,
-                     progress: ProgressCallback | None = None) -> tuple[np.ndarray, int, int]:
-    """Sampled regime: is ``other``'s sampled next token at each probe context among ``scorer``'s top-k there?
-
-    ``other`` needs to return text only (one token asked, sampled at ``temperature``); ``scorer``
-    gives its top-k next tokens at the same context (a local model). One observation per sample:
-    1 when the sample's text is one of the scorer's top-k token strings, else 0. For one model
-    the rate is what sampling at ``temperature`` leaves inside the top-k (SmolLM2 0.72 at 0.8); an
-    unrelated model's samples fall there far less often. Returns the observations and the
-    queries of each side.
-    """
-    progress = progress or no_progress
-    k = min(top_logprobs, scorer.capabilities.max_top_logprobs)
-    tops = collect_answers(scorer, probes, sampled=False, max_tokens=1, n_samples=1, temperature=0.0,
-                           top_logprobs=k, seed=seed, progress=substep(progress, 0, 2, f"probes {scorer.label}"))
-    samples = collect_answers(other, probes, sampled=True, max_tokens=1, n_samples=n_samples, temperature=temperature,
-                              top_logprobs=0, seed=seed, progress=substep(progress, 1, 2, f"probes {other.label}"))
-    obs: list[float] = []
-    for top, drawn in zip(tops.answers, samples.answers):
-        first = top[0].top_logprobs[0] if top[0].top_logprobs else None
-        if not first:
-            continue
-        obs += [1.0 if g.text in first else 0.0 for g in drawn]
-    return np.asarray(obs, dtype=np.float64), tops.queries, samples.queries
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,15 +431,10 @@ def likelihood_observations(scorer: Backend, prompts: Sequence[Prompt], own: Sid
 def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sampled: bool,
                     prefix_pieces: int, alpha: float = DEFAULT_ALPHA, c0: float | None = None,
                     n_resamples: int = 999, seed: int = 0, exact_match: bool | None = None,
-                    likelihood: tuple[str, LikelihoodEvidence] | None = None,
-                    probe_topk: Sequence[float] | None = None,
-                    probe_members: tuple[str, np.ndarray] | None = None) -> CompareResult:
+                    likelihood: tuple[str, LikelihoodEvidence] | None = None) -> CompareResult:
     """The statistics and verdict of two sides' answers to the same prompts (see the module docstring).
 
     ``likelihood``: ``(scorer label, evidence)`` of :func:`likelihood_observations` (sampled regime).
-    ``probe_topk``: first-token top-k overlaps on the probe prompts (:func:`probe_overlaps`), added
-    to the prompts' own in the top-k test (greedy regime, both sides with log-probabilities).
-    ``probe_members``: ``(scorer label, observations)`` of :func:`probe_membership` (sampled regime).
     """
     n = len(prompts)
     if not (len(side_a.answers) == len(side_b.answers) == n) or n == 0:
@@ -557,10 +501,6 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
                            "match": "exact prefix" if exact_match else "prefix fraction"},
     )
     tests = [unrelated]
-    n_probe = 0
-    if topk and probe_topk:
-        n_probe = len(probe_topk)
-        topk = topk + [float(x) for x in probe_topk]
     if len(topk) >= n / 2:
         # where both sides give log-probabilities: the top-k first tokens for the same prompt overlap
         # for related models even when their greedy texts part at once (a fine-tune in a new style)
@@ -569,9 +509,8 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
             log10_pvalue=chernoff_log10_pvalue(float(np.mean(topk)), C0_TOPK, len(topk)),
             null_hypothesis=(f"A and B are unrelated models: the mean Jaccard overlap of their top-k first tokens "
                              f"is at most {C0_TOPK} (the bound calibrated on known-different pairs)"),
-            alternative="greater", method="Chernoff-Hoeffding bound exp(-n KL(mean || c0)) over prompts"
-                                          + (f" ({n} suite prompts + {n_probe} one-token probe prompts)" if n_probe else ""),
-            n=len(topk), evidence={"c0": C0_TOPK, "probe_prompts": n_probe}))
+            alternative="greater", method="Chernoff-Hoeffding bound exp(-n KL(mean || c0)) over prompts",
+            n=len(topk), evidence={"c0": C0_TOPK}))
     stats: dict[str, Any] = {
         "mean_similarity": mean_sim,
         "exact_agreement": float(exact.mean()),
@@ -605,20 +544,6 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
             n=int(obs.size), evidence={"c0": C0_LIKELIHOOD, "scorer": scorer, "same_at": SAME_LIKELIHOOD,
                                        "scorer_prompt_specific": likelihood[1].own_specific,
                                        "gate_log10_pvalue": likelihood[1].gate_log10_pvalue}))
-    if probe_members is not None and probe_members[1].size:
-        scorer_label, obs = probe_members
-        m = float(obs.mean())
-        stats["probe_membership"] = m
-        tests.append(TestResult(
-            name="unrelated-null-probe-membership", statistic=m,
-            log10_pvalue=chernoff_log10_pvalue(m, C0_PROBE_SAMPLED, obs.size),
-            null_hypothesis=(f"A and B are unrelated models: the other side's sampled next token at a probe context is "
-                             f"among {scorer_label}'s top-k there with probability at most {C0_PROBE_SAMPLED} (the bound "
-                             "calibrated on known-different pairs)"),
-            alternative="greater",
-            method=("Chernoff-Hoeffding bound exp(-n KL(mean || c0)) over independent one-token samples of the probe "
-                    "prompts: 1 when the sampled text is one of the scorer's top-k token strings, else 0"),
-            n=int(obs.size), evidence={"c0": C0_PROBE_SAMPLED, "scorer": scorer_label}))
     if sampled:
         w = float(within.mean())
         stats["mean_within_similarity"] = w
@@ -631,7 +556,6 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
     null_tests = [t for t in tests if t.name.startswith("unrelated-null")]
     rejected = [t.significant(alpha / len(null_tests)) for t in null_tests]
     stats["first_topk_overlap"] = float(np.mean(topk)) if topk else None
-    stats["probe_prompts"] = n_probe
     by_name = {t.name: r for t, r in zip(null_tests, rejected)}
     if not any(rejected):
         verdict = "different"
@@ -698,7 +622,6 @@ def compare_models(
     top_logprobs: int = 5,
     alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
-    probes: str | Path | Sequence[Prompt] | None = "probes",
     options_a: dict[str, Any] | None = None,
     options_b: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
@@ -734,10 +657,6 @@ def compare_models(
         Level of the unrelated-null test below which the verdict is ``same`` or ``related``.
     seed : int, *optional*
         Seed of the sampled requests and of the permutation test.
-    probes : str, Path, sequence of Prompt or None, *optional*, defaults to ``"probes"``
-        One-token probe prompts for the top-k test (greedy regime, when both sides give
-        log-probabilities): their first-token top-k overlaps join the prompts' own. The shipped
-        ``probes`` suite has 96 (16 in each language of the default suite); None asks none.
     options_a, options_b : dict, *optional*
         Keyword arguments of :func:`~weightprint.behave.backends.base.open_backend` (``model=``...).
     progress : ProgressCallback, *optional*
@@ -771,28 +690,11 @@ def compare_models(
             kw["seed"] = seed + (SEED_OFFSET_B if sampled else 0)
             side_b = collect_answers(bb, plist, progress=substep(progress, 2, 3, f"B {bb.label}"), **kw)
             likelihood = None
-            probe_topk: list[float] = []
-            if not sampled and probes is not None and side_a.logprobs and side_b.logprobs:
-                plist_probe = list(probes) if not isinstance(probes, (str, Path)) else load_prompts(probes)
-                probe_topk, n_probe = probe_overlaps(ba, bb, plist_probe, top_logprobs=top_logprobs, seed=seed,
-                                                     progress=substep(progress, 2, 3, "probes"))
-                side_a.queries += n_probe
-                side_b.queries += n_probe
             scorer = _scorer(ba, bb) if sampled else None
-            probe_members = None
             if scorer is not None:
                 own, other = (side_a, side_b) if scorer is ba else (side_b, side_a)
                 progress(3, 3, f"likelihood under {scorer.label}")
                 likelihood = (scorer.label or scorer.name, likelihood_observations(scorer, plist, own, other))
-                if probes is not None:
-                    plist_probe = list(probes) if not isinstance(probes, (str, Path)) else load_prompts(probes)
-                    obs, q_scorer, q_other = probe_membership(
-                        scorer, bb if scorer is ba else ba, plist_probe, n_samples=PROBE_SAMPLES,
-                        temperature=temperature, top_logprobs=top_logprobs, seed=seed + SEED_OFFSET_B,
-                        progress=substep(progress, 3, 3, "probes"))
-                    own.queries += q_scorer
-                    other.queries += q_other
-                    probe_members = (scorer.label or scorer.name, obs)
         finally:
             if close_b:
                 bb.close()
@@ -801,7 +703,7 @@ def compare_models(
             ba.close()
     progress(3, 3, "statistics")
     result = compare_answers(side_a, side_b, plist, sampled=sampled, prefix_pieces=pp, alpha=alpha, seed=seed,
-                             likelihood=likelihood, probe_topk=probe_topk, probe_members=probe_members)
+                             likelihood=likelihood)
     object.__setattr__(result, "seconds", time.perf_counter() - t0)
     stats = result.statistics
     stats.update(max_tokens=mt, n_samples=n_samples if sampled else 1, temperature=temperature if sampled else 0.0)
@@ -822,9 +724,6 @@ def describe(result: CompareResult) -> list[tuple[str, str]]:
         rows.append(("arg-max agreement", f"{s['argmax_agreement']:.3f}"))
     if s.get("cross_within_ratio") is not None:
         rows.append(("cross/within similarity", f"{s['cross_within_ratio']:.3f}"))
-    if s.get("first_topk_overlap") is not None:
-        probes = f" and {s['probe_prompts']} one-token probes" if s.get("probe_prompts") else ""
-        rows.append(("first-token top-k overlap", f"{s['first_topk_overlap']:.3f} (prompts{probes}; null bound {C0_TOPK})"))
     for t in result.tests[1:]:
         rows.append((f"H0: {t.name}", t.pvalue_text()))
     rows.append(("queries", f"A {result.queries.get('a', 0)}, B {result.queries.get('b', 0)}"))
