@@ -116,12 +116,15 @@ def gguf_tensor_groups(model: Model) -> list[tuple[str, tuple[int, ...], list[st
     return out
 
 
-def plan_tensor_types(model: Model, file_type: FileType) -> dict[str, QType]:
-    """The type llama.cpp would give each tensor of ``model`` for ``file_type`` (canonical names)."""
+def plan_tensor_types(model: Model, file_type: FileType,
+                      groups: list[tuple[str, tuple[int, ...], list[str]]] | None = None) -> dict[str, QType]:
+    """The type llama.cpp would give each tensor of ``model`` for ``file_type`` (canonical names).
+
+    ``groups``: :func:`gguf_tensor_groups` of ``model`` when the caller has it already."""
     from weightprint.quant.mixes import choose_tensor_types
 
     infos = {t.name: t for t in model.tensor_infos()}
-    groups = gguf_tensor_groups(model)
+    groups = gguf_tensor_groups(model) if groups is None else groups
     # A GGUF source's un-quantized tensors keep their stored type, as in llama.cpp; other
     # sources write 1-D tensors as F32, as llama.cpp's converter does.
     tensors = [
@@ -229,9 +232,9 @@ def _convert_to_gguf(
     if not model.geometry.n_layers:
         raise ModelFormatError(f"{model.path}: the model declares no layer count (GGUF `{arch}.block_count`, "
                                f"config.json `num_hidden_layers`), needed to choose tensor types")
-    plan = plan_tensor_types(model, file_type)
     infos = {t.name: t for t in model.tensor_infos()}
     groups = gguf_tensor_groups(model)
+    plan = plan_tensor_types(model, file_type, groups)
     specs = [TensorSpec(key, shape, plan[names[0]]) for key, shape, names in groups]
     members = {key: names for key, _, names in groups}
     metadata, types = _gguf_metadata(model, file_type)

@@ -32,7 +32,7 @@ from weightprint.io.model import Model
 from weightprint.lineage.align import LayerAlignment, align_layers
 from weightprint.lineage.evidence import config_diff, jaccard, minhash_jaccard
 from weightprint.lineage.features import hidden_size_of
-from weightprint.lineage.fingerprint import Fingerprint, build_fingerprint, sample_tokens
+from weightprint.lineage.fingerprint import Fingerprint, build_fingerprint, sample_tokens, shared_token_pairs
 from weightprint.lineage.recover import recover_basis as _recover, recover_width as _recover_width
 from weightprint.lineage.stats import (
     GRAM_MAX_TOKENS,
@@ -227,17 +227,14 @@ def _token_profiles(fa: Fingerprint, fb: Fingerprint, which: str) -> tuple[np.nd
         eb = fb.embedding if eb is None else eb
     if ea is None or eb is None:
         return np.zeros((0, 0)), np.zeros((0, 0)), 0
-    index_b = {t: k for k, t in enumerate(fb.tokens)}
-    pairs = [(k, index_b[t]) for k, t in enumerate(fa.tokens) if t in index_b]
-    if len(pairs) < MIN_SHARED_TOKENS:
-        return np.zeros((0, 0)), np.zeros((0, 0)), len(pairs)
-    ia = np.array([p[0] for p in pairs])
-    ib = np.array([p[1] for p in pairs])
+    ia, ib = shared_token_pairs(fa.tokens, fb.tokens)
+    if ia.size < MIN_SHARED_TOKENS:
+        return np.zeros((0, 0)), np.zeros((0, 0)), int(ia.size)
     ea = ea if np.array_equal(ia, np.arange(len(ea))) else ea[ia]  # the same sample tokens: no copy
     eb = eb if np.array_equal(ib, np.arange(len(eb))) else eb[ib]
     pa = ea if fa.levels else rank_transform(ea, axis=0)
     pb = eb if fb.levels else rank_transform(eb, axis=0)
-    return pa, pb, len(pairs)
+    return pa, pb, int(ia.size)
 
 
 def _component(name: str, s: np.ndarray, *, n_resamples: int, rng: int, extra: dict) -> TestResult:
@@ -411,13 +408,11 @@ def _basis_free(a: Fingerprint, b: Fingerprint) -> dict[str, Any]:
     """The token Gram correlation over the shared sample tokens (both embedding samples needed)."""
     if a.embedding is None or b.embedding is None:
         return {}
-    index_b = {t: k for k, t in enumerate(b.tokens)}
-    pairs = [(k, index_b[t]) for k, t in enumerate(a.tokens) if t in index_b][:GRAM_MAX_TOKENS]
-    if len(pairs) < 16:
+    ia, ib = (x[:GRAM_MAX_TOKENS] for x in shared_token_pairs(a.tokens, b.tokens))
+    if ia.size < 16:
         return {}
-    ia, ib = (np.array(x) for x in zip(*pairs))
     value = token_gram_correlation(a.embedding[ia], b.embedding[ib])
-    return {"token_gram_corr": value, "n_tokens": len(pairs),
+    return {"token_gram_corr": value, "n_tokens": int(ia.size),
             "method": "Pearson correlation of the two token Gram matrices X X^T (rows column-centred): unchanged by "
                       "any orthogonal change of residual basis and by the widths; evidence, not a test"}
 

@@ -46,6 +46,7 @@ __all__ = [
     "build_fingerprint",
     "basis_sketch_bytes",
     "fingerprint_budget_bytes",
+    "shared_token_pairs",
 ]
 
 FORMAT_VERSION = 1
@@ -340,6 +341,14 @@ def _unpack(p: np.ndarray, shape: tuple[int, ...], levels: int) -> np.ndarray:
         b[:, k] = (p >> (bits * k)) & (levels - 1)
     n = math.prod(shape)
     return ((b.reshape(-1)[:n].astype(np.float32) + 0.5) / levels).reshape(shape)
+
+
+def shared_token_pairs(tokens_a: list[str], tokens_b: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(ia, ib)`` of the tokens of ``tokens_a`` that ``tokens_b`` has too, matched by
+    string, in ``tokens_a``'s order (a repeated string in ``tokens_b``: its last position)."""
+    index_b = {t: k for k, t in enumerate(tokens_b)}
+    ia = [k for k, t in enumerate(tokens_a) if t in index_b]
+    return np.array(ia, dtype=np.int64), np.array([index_b[tokens_a[k]] for k in ia], dtype=np.int64)
 
 
 def sample_tokens(tokens: list[str], *, limit: int, among: set[str] | None = None) -> list[str]:

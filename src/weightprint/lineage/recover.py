@@ -19,8 +19,8 @@ import numpy as np
 
 from weightprint.basis import RowMapped
 from weightprint.io.model import Model
-from weightprint.lineage.fingerprint import Fingerprint, build_fingerprint
-from weightprint.lineage.stats import correlation_matrix, token_gram_correlation
+from weightprint.lineage.fingerprint import Fingerprint, build_fingerprint, shared_token_pairs
+from weightprint.lineage.stats import correlation_matrix, standardize_columns, token_gram_correlation
 
 __all__ = ["SKETCH_MIN_CORR", "SKETCH_MIN_GRAM", "WIDTH_MATCH_MIN_CORR", "map_from_sketch", "recover_basis", "recover_width"]
 
@@ -83,12 +83,10 @@ def map_from_sketch(ref: Fingerprint, suspect: Fingerprint, mb: Model) -> tuple[
     out: dict[str, Any] = {"kind": None, "method": "orthogonal Procrustes on the stored 2-bit basis sketch"}
     if ref.basis_rows is None or suspect.embedding is None:
         return None, {**out, "not_recovered": "no basis sketch"}
-    index_b = {t: k for k, t in enumerate(suspect.tokens)}
-    pairs = [(k, index_b[t]) for k, t in enumerate(ref.basis_tokens) if t in index_b]
-    n_held = max(1, int(len(pairs) * SKETCH_HELDOUT))
-    if len(pairs) - n_held < d:
-        return None, {**out, "not_recovered": f"{len(pairs)} shared sketch tokens: too few to fit a {d} x {d} map"}
-    ia, ib = (np.array(x) for x in zip(*pairs))
+    ia, ib = shared_token_pairs(ref.basis_tokens, suspect.tokens)
+    n_held = max(1, int(ia.size * SKETCH_HELDOUT))
+    if ia.size - n_held < d:
+        return None, {**out, "not_recovered": f"{ia.size} shared sketch tokens: too few to fit a {d} x {d} map"}
     qa = ref.basis_rows[ia].astype(np.float64) - 0.5
     zb = suspect.embedding[ib].astype(np.float64)
     gram = token_gram_correlation(qa, zb)
@@ -96,7 +94,7 @@ def map_from_sketch(ref: Fingerprint, suspect: Fingerprint, mb: Model) -> tuple[
     if not gram >= SKETCH_MIN_GRAM:
         out["not_recovered"] = f"token Gram correlation {gram:.2f} < {SKETCH_MIN_GRAM}: no shared embedding geometry"
         return None, out
-    n_fit = len(pairs) - n_held
+    n_fit = int(ia.size) - n_held
     zb = zb - zb[:n_fit].mean(axis=0)
     r = _procrustes(qa[:n_fit].T @ zb[:n_fit])  # zb ~ qa R: rows of B are A's rows times R
     kind = "orthogonal"
@@ -107,11 +105,8 @@ def map_from_sketch(ref: Fingerprint, suspect: Fingerprint, mb: Model) -> tuple[
         signs = np.sign(r[best, col])
         r = _perm_matrix(best, signs.astype(np.float32))
         kind = "permutation" if np.all(signs > 0) else "signed permutation"
-    mapped = zb[n_fit:] @ r.T
-    x = qa[n_fit:] - qa[n_fit:].mean(axis=0)
-    y = mapped - mapped.mean(axis=0)
-    den = np.sqrt((x * x).sum(axis=0) * (y * y).sum(axis=0))
-    corr = np.where(den > 0, (x * y).sum(axis=0) / np.where(den > 0, den, 1.0), 0.0)
+    # per coordinate of A: correlation of its held-out profile with B's rows mapped into A's basis
+    corr = (standardize_columns(qa[n_fit:]) * standardize_columns(zb[n_fit:] @ r.T)).mean(axis=0)
     quality = float(np.median(corr))
     out.update({"fit_corr": quality, "n_fit": int(n_fit), "n_heldout": int(n_held)})
     if not quality >= SKETCH_MIN_CORR:
@@ -142,18 +137,16 @@ def recover_width(fa: Fingerprint, fb: Fingerprint) -> tuple[Fingerprint | None,
         return None, {"kind": None, "not_recovered": "no embedding sample to match the residual coordinates"}
     if fb.hidden_size > fa.hidden_size:
         return None, {"kind": None, "not_recovered": "B is wider than A: only dropped residual channels are recovered"}
-    index_b = {t: k for k, t in enumerate(fb.tokens)}
-    pairs = [(k, index_b[t]) for k, t in enumerate(fa.tokens) if t in index_b]
-    if len(pairs) < 2 * fa.hidden_size:
-        return None, {"kind": None, "not_recovered": f"{len(pairs)} shared sample tokens, fewer than 2 x {fa.hidden_size}"}
-    ia, ib = (np.array(x) for x in zip(*pairs))
+    ia, ib = shared_token_pairs(fa.tokens, fb.tokens)
+    if ia.size < 2 * fa.hidden_size:
+        return None, {"kind": None, "not_recovered": f"{ia.size} shared sample tokens, fewer than 2 x {fa.hidden_size}"}
     c = np.abs(correlation_matrix(fa.embedding[ia], fb.embedding[ib]))  # (d_a, d_b)
     rows, cols = linear_sum_assignment(-c.T.astype(np.float64))  # rows: B's coordinates, cols: A's
     perm = np.empty(fb.hidden_size, dtype=np.int64)
     perm[rows] = cols
     strength = float(np.median(c[perm, np.arange(fb.hidden_size)]))
     basis = {"kind": "width pruned", "kept": int(fb.hidden_size), "of": int(fa.hidden_size),
-             "median_matched_abs_corr": strength, "n_tokens": len(pairs)}
+             "median_matched_abs_corr": strength, "n_tokens": int(ia.size)}
     if strength < WIDTH_MATCH_MIN_CORR:
         basis["not_recovered"] = (f"no residual coordinate of A matches B's (median matched |corr| {strength:.2f} "
                                   f"< {WIDTH_MATCH_MIN_CORR})")

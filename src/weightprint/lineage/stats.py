@@ -56,7 +56,6 @@ import numpy as np
 from weightprint.results import LN10, TestResult
 
 __all__ = [
-    "token_gram_correlation",
     "NULL_RESIDUAL_EXCHANGEABLE",
     "assignment_test",
     "correlation_matrix",
@@ -65,6 +64,7 @@ __all__ = [
     "similarity_to_unit",
     "standardize_columns",
     "threshold_entries",
+    "token_gram_correlation",
 ]
 
 NULL_RESIDUAL_EXCHANGEABLE = (
