@@ -37,6 +37,7 @@ from weightprint.testing.hfdir import GGUF_FILE, INFO_FILE, _gguf_recipe, _gguf_
 from weightprint.testing.models import cache_dir
 from weightprint.testing.recipes import add_noise, drop_layer, extend_vocab, permute_hidden_units
 from weightprint.testing.tiny import tiny_tokenizer_path, train_tiny_llama
+from weightprint.testing.transplant import transplant_recipe
 
 _RECIPES: dict[str, Callable[..., Any]] = {
     "hf": lambda source, out: _gguf_to_hf(source, out),
@@ -47,6 +48,7 @@ _RECIPES: dict[str, Callable[..., Any]] = {
     "finetune": lambda source, out, **kw: finetune(source, out, **kw),
     "tiny_llama": lambda source, out, **kw: train_tiny_llama(out, **kw),
     "gguf": _gguf_recipe,
+    "transplant": transplant_recipe,
 }
 RECIPES = tuple(_RECIPES)
 
@@ -58,8 +60,9 @@ _RECIPE_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "finetune": finetune,
     "tiny_llama": train_tiny_llama,
     "gguf": _gguf_recipe,
+    "transplant": transplant_recipe,
 }
-_NOT_IN_KEY = {"model", "out", "threads", "source"}
+_NOT_IN_KEY = {"model", "out", "threads", "source", "tokenizer_source"}
 
 
 def _resolved_params(recipe: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +81,8 @@ def _resolved_params(recipe: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 # Bump a recipe's version when its output changes for the same parameters.
-_RECIPE_VERSIONS = {"gguf": 1, "hf": 1, "permute": 1, "noise": 1, "extend_vocab": 1, "drop_layer": 1, "finetune": 1, "tiny_llama": 1}
+_RECIPE_VERSIONS = {"gguf": 1, "hf": 1, "permute": 1, "noise": 1, "extend_vocab": 1, "drop_layer": 1, "finetune": 1, "tiny_llama": 1,
+                    "transplant": 1}
 
 _sha_memo: dict[tuple[str, int, int], str] = {}
 
@@ -123,6 +127,8 @@ def derived_key(recipe: str, source: str | Path | None, **params: Any) -> str:
     if recipe in ("finetune", "tiny_llama"):  # trained on the shipped text
         ident["corpus"] = hashlib.sha256(corpus_text().encode()).hexdigest()
         ident["tokenizer"] = _file_sha(tiny_tokenizer_path()) if recipe == "tiny_llama" else None
+    if recipe == "transplant":  # the vocabulary's file is a second source
+        ident["tokenizer"] = source_fingerprint(_source_path(params["tokenizer_source"]))
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -131,11 +137,13 @@ def derived(recipe: str, source: str | Path | Any | None, **params: Any) -> Path
 
     Parameters
     ----------
-    recipe : {'hf', 'gguf', 'permute', 'noise', 'extend_vocab', 'drop_layer', 'finetune', 'tiny_llama'}
+    recipe : {'hf', 'gguf', 'permute', 'noise', 'extend_vocab', 'drop_layer', 'finetune', 'tiny_llama', 'transplant'}
         ``hf`` converts a GGUF into an F32 Hugging Face directory (transformers' GGUF reader);
         ``gguf`` writes a GGUF with :func:`to_gguf` (``file_type=``); the others call
         :func:`permute_hidden_units`, :func:`add_noise`, :func:`extend_vocab`, :func:`drop_layer`,
-        :func:`finetune`, :func:`train_tiny_llama` with ``**params``.
+        :func:`finetune`, :func:`train_tiny_llama` with ``**params``; ``transplant`` writes
+        ``source`` under ``tokenizer_source``'s vocabulary (:func:`transplant_tokenizer`; the
+        ``model.gguf`` file inside the directory is returned).
     source : str, Path, Model or None
         The source model (``None`` for ``tiny_llama``).
     **params
@@ -153,7 +161,7 @@ def derived(recipe: str, source: str | Path | Any | None, **params: Any) -> Path
     root = cache_dir() / "derived"
     root.mkdir(parents=True, exist_ok=True)
     final = root / key
-    result = final / GGUF_FILE if recipe == "gguf" else final
+    result = final / GGUF_FILE if recipe in ("gguf", "transplant") else final
     if (final / INFO_FILE).is_file():
         return result
     with open(root / f".{key}.lock", "a+") as lock:
@@ -186,6 +194,7 @@ _RECIPE_MODULES: dict[str, tuple[str, ...]] = {
     "drop_layer": ("recipes", "hfdir"),
     "finetune": ("finetune", "hfdir"),
     "tiny_llama": ("tiny", "finetune", "hfdir"),
+    "transplant": ("transplant",),
 }
 _code_memo: dict[tuple[str, int, int], str] = {}
 
