@@ -4,6 +4,8 @@
     .venv/bin/python bench/bench_compare.py calibrate      # every pair of the model zoo, both regimes
     .venv/bin/python bench/bench_compare.py likelihood     # the sampled regime's likelihood test over the zoo
     .venv/bin/python bench/bench_compare.py power          # verdict vs fine-tune strength (10..200 steps)
+    .venv/bin/python bench/bench_compare.py topk           # the context-specific top-k test over the zoo
+    .venv/bin/python bench/bench_compare.py membership     # the probe-membership test (sampled, text only)
 
 Calibration: the same-model test's null is "unrelated models" with mean prefix similarity at
 most c0. Over known-different pairs (SmolLM2 vs Gemma 3, real models vs independently
@@ -24,7 +26,10 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -322,11 +327,164 @@ def power(threads: int, sampled_steps: tuple[int, ...] = (25,)) -> dict:
     return {"reference": "SmolLM2-135M-Instruct Q4_1", "rows": rows}
 
 
+def topk(threads: int) -> dict:
+    """The context-specific top-5 test (greedy regime with log-probabilities) over a zoo that has
+    *same-tokenizer* unrelated pairs at real quality: Gemma 3 under SmolLM2's tokenizer
+    (weightprint.testing.transplant) against the SmolLM2 family, and six independent tiny llamas
+    sharing one tokenizer. Per pair: the mean specific overlap over the suite prompts and the
+    shipped probes (all, and per language), raw overlaps for comparison, the p-value of the
+    unrelated null and the verdict of that test alone."""
+    from weightprint.behave.compare import C0_TOPK, C0_TOPK_BY_LANG, probe_tops, specific_topk_overlaps, topk_test
+    from weightprint.testing.derive import derived
+    from weightprint.testing.models import gemma3_path, smollm2_path
+
+    smol = smollm2_path()
+    models = zoo(True)
+    for n in (10, 50):
+        models[f"smollm2-ft{n}"] = ("smollm2", derived("gguf", derived("finetune", smol, steps=n, seed=0), file_type="Q8_0"))
+    models["smollm2-ftchat200"] = ("smollm2", derived("gguf", derived("finetune", smol, steps=200, seed=0, text=_chat_corpus()),
+                                                      file_type="Q8_0"))
+    models["gemma3-smollm2-tokenizer"] = ("gemma3", derived("transplant", gemma3_path(), tokenizer_source=smol))
+    contexts = load_prompts("default") + load_prompts("probes")
+    langs = [p.lang for p in contexts]
+    cache = Path(os.environ.get("WEIGHTPRINT_CACHE", Path.home() / ".cache" / "weightprint")) / "behave_bench.db"
+    tops = {}
+    for name, (_, path) in models.items():
+        t0 = time.perf_counter()
+        with CachedBackend(open_backend(path, n_threads=threads, n_ctx=512), cache, model_identity(path)) as b:
+            tops[name], _ = probe_tops(b, [replace(p, chat=False) for p in contexts], top_logprobs=5)
+        print(f"{name}: top-5 at {len(contexts)} contexts in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    def raw(a, b):
+        return [len(x & y) / len(x | y) for x, y in zip(a, b) if x is not None and y is not None]
+
+    rows = []
+    for (na, (fa, _)), (nb, (fb, _)) in itertools.combinations(models.items(), 2):
+        if na.startswith("tiny") != nb.startswith("tiny"):
+            continue  # no token string in common to speak of (1,024-token tokenizer vs 49k)
+        ov = specific_topk_overlaps(tops[na], tops[nb])
+        test = topk_test(ov, langs)
+        m = test.statistic
+        by_lang = {lang: g["mean"] for lang, g in test.evidence["by_language"].items()}
+        lp = test.log10_pvalue
+        rows.append({"a": na, "b": nb, "related": fa == fb, "specific_overlap": m, "by_language": by_lang,
+                     "by_language_log10_p": {k: g["log10_pvalue"] for k, g in test.evidence["by_language"].items()},
+                     "raw_overlap": float(np.mean(raw(tops[na], tops[nb]))), "n": test.n, "log10_p": lp,
+                     "rejects_at_5e-4": bool(lp < np.log10(5e-4))})
+        print(f"{na:26s} {nb:26s} {'related' if fa == fb else 'unrelated':9s} specific {m:.3f} raw {rows[-1]['raw_overlap']:.3f} "
+              f"log10 p {lp:8.2f}  " + " ".join(f"{k} {v:.2f}" for k, v in by_lang.items()), flush=True)
+    unrelated = [r for r in rows if not r["related"]]
+    real_unrelated = [r for r in unrelated if not r["a"].startswith("tiny")]
+    return {"what": "context-specific top-5 overlap (generic tokens of each side removed) over suite prompts + probes",
+            "c0": C0_TOPK, "c0_by_language": C0_TOPK_BY_LANG, "n_contexts": len(contexts), "rows": rows,
+            "largest_unrelated": max(r["specific_overlap"] for r in unrelated),
+            "largest_unrelated_real": max(r["specific_overlap"] for r in real_unrelated),
+            "largest_unrelated_real_by_language": {lang: max(r["by_language"][lang] for r in real_unrelated) for lang in dict.fromkeys(langs)},
+            "false_positives": sum(r["rejects_at_5e-4"] for r in unrelated), "unrelated_pairs": len(unrelated),
+            "related_detected": sum(r["rejects_at_5e-4"] for r in rows if r["related"]),
+            "related_pairs": sum(r["related"] for r in rows)}
+
+
+def _probe_zoo() -> dict[str, tuple[str, Path]]:
+    """SmolLM2, its Q8_0, two 200-step fine-tunes, Gemma 3 and Gemma 3 under SmolLM2's tokenizer."""
+    from weightprint.testing.derive import derived
+    from weightprint.testing.models import gemma3_path, smollm2_path
+
+    smol = smollm2_path()
+    models = {k: v for k, v in zoo(True).items() if not k.startswith("tiny")}
+    models["smollm2-ftchat200"] = ("smollm2", derived("gguf", derived("finetune", smol, steps=200, seed=0, text=_chat_corpus()),
+                                                      file_type="Q8_0"))
+    models["gemma3-smollm2-tokenizer"] = ("gemma3", derived("transplant", gemma3_path(), tokenizer_source=smol))
+    return models
+
+
+def _next_token_logprobs(path: Path, prompts: list, threads: int) -> tuple[np.ndarray, list[str]]:
+    """The next-token log-probabilities at each prompt, and the vocabulary's token strings."""
+    from llama_cpp import Llama
+
+    m = Llama(model_path=str(path), n_ctx=256, verbose=False, n_threads=threads, logits_all=True)
+    strings = [m.detokenize([i]).decode("utf-8", errors="ignore") for i in range(m.n_vocab())]
+    out = np.zeros((len(prompts), m.n_vocab()), np.float32)
+    for i, p in enumerate(prompts):
+        m.reset()
+        m.eval(m.tokenize(p.prompt.encode(), add_bos=True, special=False))
+        lg = np.array(m.scores[m.n_tokens - 1], dtype=np.float64)
+        lg -= lg.max()
+        out[i] = lg - np.log(np.exp(lg).sum())
+    return out, strings
+
+
+def membership(threads: int, n_samples: int) -> dict:
+    """The probe-membership test (sampled regime, the other side text only) over the probe zoo:
+    (1) the pipeline itself, every local model scoring every other's one-token samples at the
+    probes (temperature 0.8, ``n_samples`` per probe); (2) the exact expectation of each
+    observation from the models' next-token distributions at sampling temperatures 0.05-1.0, token
+    strings matched as the pipeline matches them (the endpoint's temperature is unknown, so the
+    null bound must cover all of them)."""
+    import collections
+
+    from weightprint.behave.compare import C0_MEMBERSHIP_BY_LANG, GENERIC_TOKEN_SHARE, probe_membership
+
+    models = _probe_zoo()
+    probes = load_prompts("probes")
+    cache = Path(os.environ.get("WEIGHTPRINT_CACHE", Path.home() / ".cache" / "weightprint")) / "behave_bench.db"
+    backends = {name: CachedBackend(open_backend(path, n_threads=threads, n_ctx=512), cache, model_identity(path))
+                for name, (_, path) in models.items()}
+    rows = []
+    try:
+        for (ns, (fs, _)), (no, (fo, _)) in itertools.product(models.items(), repeat=2):
+            if ns == no:
+                continue
+            t, _, _ = probe_membership(backends[ns], backends[no], probes, n_samples=n_samples, temperature=0.8, seed=100_003)
+            rows.append({"scorer": ns, "sampler": no, "related": fs == fo, "mean": t.statistic, "n": t.n,
+                         "log10_p": t.log10_pvalue, "by_language": {k: g["mean"] for k, g in t.evidence["by_language"].items()}})
+            print(f"scorer {ns:26s} samples {no:26s} {'related' if fs == fo else 'unrelated':9s} {t.statistic:.3f} "
+                  f"log10 p {t.log10_pvalue:8.2f}", flush=True)
+    finally:
+        for b in backends.values():
+            b.close()
+    # exact expectations from the next-token distributions; token strings compared as the pipeline does
+    langs = np.array([p.lang for p in probes])
+    lp, strings = {}, {}
+    for k, (_, path) in models.items():
+        lp[k], strings[k] = _next_token_logprobs(path, probes, threads)
+    exact = []
+    for ns, no in itertools.permutations(models, 2):
+        top = np.argsort(-lp[ns], axis=1)[:, :5]
+        counts = collections.Counter(t for row in top for t in row)
+        generic = {t for t, c in counts.items() if c >= max(2, GENERIC_TOKEN_SHARE * len(top))}
+        specific = [{strings[ns][t] for t in row if t not in generic} for row in top]
+        ids_of = collections.defaultdict(list)  # sampler's token ids by string
+        for i, text in enumerate(strings[no]):
+            ids_of[text].append(i)
+        for temp in (0.05, 0.5, 0.8, 1.0):
+            x = lp[no] / temp
+            x -= x.max(axis=1, keepdims=True)
+            p = np.exp(x)
+            p /= p.sum(axis=1, keepdims=True)
+            m = np.array([p[i, [j for text in specific[i] for j in ids_of.get(text, ())]].sum() for i in range(len(probes))])
+            exact.append({"scorer": ns, "sampler": no, "related": models[ns][0] == models[no][0], "temperature": temp,
+                          "by_language": {lang: float(m[langs == lang].mean()) for lang in dict.fromkeys(langs)}})
+    unrelated = [r for r in exact if not r["related"]]
+    related = [r for r in exact if r["related"]]
+    by_lang = {lang: {"largest_unrelated": max(r["by_language"][lang] for r in unrelated),
+                      "smallest_related": min(r["by_language"][lang] for r in related)} for lang in dict.fromkeys(langs)}
+    print(json.dumps(by_lang, indent=1))
+    return {"what": "probe membership: the other side's one-token samples among the scorer's context-specific top-5",
+            "c0_by_language": C0_MEMBERSHIP_BY_LANG, "samples_per_probe": n_samples, "pipeline": rows, "exact": exact,
+            "exact_summary_by_language": by_lang,
+            "pipeline_false_positives": int(sum(r["log10_p"] < np.log10(5e-4) for r in rows if not r["related"])),
+            "pipeline_unrelated_pairs": sum(not r["related"] for r in rows),
+            "pipeline_related_detected": int(sum(r["log10_p"] < np.log10(5e-4) for r in rows if r["related"])),
+            "pipeline_related_pairs": sum(r["related"] for r in rows)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["speed", "calibrate", "acceptance", "likelihood", "power"])
+    ap.add_argument("mode", choices=["speed", "calibrate", "acceptance", "likelihood", "power", "topk", "membership"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=6)
+    ap.add_argument("--probe-samples", type=int, default=16, help="membership: one-token samples per probe")
     ap.add_argument("--finetune", action="store_true", help="include the 200-step fine-tune (built once, slow)")
     ap.add_argument("--finetune-dir", help="an already fine-tuned Hugging Face directory to use instead of building one")
     ap.add_argument("--cached-only", action="store_true", help="use only the answers already cached (skip other models)")
@@ -341,6 +499,12 @@ def main() -> None:
         return
     if args.mode == "power":
         print(_write("power", power(args.threads)))
+        return
+    if args.mode == "topk":
+        _write("topk", topk(args.threads))
+        return
+    if args.mode == "membership":
+        _write("membership", membership(args.threads, args.probe_samples))
         return
     if args.mode == "acceptance":
         print(_write("acceptance", acceptance(args.threads, args.samples, args.sampled_prompts, args.finetune_dir)))

@@ -167,9 +167,11 @@ class SamplingFake(Backend):
 
     name = "samplingfake"
 
-    def __init__(self, seed: int, *, text_only: bool = False, mix: float = 0.0, prompt_blind: bool = False) -> None:
-        self.seed, self.mix, self.prompt_blind = seed, mix, prompt_blind
-        self.capabilities = Capabilities(logprobs=not text_only, echo=not text_only, top_logprobs=False, max_top_logprobs=0)
+    def __init__(self, seed: int, *, text_only: bool = False, mix: float = 0.0, prompt_blind: bool = False,
+                 concentration: float = 0.3) -> None:
+        self.seed, self.mix, self.prompt_blind, self.concentration = seed, mix, prompt_blind, concentration
+        self.capabilities = Capabilities(logprobs=not text_only, echo=not text_only, top_logprobs=not text_only,
+                                         max_top_logprobs=0 if text_only else 5)
         self.label = f"sampler{seed}" + (" (text only)" if text_only else "") + (f"~{mix}" if mix else "")
 
     def _probs(self, prompt: str, prev: str) -> np.ndarray:
@@ -178,13 +180,22 @@ class SamplingFake(Backend):
 
         def dist(seed):
             h = int.from_bytes(hashlib.sha256(repr((seed, prompt, prev)).encode()).digest()[:8], "little")
-            return np.random.default_rng(h).dirichlet(np.full(60, 0.3))
+            d = np.random.default_rng(h).dirichlet(np.full(60, self.concentration)) + 1e-9  # no exact zeros
+            return d / d.sum()
         p = dist(self.seed)
         return (1 - self.mix) * p + self.mix * dist(self.seed + 1000) if self.mix else p
 
     def generate(self, requests, progress=None):
         out = []
         for r in requests:
+            if r.top_logprobs and self.capabilities.logprobs and r.temperature == 0:
+                # a scorer asked for its top-k next words at the prompt (the probe tests)
+                p = self._probs(r.prompt, "")
+                top = np.argsort(-p)[:r.top_logprobs]
+                first = {" " + WORDS[i]: float(np.log(p[i])) for i in top}
+                out.append(Generation(text=" " + WORDS[top[0]], tokens=(" " + WORDS[top[0]],),
+                                      token_logprobs=(float(np.log(p[top[0]])),), top_logprobs=(first,)))
+                continue
             rng = np.random.default_rng([r.seed or 0, self.seed, int(hashlib.sha256(r.prompt.encode()).hexdigest()[:8], 16)])
             words, prev = [], ""
             for _ in range(r.max_tokens):
@@ -363,3 +374,146 @@ def test_cached_backend_answers_once(tmp_path):
     assert inner.calls == 4 and again == first
     CachedBackend(inner, tmp_path / "c.db", "another-model").generate(reqs[:1])
     assert inner.calls == 5
+
+
+# ------------------------------------------------------------------ context-specific top-k and the probes
+def test_generic_tokens_are_left_out_of_the_topk_overlap():
+    """Two 'models' that share only their frequent tokens (what independent models with one
+    tokenizer do) overlap a lot on raw top-5 sets and not at all once those are left out; a copy
+    that keeps the context-specific candidates still overlaps."""
+    from weightprint.behave.compare import generic_tokens, specific_topk_overlaps
+
+    frequent = [",", " the", ".", "\n"]
+    a = [frozenset(frequent[:3] + [f"a{i}", f"a{i}b"]) for i in range(40)]
+    b = [frozenset(frequent[1:] + [f"b{i}"]) for i in range(40)]
+    raw = np.mean([len(x & y) / len(x | y) for x, y in zip(a, b)])
+    assert raw > 0.2
+    assert generic_tokens(a) == frozenset(frequent[:3]) and generic_tokens(b) == frozenset(frequent[1:])
+    assert np.all(specific_topk_overlaps(a, b) == 0.0)
+    copy = [frozenset(frequent[:2] + [f"a{i}", f"a{i}b", f"c{i}"]) for i in range(40)]
+    assert np.allclose(specific_topk_overlaps(a, copy), 2 / 3)
+    # a context without a top-k on one side is no observation
+    ov = specific_topk_overlaps(a[:3] + [None], copy[:3] + [copy[3]])
+    assert np.isnan(ov[3]) and not np.isnan(ov[:3]).any()
+    # a token in two top-k sets out of three is generic too (>= 10% of contexts and >= 2)
+    assert generic_tokens([frozenset("x"), frozenset("x"), frozenset("y")]) == frozenset("x")
+
+
+def test_topk_test_per_language_bounds_and_bonferroni():
+    from weightprint.behave.compare import C0_TOPK, C0_TOPK_BY_LANG, chernoff_log10_pvalue, topk_test
+
+    code_c0 = C0_TOPK_BY_LANG["code"]
+    langs = ["en"] * 60 + ["code"] * 60
+    # code well above its bound, English at its bound: the evidence is the code group's, corrected for 3 tests
+    x = np.array([C0_TOPK] * 60 + [code_c0 + 0.3] * 60)
+    t = topk_test(x, langs)
+    by = t.evidence["by_language"]
+    assert by["code"]["c0"] == code_c0 and by["en"]["c0"] == C0_TOPK
+    assert by["en"]["log10_pvalue"] == pytest.approx(0.0)
+    expect = chernoff_log10_pvalue(code_c0 + 0.3, code_c0, 60) + math.log10(3)
+    assert t.log10_pvalue == pytest.approx(expect) and t.evidence["strongest_language"] == "code"
+    # the pooled test's bound is the mean of the contexts' bounds
+    assert t.evidence["pooled"]["c0"] == pytest.approx((C0_TOPK + code_c0) / 2)
+    # every group at its bound: no evidence at all
+    at_null = topk_test(np.array([C0_TOPK] * 60 + [code_c0] * 60), langs)
+    assert at_null.log10_pvalue == pytest.approx(0.0)
+    # a group smaller than MIN_TOPK_GROUP joins only the pooled test
+    small = topk_test(np.array([1.0] * 5 + [C0_TOPK] * 60), ["zh"] * 5 + ["en"] * 60)
+    assert small.evidence["by_language"]["zh"]["log10_pvalue"] is None
+    assert topk_test(np.array([np.nan, np.nan]), ["en", "en"]) is None
+
+
+def test_topk_test_is_valid_at_the_boundary_of_the_null():
+    """Observations in [0, 1] with every language's mean exactly at its bound: the combined test
+    rejects at most alpha of the time."""
+    from weightprint.behave.compare import C0_TOPK, C0_TOPK_BY_LANG, topk_test
+
+    rng = np.random.default_rng(1)
+    langs = ["en"] * 40 + ["code"] * 40 + ["ru"] * 40
+    means = np.array([C0_TOPK] * 40 + [C0_TOPK_BY_LANG["code"]] * 40 + [C0_TOPK] * 40)
+    trials = 2000
+    logp = np.array([topk_test((rng.random(120) < means).astype(float), langs).log10_pvalue for _ in range(trials)])
+    for alpha in (0.01, 0.05, 0.2):
+        assert np.mean(logp <= math.log10(alpha)) <= alpha
+
+
+def test_probe_tops_join_the_topk_test():
+    """A fake fine-tune that writes new text from the first word but keeps the next-token
+    candidates of its base at many probe contexts is `related` through the top-k test alone."""
+    from weightprint.behave.compare import collect_answers, compare_answers
+
+    kw = dict(sampled=False, max_tokens=8, n_samples=1, temperature=0.0, top_logprobs=5, seed=0)
+    a, b = collect_answers(FakeModel(1), PROMPTS, **kw), collect_answers(FakeModel(2), PROMPTS, **kw)
+    plain = compare_answers(a, b, PROMPTS, sampled=False, prefix_pieces=10)
+    assert plain.verdict == "different" and plain.statistics["probe_prompts"] == 0
+    langs = ["en"] * 150 + ["code"] * 150
+    base = [frozenset({",", f"x{i}", f"y{i}", f"z{i}"}) for i in range(300)]
+    kept = [frozenset({",", f"x{i}", f"y{i}", f"w{i}"}) for i in range(300)]  # 2 of 4 specific kept: 0.5
+    probed = compare_answers(a, b, PROMPTS, sampled=False, prefix_pieces=10, probe_tops=(langs, base, kept))
+    topk = next(t for t in probed.tests if t.name == "unrelated-null-topk")
+    assert topk.evidence["probe_prompts"] == 300 and topk.n == len(PROMPTS) + 300
+    assert topk.evidence["strongest_language"] == "code"
+    assert probed.verdict == "related" and topk.log10_pvalue < -3
+    from weightprint.behave.compare import describe
+
+    shown = dict(describe(probed))["  unrelated-null-topk by language"]
+    assert "code 0.50/0.33" in shown and "en " in shown
+    # the same overlap at the English bound's level is no evidence
+    loose = [frozenset({",", f"x{i}", f"w{i}", f"v{i}"}) for i in range(300)]  # 1 of 5 specific: 0.2
+    assert compare_answers(a, b, PROMPTS, sampled=False, prefix_pieces=10,
+                           probe_tops=(["en"] * 300, base, loose)).verdict == "different"
+
+
+def test_probes_are_asked_only_with_logprobs_on_both_sides_and_when_needed():
+    n_probes = len(load_prompts("probes"))
+    with_lp = FakeModel(1), FakeModel(2)
+    r = _compare(*with_lp)
+    assert r.statistics["probe_prompts"] == n_probes and with_lp[0].calls == len(PROMPTS) + n_probes
+    assert r.queries == {"a": len(PROMPTS) + n_probes, "b": len(PROMPTS) + n_probes}
+    assert not r.statistics["probes_not_needed"]
+    text_only = FakeModel(1, logprobs=False), FakeModel(2)
+    r = _compare(*text_only)
+    assert r.statistics["probe_prompts"] == 0 and text_only[0].calls == len(PROMPTS)
+    off = FakeModel(1), FakeModel(2)
+    assert _compare(*off, probes=None).statistics["probe_prompts"] == 0 and off[0].calls == len(PROMPTS)
+    # one model: the suite prompts' prefix test rejects H0 at alpha / 2 already; the probes could not
+    # change the verdict and are not asked
+    same = FakeModel(1), FakeModel(1)
+    r = _compare(*same)
+    assert r.verdict == "same" and r.statistics["probes_not_needed"] and same[0].calls == len(PROMPTS)
+
+
+def test_shipped_probe_suite():
+    ps = load_prompts("probes")
+    assert "probes" in shipped_suites() and len(ps) == 316 and len({p.id for p in ps}) == 316
+    langs = [p.lang for p in ps]
+    assert {lang: langs.count(lang) for lang in set(langs)} == {"en": 43, "ru": 44, "de": 44, "fr": 44, "zh": 44, "code": 97}
+    assert len({p.prompt for p in ps}) == 316 and not {p.prompt for p in ps} & {p.prompt for p in load_prompts("default")}
+
+
+def test_probe_membership_on_a_text_only_sampling_endpoint():
+    """The endpoint's most frequent sampled next word at each code probe is among the local
+    scorer's top-5 there: for one model nearly always, for an unrelated one rarely. Only the probes
+    whose language has a bound (code) are sampled. Alone it rejects H0 (the likelihood test is
+    weak with 4 samples per prompt): the verdict is then `related`, never `same`."""
+    from weightprint.behave.compare import C0_MEMBERSHIP_BY_LANG, PROBE_SAMPLES
+
+    probes = [Prompt(id=f"q{i}", prompt=f"probe {i}", lang="code" if i % 2 else "en") for i in range(600)]
+    kw = dict(sampled=True, n_samples=4, probes=probes)
+
+    def tests(r):
+        return {t.name: t for t in r.tests}
+
+    peaked = dict(concentration=0.05)  # most of the mass on a few next words, as a real model's
+    one = _compare(SamplingFake(1, text_only=True, **peaked), SamplingFake(1, **peaked), **kw)
+    m = tests(one)["unrelated-null-probe-membership"]
+    assert m.n == 300 and m.evidence["samples_per_probe"] == PROBE_SAMPLES and set(m.evidence["by_language"]) == {"code"}
+    assert m.statistic > C0_MEMBERSHIP_BY_LANG["code"] and m.log10_pvalue < -6
+    assert one.queries["a"] == len(PROMPTS) * 4 + 300 * PROBE_SAMPLES  # the endpoint: code probes only
+    assert not tests(one)["unrelated-null-likelihood"].significant(1e-3 / 3)
+    assert one.verdict == "related", one.summary()
+    diff = _compare(SamplingFake(1, text_only=True, **peaked), SamplingFake(2, **peaked), **kw)
+    assert diff.verdict == "different"
+    assert tests(diff)["unrelated-null-probe-membership"].statistic < C0_MEMBERSHIP_BY_LANG["code"] / 2
+    off = _compare(SamplingFake(1, text_only=True), SamplingFake(1), sampled=True, n_samples=4, probes=None)
+    assert "unrelated-null-probe-membership" not in tests(off)

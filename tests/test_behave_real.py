@@ -112,14 +112,16 @@ def test_requantized_copy_is_never_different(smollm2, smollm2_q8, local, http_ca
     assert r.verdict in ("same", "related"), r.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="measured 2026-11-30/12-01: the 200-step fine-tune writes 19th-century prose from the "
-                   "first word (greedy similarity 0.05, top-5 first-token overlap 0.52 vs null bound 0.3 over 32 prompts): "
-                   "`different`; even a 10-step fine-tune is (bench_compare.py power). More top-k contexts would not "
-                   "be a valid fix: independent tiny llamas sharing one tokenizer overlap 0.31-0.57 (docs/behave.md)")
 def test_finetuned_copy_is_related_with_drift(llama_server, finetuned_gguf, local, http_cache):
+    """The 200-step prose fine-tune writes 19th-century prose from the first word (greedy similarity
+    0.05): the evidence is the context-specific top-5 overlap at the probes, strongest on code,
+    which the prose fine-tune left alone (0.61 against the code bound 0.33)."""
     r = _compare(llama_server, local(finetuned_gguf), http_cache)
     assert r.verdict == "related", r.summary()
     assert r.statistics["exact_agreement"] < 1.0
+    topk = next(t for t in r.tests if t.name == "unrelated-null-topk")
+    assert topk.significant(1e-3 / 2) and topk.evidence["probe_prompts"] > 0
+    assert r.statistics["logprob_distance"] is None or r.statistics["logprob_distance"] > 0.0  # the drift
 
 
 # ------------------------------------------------------------------ text only, sampled
@@ -153,11 +155,14 @@ def test_text_only_sampled_endpoint_vs_gemma_is_different(proxy, gemma3, local, 
     assert r.verdict == "different", r.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="text only and sampled: the likelihood test measures 0.27-0.35 for the 200-step "
-                   "fine-tune against its null bound 0.3 (unrelated pairs up to 0.29): `different` (docs/behave.md)")
 def test_text_only_sampled_endpoint_vs_finetune_is_related(proxy, finetuned_gguf, local, http_cache):
+    """The likelihood test alone cannot tell the 200-step fine-tune from an unrelated model (0.27-0.35
+    against its bound 0.3); the endpoint's one-token samples at the code probes fall among the
+    fine-tune's context-specific top-5 far more often than an unrelated model's do."""
     r = _compare(proxy.url, local(finetuned_gguf), http_cache)
     assert r.verdict == "related", r.summary()
+    m = next(t for t in r.tests if t.name == "unrelated-null-probe-membership")
+    assert m.significant(1e-3 / len([t for t in r.tests if t.name.startswith("unrelated-null")]))
 
 
 # ------------------------------------------------------------------ identify, template, CLI

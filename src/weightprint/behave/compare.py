@@ -43,6 +43,16 @@ else ``related``. The test is used only when the scorer reads its prompts
 (:attr:`LikelihoodEvidence.applicable`). The other side needs to return text only. The
 unrelated-null tests of a regime share ``alpha`` (Bonferroni).
 
+**The probe tests** (one-token *probe* prompts, the shipped ``probes`` suite). Greedy, both sides
+with log-probabilities: per context (suite prompts and probes), the Jaccard overlap of the two
+sides' top-5 next-token strings after each side's *generic* tokens (in its own top-5 at 10% of
+the contexts or more) are left out (:func:`specific_topk_overlaps`, :func:`topk_test`). Sampled,
+with a local scorer: whether the other side's one-token samples at the code probes fall among the
+scorer's specific top-5 (:func:`probe_membership`). Both are tested per language against null
+bounds measured on real unrelated models that share a tokenizer (Gemma 3 under SmolLM2's
+vocabulary, :mod:`weightprint.testing.transplant`), by :func:`language_test`: a fine-tune moves
+the next tokens of what it was trained on and leaves the rest, where unrelated models disagree.
+
 **Verdict.** ``different`` when that p-value is not below ``alpha``; otherwise ``same`` when
 the sides are indistinguishable at the precision the regime allows (greedy with log-probs: the
 arg-max agrees at >= 97% of the shared positions and the log-prob distance is <= 0.1 nats;
@@ -71,8 +81,9 @@ from weightprint.progress import ProgressCallback, no_progress, substep
 from weightprint.results import LN10, TestResult, VerdictResult, format_pvalue, to_jsonable
 
 __all__ = [
-    "C0_GREEDY", "C0_SAMPLED", "CompareResult", "Side", "collect_answers", "compare_answers", "compare_models",
-    "chernoff_log10_pvalue", "prefix_similarity", "text_pieces",
+    "C0_GREEDY", "C0_MEMBERSHIP_BY_LANG", "C0_SAMPLED", "C0_TOPK", "C0_TOPK_BY_LANG", "CompareResult", "GENERIC_TOKEN_SHARE", "Side", "chernoff_log10_pvalue",
+    "collect_answers", "compare_answers", "compare_models", "first_topk", "generic_tokens", "prefix_similarity",
+    "probe_membership", "probe_tops", "specific_topk_overlaps", "text_pieces", "topk_bound", "topk_test",
 ]
 
 #: null bounds of the mean similarity of unrelated models (see module docstring). Greedy: the
@@ -82,9 +93,37 @@ __all__ = [
 #: (21 prompts). Sampled: not calibrated beyond those pairs (largest seen 0.016); 0.25 is kept.
 C0_GREEDY = 0.1
 C0_SAMPLED = 0.25
-#: null bound of the mean first-token top-5 overlap (Jaccard) of unrelated models: SmolLM2 vs Gemma 3
-#: measured 0.22 (21 prompts, max 0.67 on one), tiny llamas 0.0; 0.3 leaves a margin
-C0_TOPK = 0.3
+#: null bounds of the mean *context-specific* top-5 overlap (:func:`specific_topk_overlaps`) of
+#: unrelated models, per language of the contexts (suite prompts and shipped probes), and for any
+#: other language. The null was measured on real unrelated pairs that share SmolLM2's token
+#: strings -- Gemma 3 under SmolLM2's own tokenizer (weightprint.testing.transplant: an
+#: independently trained model, same vocabulary) and Gemma 3 itself -- against SmolLM2, its
+#: requantization and its fine-tunes (bench/results/bench_compare_topk.json): English at most 0.40,
+#: code at most 0.26. Russian, German, French and Chinese measured lower (0.03-0.31), but there the
+#: transplant is degraded (SmolLM2 splits those words into pieces Gemma 3 never saw together), so
+#: they get the English bound, the largest: a fluent unrelated model is assumed to agree with
+#: another no more in those languages than in English. Each bound is the measured largest plus
+#: a margin of a quarter or more.
+C0_TOPK_BY_LANG = {"code": 0.33}
+C0_TOPK = 0.5
+#: languages with fewer contexts than this join the pooled test only
+MIN_TOPK_GROUP = 10
+#: null bounds of the probe-membership test (sampled regime, text only: the other side's sampled
+#: next token at a probe is among the scorer's context-specific top-5), per probe language; only
+#: these languages are sampled. Computed exactly from next-token distributions (token strings
+#: matched as the test matches them), the SmolLM2 family vs Gemma 3 and vs Gemma 3 under SmolLM2's
+#: tokenizer, both ways, at sampling temperatures 0.05-1.0 (the endpoint's is unknown, and the
+#: null is largest near greedy): code at most 0.50, so 0.63 (English up to 0.86: no test there);
+#: the SmolLM2 family 0.77-0.94 on code near greedy (bench/results/bench_compare_membership.json)
+C0_MEMBERSHIP_BY_LANG = {"code": 0.63}
+#: one-token samples per probe and side for that test (97 code probes: 1,552 observations)
+PROBE_SAMPLES = 16
+
+#: a token in a side's top-k at this share of the contexts or more is *generic* for that side (",",
+#: " the", "\n"...) and left out of its top-k sets: two models that share a tokenizer agree on
+#: their frequent tokens whatever their weights (six independent tiny llamas with one tokenizer:
+#: 0.28-0.51 raw overlap, at most 0.05 after this filter)
+GENERIC_TOKEN_SHARE = 0.1
 #: null bound of the likelihood-test observations of unrelated models (see :func:`likelihood_observations`):
 #: over the zoo of bench/bench_compare.py (16 prompts x 6 samples, every model scoring every model's
 #: samples), unrelated pairs where the test applies measured at most 0.21 (SmolLM2's Q8_0 scoring
@@ -181,6 +220,18 @@ def collect_answers(backend: Backend, prompts: Sequence[Prompt], *, sampled: boo
     return Side(label=backend.label or backend.name, answers=answers, logprobs=has_lp, queries=len(reqs))
 
 
+def probe_tops(backend: Backend, probes: Sequence[Prompt], *, top_logprobs: int, seed: int = 0,
+               progress: ProgressCallback | None = None) -> tuple[list[frozenset[str] | None], int]:
+    """A backend's top-k next tokens at one-token probe prompts, and the queries that took.
+
+    The top-k test needs no continuation, only the next-token candidates at a shared context, so
+    each probe asks for one token: the 96 shipped probes cost about what 6 suite prompts do.
+    """
+    side = collect_answers(backend, probes, sampled=False, max_tokens=1, n_samples=1, temperature=0.0,
+                           top_logprobs=top_logprobs, seed=seed, progress=progress)
+    return [first_topk(a[0]) if side.logprobs else None for a in side.answers], side.queries
+
+
 # ----------------------------------------------------------------------------------------------
 # Statistics
 # ----------------------------------------------------------------------------------------------
@@ -231,12 +282,157 @@ class CompareResult(VerdictResult):
         })
 
 
-def _first_topk_overlap(ga: Generation, gb: Generation) -> float | None:
-    """Jaccard overlap of the two sides' top-k first tokens (the same context: the prompt), or None."""
-    if not ga.top_logprobs or not gb.top_logprobs or not ga.top_logprobs[0] or not gb.top_logprobs[0]:
+def first_topk(g: Generation) -> frozenset[str] | None:
+    """The token strings of a generation's top-k first tokens (its prompt's next-token candidates), or None."""
+    if not g.top_logprobs or not g.top_logprobs[0]:
         return None
-    a, b = set(ga.top_logprobs[0]), set(gb.top_logprobs[0])
-    return len(a & b) / len(a | b)
+    return frozenset(g.top_logprobs[0])
+
+
+def generic_tokens(tops: Sequence[frozenset[str] | None], share: float = GENERIC_TOKEN_SHARE) -> frozenset[str]:
+    """The tokens in at least ``share`` of a side's top-k sets (and in at least two of them)."""
+    counts: dict[str, int] = {}
+    sets = [t for t in tops if t is not None]
+    for t in sets:
+        for tok in t:
+            counts[tok] = counts.get(tok, 0) + 1
+    need = max(2.0, share * len(sets))
+    return frozenset(tok for tok, c in counts.items() if c >= need)
+
+
+def specific_topk_overlaps(tops_a: Sequence[frozenset[str] | None], tops_b: Sequence[frozenset[str] | None],
+                           share: float = GENERIC_TOKEN_SHARE) -> np.ndarray:
+    """Per context: the Jaccard overlap of the two sides' top-k next-token strings, each side's
+    *generic* tokens (:func:`generic_tokens`, from its own top-k sets over all the contexts) left
+    out; 0 when nothing specific is left, NaN where a side gave no top-k.
+
+    Two models that share a tokenizer agree on the frequent tokens (",", " the", "\\n") whatever
+    their weights, and a barely trained model predicts only those: six independent tiny llamas with
+    one tokenizer overlap 0.28-0.51 before the filter, at most 0.05 after it. What is left is the
+    context-specific part of the next-token candidates, which a fine-tune keeps where it did not
+    train (SmolLM2 vs its 200-step prose fine-tune: 0.61 on code) and an independently trained
+    model shares less (Gemma 3 under SmolLM2's tokenizer: 0.21 on code, 0.35 on English).
+    """
+    ga, gb = generic_tokens(tops_a, share), generic_tokens(tops_b, share)
+    out = np.full(len(tops_a), np.nan)
+    for i, (a, b) in enumerate(zip(tops_a, tops_b)):
+        if a is None or b is None:
+            continue
+        sa, sb = a - ga, b - gb
+        union = sa | sb
+        out[i] = len(sa & sb) / len(union) if union else 0.0
+    return out
+
+
+def topk_bound(lang: str) -> float:
+    """The null bound of the context-specific top-k overlap for contexts in ``lang``."""
+    return C0_TOPK_BY_LANG.get(lang, C0_TOPK)
+
+
+def language_test(x: np.ndarray, langs: Sequence[str], bound: Any, *, name: str, null_hypothesis: str, method: str,
+                  evidence: dict[str, Any] | None = None) -> TestResult | None:
+    """An unrelated-null test of observations in [0, 1] whose null bound depends on the language of
+    their context: one Chernoff-Hoeffding test per language with at least ``MIN_TOPK_GROUP``
+    observations (against ``bound(lang)``) and, where there are two languages or more, one over all
+    of them (against the mean of their bounds: valid for independent observations whose means
+    differ), combined by Bonferroni. NaN observations are left out."""
+    ok = ~np.isnan(x)
+    if not ok.any():
+        return None
+    x = x[ok]
+    lg = [l for l, k in zip(langs, ok) if k]
+    groups: dict[str, Any] = {}
+    for lang in dict.fromkeys(lg):
+        sel = np.array([l == lang for l in lg])
+        m, c0, k = float(x[sel].mean()), float(bound(lang)), int(sel.sum())
+        groups[lang] = {"n": k, "mean": m, "c0": c0,
+                        "log10_pvalue": chernoff_log10_pvalue(m, c0, k) if k >= MIN_TOPK_GROUP else None}
+    parts = [g["log10_pvalue"] for g in groups.values() if g["log10_pvalue"] is not None]
+    pooled = None
+    if len(groups) > 1 or not parts:
+        pooled_c0 = float(np.mean([bound(l) for l in lg]))
+        pooled = {"mean": float(x.mean()), "c0": pooled_c0, "log10_pvalue": chernoff_log10_pvalue(float(x.mean()), pooled_c0, len(x))}
+        parts.append(pooled["log10_pvalue"])
+    combined = min(0.0, min(parts) + math.log10(len(parts)))
+    best = min(groups, key=lambda k: groups[k]["log10_pvalue"] if groups[k]["log10_pvalue"] is not None else 0.0)
+    return TestResult(
+        name=name, statistic=float(x.mean()), log10_pvalue=combined, null_hypothesis=null_hypothesis, alternative="greater",
+        method=(f"Chernoff-Hoeffding bound exp(-n KL(mean || c0)) per language" + (" and over all observations (c0 the mean "
+                "of their bounds)" if pooled else "") + f", Bonferroni over the {len(parts)} tests; " + method),
+        n=len(x), evidence={"by_language": groups, "pooled": pooled, "strongest_language": best, **(evidence or {})})
+
+
+def topk_test(overlaps: np.ndarray, langs: Sequence[str], *, n_prompts: int = 0, n_probes: int = 0) -> TestResult | None:
+    """The unrelated-null test of the context-specific top-k overlaps (:func:`specific_topk_overlaps`),
+    per language (:func:`language_test`, bounds :func:`topk_bound`). A fine-tune moves the next
+    tokens of what it trained on and leaves the rest: the evidence comes from what it left."""
+    return language_test(
+        overlaps, langs, topk_bound, name="unrelated-null-topk",
+        null_hypothesis=("A and B are unrelated models: in every language of the contexts, the mean Jaccard overlap of "
+                         "their context-specific top-k next tokens is at most that language's bound (calibrated on "
+                         f"real unrelated models that share a tokenizer: code {topk_bound('code')}, other languages "
+                         f"{C0_TOPK})"),
+        method=("per context, the Jaccard overlap of the two top-k next-token sets with each side's generic tokens (in "
+                f"its top-k at >= {GENERIC_TOKEN_SHARE:.0%} of the contexts) left out"
+                + (f"; {n_prompts} suite prompts + {n_probes} one-token probe prompts" if n_probes else "")),
+        evidence={"probe_prompts": n_probes, "generic_share": GENERIC_TOKEN_SHARE})
+
+
+def membership_bound(lang: str) -> float:
+    """The null bound of the probe-membership observations for probes in ``lang`` (1: no test)."""
+    return C0_MEMBERSHIP_BY_LANG.get(lang, 1.0)
+
+
+def probe_membership(scorer: Backend, other: Backend, probes: Sequence[Prompt], *, n_samples: int = PROBE_SAMPLES,
+                     temperature: float, top_logprobs: int = 5, seed: int = 0,
+                     progress: ProgressCallback | None = None) -> tuple[TestResult | None, int, int]:
+    """Sampled regime, the other side text only: is its most likely next token at a probe among the
+    scorer's context-specific top-k there? Returns the test (:func:`language_test` with the bounds
+    :data:`C0_MEMBERSHIP_BY_LANG`) and the queries of the scorer and of the other side.
+
+    The scorer (a local model) gives its top-k next tokens at every probe; its generic tokens
+    (:func:`generic_tokens`) are left out. The other side is asked for ``n_samples`` one-token
+    samples at the probes whose language has a bound (the code probes), and its most frequent
+    sampled text there stands for its most likely next token: one observation per probe, 1 when
+    that text is one of the scorer's specific top-k token strings (ties share the observation).
+    The sampling temperature of an endpoint is unknown; the mode makes the observation nearly
+    independent of it, and the bound is the null measured near greedy, where it is largest.
+    """
+    progress = progress or no_progress
+    tops, q_scorer = probe_tops(scorer, probes, top_logprobs=top_logprobs, seed=seed, progress=substep(progress, 0, 2, "probes"))
+    if not any(t is not None for t in tops):
+        return None, q_scorer, 0
+    generic = generic_tokens(tops)
+    asked = [i for i, p in enumerate(probes) if membership_bound(p.lang) < 1.0 and tops[i] is not None]
+    if not asked:
+        return None, q_scorer, 0
+    side = collect_answers(other, [probes[i] for i in asked], sampled=True, max_tokens=1, n_samples=n_samples,
+                           temperature=temperature, top_logprobs=0, seed=seed, progress=substep(progress, 1, 2, "probe samples"))
+    obs, langs = [], []
+    for i, drawn in zip(asked, side.answers):
+        specific = tops[i] - generic
+        counts: dict[str, int] = {}
+        for g in drawn:
+            if g.text:
+                counts[g.text] = counts.get(g.text, 0) + 1
+        if not counts:
+            obs.append(0.0)
+        else:  # the share of the most frequent sampled texts (ties) that are among the scorer's specific top-k
+            top = max(counts.values())
+            modes = [t for t, c in counts.items() if c == top]
+            obs.append(sum(t in specific for t in modes) / len(modes))
+        langs.append(probes[i].lang)
+    test = language_test(
+        np.asarray(obs), langs, membership_bound, name="unrelated-null-probe-membership",
+        null_hypothesis=("A and B are unrelated models: the other side's most frequent sampled next token at a probe "
+                         f"is among {scorer.label or scorer.name}'s context-specific top-k there no more often than the "
+                         "bound of the probe's language (calibrated on real unrelated models that share a tokenizer, "
+                         "for any sampling temperature: " + ", ".join(f"{k} {v}" for k, v in C0_MEMBERSHIP_BY_LANG.items()) + ")"),
+        method=(f"one observation per probe: of the other side's {n_samples} one-token samples there (distinct seeds), the "
+                "share of its most frequent texts that are among the scorer's top-k token strings, the scorer's generic "
+                "tokens left out"),
+        evidence={"scorer": scorer.label or scorer.name, "samples_per_probe": n_samples, "probes_sampled": len(asked)})
+    return test, q_scorer, side.queries
 
 
 def _logprob_stats(ga: Generation, gb: Generation) -> tuple[int, float, int, int] | None:
@@ -431,10 +627,15 @@ def likelihood_observations(scorer: Backend, prompts: Sequence[Prompt], own: Sid
 def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sampled: bool,
                     prefix_pieces: int, alpha: float = DEFAULT_ALPHA, c0: float | None = None,
                     n_resamples: int = 999, seed: int = 0, exact_match: bool | None = None,
-                    likelihood: tuple[str, LikelihoodEvidence] | None = None) -> CompareResult:
+                    likelihood: tuple[str, LikelihoodEvidence] | None = None,
+                    probe_tops: tuple[Sequence[str], Sequence[frozenset[str] | None], Sequence[frozenset[str] | None]] | None = None,
+                    membership: TestResult | None = None) -> CompareResult:
     """The statistics and verdict of two sides' answers to the same prompts (see the module docstring).
 
     ``likelihood``: ``(scorer label, evidence)`` of :func:`likelihood_observations` (sampled regime).
+    ``probe_tops``: the probe prompts' languages, and A's and B's top-k next tokens at them
+    (:func:`probe_tops`; greedy regime, both sides with log-probabilities): more contexts for the
+    top-k test. ``membership``: the probe-membership test (:func:`probe_membership`; sampled regime).
     """
     n = len(prompts)
     if not (len(side_a.answers) == len(side_b.answers) == n) or n == 0:
@@ -450,7 +651,8 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
     lp_n = lp_sum = lp_agree = lp_tops = 0
     lp_prompts = 0
     paired: list[float] = []  # sampled: the j-th sample of A against the j-th of B (disjoint, independent pairs)
-    topk: list[float] = []  # greedy with log-probs: first-token top-k overlap per prompt
+    tops_a: list[frozenset[str] | None] = []  # greedy with log-probs: each prompt's top-k first tokens
+    tops_b: list[frozenset[str] | None] = []
     generic = np.zeros(n, dtype=bool)
     if not sampled:  # answers that do not depend on the prompt are no evidence of identity
         generic = _generic_answers(side_a, prefix_pieces) | _generic_answers(side_b, prefix_pieces)
@@ -473,9 +675,9 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
             exact[i] = " ".join(ga.text.split()) == " ".join(gb.text.split())
             tok_agree[i] = _token_agreement(ga, gb, prefix_pieces)
             lps = _logprob_stats(ga, gb) if side_a.logprobs and side_b.logprobs else None
-            ov = _first_topk_overlap(ga, gb) if side_a.logprobs and side_b.logprobs else None
-            if ov is not None:
-                topk.append(0.0 if generic[i] else ov)
+            if side_a.logprobs and side_b.logprobs:
+                tops_a.append(first_topk(ga))
+                tops_b.append(first_topk(gb))
             if lps is not None and lps[0] > 0:
                 lp_prompts += 1
                 lp_n += lps[0]
@@ -501,16 +703,20 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
                            "match": "exact prefix" if exact_match else "prefix fraction"},
     )
     tests = [unrelated]
-    if len(topk) >= n / 2:
-        # where both sides give log-probabilities: the top-k first tokens for the same prompt overlap
-        # for related models even when their greedy texts part at once (a fine-tune in a new style)
-        tests.append(TestResult(
-            name="unrelated-null-topk", statistic=float(np.mean(topk)),
-            log10_pvalue=chernoff_log10_pvalue(float(np.mean(topk)), C0_TOPK, len(topk)),
-            null_hypothesis=(f"A and B are unrelated models: the mean Jaccard overlap of their top-k first tokens "
-                             f"is at most {C0_TOPK} (the bound calibrated on known-different pairs)"),
-            alternative="greater", method="Chernoff-Hoeffding bound exp(-n KL(mean || c0)) over prompts",
-            n=len(topk), evidence={"c0": C0_TOPK}))
+    n_prompt_tops = sum(1 for a, b in zip(tops_a, tops_b) if a is not None and b is not None)
+    langs = [p.lang for p in prompts][:len(tops_a)]
+    n_probe = 0
+    if probe_tops is not None and tops_a:
+        plangs, pa, pb = probe_tops
+        n_probe = sum(1 for a, b in zip(pa, pb) if a is not None and b is not None)
+        tops_a, tops_b, langs = tops_a + list(pa), tops_b + list(pb), langs + list(plangs)
+    topk = specific_topk_overlaps(tops_a, tops_b) if tops_a else np.zeros(0)
+    if n_prompt_tops >= n / 2:
+        # where both sides give log-probabilities: the context-specific top-k next tokens overlap for
+        # related models even when their greedy texts part at once (a fine-tune in a new style)
+        t = topk_test(topk, langs, n_prompts=n_prompt_tops, n_probes=n_probe)
+        if t is not None:
+            tests.append(t)
     stats: dict[str, Any] = {
         "mean_similarity": mean_sim,
         "exact_agreement": float(exact.mean()),
@@ -544,6 +750,9 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
             n=int(obs.size), evidence={"c0": C0_LIKELIHOOD, "scorer": scorer, "same_at": SAME_LIKELIHOOD,
                                        "scorer_prompt_specific": likelihood[1].own_specific,
                                        "gate_log10_pvalue": likelihood[1].gate_log10_pvalue}))
+    if membership is not None:
+        tests.append(membership)
+        stats["probe_membership"] = membership.statistic
     if sampled:
         w = float(within.mean())
         stats["mean_within_similarity"] = w
@@ -555,7 +764,8 @@ def compare_answers(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sa
     # the unrelated null is rejected when any of its tests is significant at alpha / (number of tests) (Bonferroni)
     null_tests = [t for t in tests if t.name.startswith("unrelated-null")]
     rejected = [t.significant(alpha / len(null_tests)) for t in null_tests]
-    stats["first_topk_overlap"] = float(np.mean(topk)) if topk else None
+    stats["first_topk_overlap"] = float(np.nanmean(topk)) if np.any(~np.isnan(topk)) else None
+    stats["probe_prompts"] = n_probe
     by_name = {t.name: r for t, r in zip(null_tests, rejected)}
     if not any(rejected):
         verdict = "different"
@@ -622,6 +832,7 @@ def compare_models(
     top_logprobs: int = 5,
     alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
+    probes: str | Path | Sequence[Prompt] | None = "probes",
     options_a: dict[str, Any] | None = None,
     options_b: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
@@ -657,6 +868,12 @@ def compare_models(
         Level of the unrelated-null test below which the verdict is ``same`` or ``related``.
     seed : int, *optional*
         Seed of the sampled requests and of the permutation test.
+    probes : str, Path, sequence of Prompt or None, *optional*, defaults to ``"probes"``
+        One-token probe prompts. Greedy regime, both sides with log-probabilities: their
+        context-specific top-k overlaps join the prompts' own (:func:`topk_test`). Sampled regime
+        with a local scorer: the other side's one-token samples at the probes whose language has
+        a membership bound (:func:`probe_membership`). The shipped ``probes`` suite has 316 (43-44
+        per language, 97 code fragments); None asks none.
     options_a, options_b : dict, *optional*
         Keyword arguments of :func:`~weightprint.behave.backends.base.open_backend` (``model=``...).
     progress : ProgressCallback, *optional*
@@ -690,11 +907,36 @@ def compare_models(
             kw["seed"] = seed + (SEED_OFFSET_B if sampled else 0)
             side_b = collect_answers(bb, plist, progress=substep(progress, 2, 3, f"B {bb.label}"), **kw)
             likelihood = None
+            membership = None
+            tops = None
+            plist_probe = (list(probes) if not isinstance(probes, (str, Path)) else load_prompts(probes)) if probes is not None else []
+            skipped = False
+            if not sampled and plist_probe and side_a.logprobs and side_b.logprobs:
+                # the probes only add evidence against H0; when the suite prompts already reject it
+                # (at the level the planned tests get), they cannot change the verdict: not asked
+                skipped = _rejects_without_probes(side_a, side_b, plist, sampled=False, prefix_pieces=pp, alpha=alpha)
+                if not skipped:
+                    pa, qa = probe_tops(ba, plist_probe, top_logprobs=top_logprobs, seed=seed,
+                                        progress=substep(progress, 2, 3, f"probes A {ba.label}"))
+                    pb, qb = probe_tops(bb, plist_probe, top_logprobs=top_logprobs, seed=seed,
+                                        progress=substep(progress, 2, 3, f"probes B {bb.label}"))
+                    side_a.queries += qa
+                    side_b.queries += qb
+                    tops = ([p.lang for p in plist_probe], pa, pb)
             scorer = _scorer(ba, bb) if sampled else None
             if scorer is not None:
                 own, other = (side_a, side_b) if scorer is ba else (side_b, side_a)
                 progress(3, 3, f"likelihood under {scorer.label}")
                 likelihood = (scorer.label or scorer.name, likelihood_observations(scorer, plist, own, other))
+                if plist_probe:
+                    skipped = _rejects_without_probes(side_a, side_b, plist, sampled=True, prefix_pieces=pp, alpha=alpha,
+                                                      likelihood=likelihood, seed=seed)
+                if plist_probe and not skipped:
+                    membership, q_scorer, q_other = probe_membership(
+                        scorer, bb if scorer is ba else ba, plist_probe, temperature=temperature,
+                        top_logprobs=top_logprobs, seed=seed + SEED_OFFSET_B, progress=substep(progress, 3, 3, "probes"))
+                    own.queries += q_scorer
+                    other.queries += q_other
         finally:
             if close_b:
                 bb.close()
@@ -703,11 +945,25 @@ def compare_models(
             ba.close()
     progress(3, 3, "statistics")
     result = compare_answers(side_a, side_b, plist, sampled=sampled, prefix_pieces=pp, alpha=alpha, seed=seed,
-                             likelihood=likelihood)
+                             likelihood=likelihood, probe_tops=tops, membership=membership)
     object.__setattr__(result, "seconds", time.perf_counter() - t0)
     stats = result.statistics
-    stats.update(max_tokens=mt, n_samples=n_samples if sampled else 1, temperature=temperature if sampled else 0.0)
+    stats.update(max_tokens=mt, n_samples=n_samples if sampled else 1, temperature=temperature if sampled else 0.0,
+                 probes_not_needed=skipped)
     return result
+
+
+def _rejects_without_probes(side_a: Side, side_b: Side, prompts: Sequence[Prompt], *, sampled: bool, prefix_pieces: int,
+                            alpha: float, **kw: Any) -> bool:
+    """Does a test that the probes do not feed reject H0 *unrelated* on the suite prompts alone, at
+    the level it gets with every planned test counted (Bonferroni)? Then the probes cannot change
+    the verdict, and the rejection region stays inside that of all the tests together: the top-k
+    test (which the probes would extend) and the probe-membership test are left out of the
+    decision."""
+    pre = compare_answers(side_a, side_b, prompts, sampled=sampled, prefix_pieces=prefix_pieces, alpha=alpha, **kw)
+    null_tests = [t for t in pre.tests if t.name.startswith("unrelated-null")]
+    planned = len(null_tests) + (0 if any(t.name == "unrelated-null-topk" for t in null_tests) else 1)
+    return any(t.significant(alpha / planned) for t in null_tests if t.name != "unrelated-null-topk")
 
 
 def describe(result: CompareResult) -> list[tuple[str, str]]:
@@ -726,5 +982,9 @@ def describe(result: CompareResult) -> list[tuple[str, str]]:
         rows.append(("cross/within similarity", f"{s['cross_within_ratio']:.3f}"))
     for t in result.tests[1:]:
         rows.append((f"H0: {t.name}", t.pvalue_text()))
+        groups = (t.evidence or {}).get("by_language")
+        if groups:  # the per-language means against their bounds (the probe tests)
+            rows.append((f"  {t.name} by language", ", ".join(
+                f"{lang} {g['mean']:.2f}/{g['c0']:.2f} (n {g['n']})" for lang, g in groups.items())))
     rows.append(("queries", f"A {result.queries.get('a', 0)}, B {result.queries.get('b', 0)}"))
     return rows

@@ -52,6 +52,9 @@ def compare(
     api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
     prompts: PromptsOpt = "default",
     n_prompts: Annotated[Optional[int], typer.Option("--n-prompts", help="Use the first N prompts.")] = None,
+    probes: Annotated[str, typer.Option("--probes", help="One-token probe prompts for the top-k test (greedy, "
+                                        "log-probabilities on both sides) and the probe-membership test (sampled, one "
+                                        "side local): a shipped suite, a JSONL file, or `none`.")] = "probes",
     sampled: Annotated[Optional[bool], typer.Option("--sampled/--greedy", help="Force the regime (default: sampled when an endpoint samples).")] = None,
     n_samples: Annotated[int, typer.Option("--samples", help="Samples per prompt and side (sampled regime).")] = 10,
     alpha: Annotated[float, typer.Option("--alpha", help="Level of the `unrelated` null below which B is `same` or `related`.")] = 1e-3,
@@ -66,6 +69,7 @@ def compare(
     with progress_bar("comparing", steps=True) as progress:
         result = compare_models(
             a, b, prompts=prompts, n_prompts=n_prompts, sampled=sampled, n_samples=n_samples, alpha=alpha, seed=seed,
+            probes=None if probes.lower() == "none" else probes,
             options_a=_endpoint_options(a, model, api_key_env, no_cache),
             options_b=_endpoint_options(b, model_b or model, api_key_env, no_cache), progress=progress,
         )
