@@ -70,7 +70,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -81,8 +81,8 @@ from weightprint.progress import ProgressCallback, no_progress, substep
 from weightprint.results import LN10, TestResult, VerdictResult, format_pvalue, to_jsonable
 
 __all__ = [
-    "C0_GREEDY", "C0_MEMBERSHIP_BY_LANG", "C0_SAMPLED", "C0_TOPK", "C0_TOPK_BY_LANG", "CompareResult", "GENERIC_TOKEN_SHARE", "Side", "chernoff_log10_pvalue",
-    "collect_answers", "compare_answers", "compare_models", "first_topk", "generic_tokens", "prefix_similarity",
+    "C0_GREEDY", "C0_MEMBERSHIP_BY_LANG", "C0_SAMPLED", "C0_TOPK", "C0_TOPK_BY_LANG", "CompareResult",
+    "GENERIC_TOKEN_SHARE", "Side", "chernoff_log10_pvalue", "collect_answers", "compare_answers", "compare_models", "first_topk", "generic_tokens", "prefix_similarity",
     "probe_membership", "probe_tops", "specific_topk_overlaps", "text_pieces", "topk_bound", "topk_test",
 ]
 
@@ -225,7 +225,8 @@ def probe_tops(backend: Backend, probes: Sequence[Prompt], *, top_logprobs: int,
     """A backend's top-k next tokens at one-token probe prompts, and the queries that took.
 
     The top-k test needs no continuation, only the next-token candidates at a shared context, so
-    each probe asks for one token: the 96 shipped probes cost about what 6 suite prompts do.
+    each probe asks for one token: the 316 shipped probes cost about what 20 suite prompts of 16
+    tokens do.
     """
     side = collect_answers(backend, probes, sampled=False, max_tokens=1, n_samples=1, temperature=0.0,
                            top_logprobs=top_logprobs, seed=seed, progress=progress)
@@ -329,8 +330,8 @@ def topk_bound(lang: str) -> float:
     return C0_TOPK_BY_LANG.get(lang, C0_TOPK)
 
 
-def language_test(x: np.ndarray, langs: Sequence[str], bound: Any, *, name: str, null_hypothesis: str, method: str,
-                  evidence: dict[str, Any] | None = None) -> TestResult | None:
+def language_test(x: np.ndarray, langs: Sequence[str], bound: Callable[[str], float], *, name: str,
+                  null_hypothesis: str, method: str, evidence: dict[str, Any] | None = None) -> TestResult | None:
     """An unrelated-null test of observations in [0, 1] whose null bound depends on the language of
     their context: one Chernoff-Hoeffding test per language with at least ``MIN_TOPK_GROUP``
     observations (against ``bound(lang)``) and, where there are two languages or more, one over all
@@ -930,7 +931,7 @@ def compare_models(
                 likelihood = (scorer.label or scorer.name, likelihood_observations(scorer, plist, own, other))
                 if plist_probe:
                     skipped = _rejects_without_probes(side_a, side_b, plist, sampled=True, prefix_pieces=pp, alpha=alpha,
-                                                      likelihood=likelihood, seed=seed)
+                                                      likelihood=likelihood, seed=seed, n_resamples=99)
                 if plist_probe and not skipped:
                     membership, q_scorer, q_other = probe_membership(
                         scorer, bb if scorer is ba else ba, plist_probe, temperature=temperature,
