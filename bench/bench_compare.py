@@ -327,6 +327,20 @@ def power(threads: int, sampled_steps: tuple[int, ...] = (25,)) -> dict:
     return {"reference": "SmolLM2-135M-Instruct Q4_1", "rows": rows}
 
 
+def _probe_zoo(with_tiny: bool = False) -> dict[str, tuple[str, Path]]:
+    """SmolLM2, its Q8_0, two 200-step fine-tunes, Gemma 3 and Gemma 3 under SmolLM2's tokenizer
+    (and the six tiny llamas)."""
+    from weightprint.testing.derive import derived
+    from weightprint.testing.models import gemma3_path, smollm2_path
+
+    smol = smollm2_path()
+    models = {k: v for k, v in zoo(True).items() if with_tiny or not k.startswith("tiny")}
+    models["smollm2-ftchat200"] = ("smollm2", derived("gguf", derived("finetune", smol, steps=200, seed=0, text=_chat_corpus()),
+                                                      file_type="Q8_0"))
+    models["gemma3-smollm2-tokenizer"] = ("gemma3", derived("transplant", gemma3_path(), tokenizer_source=smol))
+    return models
+
+
 def topk(threads: int) -> dict:
     """The context-specific top-5 test (greedy regime with log-probabilities) over a zoo that has
     *same-tokenizer* unrelated pairs at real quality: Gemma 3 under SmolLM2's tokenizer
@@ -336,15 +350,12 @@ def topk(threads: int) -> dict:
     unrelated null and the verdict of that test alone."""
     from weightprint.behave.compare import C0_TOPK, C0_TOPK_BY_LANG, probe_tops, specific_topk_overlaps, topk_test
     from weightprint.testing.derive import derived
-    from weightprint.testing.models import gemma3_path, smollm2_path
+    from weightprint.testing.models import smollm2_path
 
     smol = smollm2_path()
-    models = zoo(True)
+    models = _probe_zoo(with_tiny=True)
     for n in (10, 50):
         models[f"smollm2-ft{n}"] = ("smollm2", derived("gguf", derived("finetune", smol, steps=n, seed=0), file_type="Q8_0"))
-    models["smollm2-ftchat200"] = ("smollm2", derived("gguf", derived("finetune", smol, steps=200, seed=0, text=_chat_corpus()),
-                                                      file_type="Q8_0"))
-    models["gemma3-smollm2-tokenizer"] = ("gemma3", derived("transplant", gemma3_path(), tokenizer_source=smol))
     contexts = load_prompts("default") + load_prompts("probes")
     langs = [p.lang for p in contexts]
     cache = Path(os.environ.get("WEIGHTPRINT_CACHE", Path.home() / ".cache" / "weightprint")) / "behave_bench.db"
@@ -383,19 +394,6 @@ def topk(threads: int) -> dict:
             "false_positives": sum(r["rejects_at_5e-4"] for r in unrelated), "unrelated_pairs": len(unrelated),
             "related_detected": sum(r["rejects_at_5e-4"] for r in rows if r["related"]),
             "related_pairs": sum(r["related"] for r in rows)}
-
-
-def _probe_zoo() -> dict[str, tuple[str, Path]]:
-    """SmolLM2, its Q8_0, two 200-step fine-tunes, Gemma 3 and Gemma 3 under SmolLM2's tokenizer."""
-    from weightprint.testing.derive import derived
-    from weightprint.testing.models import gemma3_path, smollm2_path
-
-    smol = smollm2_path()
-    models = {k: v for k, v in zoo(True).items() if not k.startswith("tiny")}
-    models["smollm2-ftchat200"] = ("smollm2", derived("gguf", derived("finetune", smol, steps=200, seed=0, text=_chat_corpus()),
-                                                      file_type="Q8_0"))
-    models["gemma3-smollm2-tokenizer"] = ("gemma3", derived("transplant", gemma3_path(), tokenizer_source=smol))
-    return models
 
 
 def _next_token_logprobs(path: Path, prompts: list, threads: int) -> tuple[np.ndarray, list[str]]:

@@ -417,7 +417,7 @@ def test_topk_test_per_language_bounds_and_bonferroni():
     # every group at its bound: no evidence at all
     at_null = topk_test(np.array([C0_TOPK] * 60 + [code_c0] * 60), langs)
     assert at_null.log10_pvalue == pytest.approx(0.0)
-    # a group smaller than MIN_TOPK_GROUP joins only the pooled test
+    # a group smaller than MIN_LANGUAGE_GROUP joins only the pooled test
     small = topk_test(np.array([1.0] * 5 + [C0_TOPK] * 60), ["zh"] * 5 + ["en"] * 60)
     assert small.evidence["by_language"]["zh"]["log10_pvalue"] is None
     assert topk_test(np.array([np.nan, np.nan]), ["en", "en"]) is None

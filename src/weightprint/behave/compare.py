@@ -68,6 +68,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -106,8 +107,8 @@ C0_SAMPLED = 0.25
 #: a margin of a quarter or more.
 C0_TOPK_BY_LANG = {"code": 0.33}
 C0_TOPK = 0.5
-#: languages with fewer contexts than this join the pooled test only
-MIN_TOPK_GROUP = 10
+#: languages with fewer observations than this join the pooled test only (the probe tests)
+MIN_LANGUAGE_GROUP = 10
 #: null bounds of the probe-membership test (sampled regime, text only: the other side's sampled
 #: next token at a probe is among the scorer's context-specific top-5), per probe language; only
 #: these languages are sampled. Computed exactly from next-token distributions (token strings
@@ -292,11 +293,8 @@ def first_topk(g: Generation) -> frozenset[str] | None:
 
 def generic_tokens(tops: Sequence[frozenset[str] | None], share: float = GENERIC_TOKEN_SHARE) -> frozenset[str]:
     """The tokens in at least ``share`` of a side's top-k sets (and in at least two of them)."""
-    counts: dict[str, int] = {}
     sets = [t for t in tops if t is not None]
-    for t in sets:
-        for tok in t:
-            counts[tok] = counts.get(tok, 0) + 1
+    counts = Counter(tok for t in sets for tok in t)
     need = max(2.0, share * len(sets))
     return frozenset(tok for tok, c in counts.items() if c >= need)
 
@@ -333,7 +331,7 @@ def topk_bound(lang: str) -> float:
 def language_test(x: np.ndarray, langs: Sequence[str], bound: Callable[[str], float], *, name: str,
                   null_hypothesis: str, method: str, evidence: dict[str, Any] | None = None) -> TestResult | None:
     """An unrelated-null test of observations in [0, 1] whose null bound depends on the language of
-    their context: one Chernoff-Hoeffding test per language with at least ``MIN_TOPK_GROUP``
+    their context: one Chernoff-Hoeffding test per language with at least ``MIN_LANGUAGE_GROUP``
     observations (against ``bound(lang)``) and, where there are two languages or more, one over all
     of them (against the mean of their bounds: valid for independent observations whose means
     differ), combined by Bonferroni. NaN observations are left out."""
@@ -347,7 +345,7 @@ def language_test(x: np.ndarray, langs: Sequence[str], bound: Callable[[str], fl
         sel = np.array([l == lang for l in lg])
         m, c0, k = float(x[sel].mean()), float(bound(lang)), int(sel.sum())
         groups[lang] = {"n": k, "mean": m, "c0": c0,
-                        "log10_pvalue": chernoff_log10_pvalue(m, c0, k) if k >= MIN_TOPK_GROUP else None}
+                        "log10_pvalue": chernoff_log10_pvalue(m, c0, k) if k >= MIN_LANGUAGE_GROUP else None}
     parts = [g["log10_pvalue"] for g in groups.values() if g["log10_pvalue"] is not None]
     pooled = None
     if len(groups) > 1 or not parts:
@@ -412,10 +410,7 @@ def probe_membership(scorer: Backend, other: Backend, probes: Sequence[Prompt], 
     obs, langs = [], []
     for i, drawn in zip(asked, side.answers):
         specific = tops[i] - generic
-        counts: dict[str, int] = {}
-        for g in drawn:
-            if g.text:
-                counts[g.text] = counts.get(g.text, 0) + 1
+        counts = Counter(g.text for g in drawn if g.text)
         if not counts:
             obs.append(0.0)
         else:  # the share of the most frequent sampled texts (ties) that are among the scorer's specific top-k

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import GGUFValueType
 
 from weightprint.errors import WeightprintError
 from weightprint.io.gguf_file import GGUFModel, copy_metadata_for_write
@@ -110,7 +111,8 @@ def transplant_tokenizer(source: str | Path, tokenizer_source: str | Path, out: 
         control = {"<|endoftext|>": old_bos, "<|im_start|>": old_ids.get("<start_of_turn>", old_bos),
                    "<|im_end|>": old_ids.get("<end_of_turn>", int(meta["tokenizer.ggml.eos_token_id"]))}
         emb_name = "model.embed_tokens.weight"
-        d = src.info(emb_name).shape[1]
+        emb_info = src.info(emb_name)
+        d = emb_info.shape[1]
         rows = np.zeros((len(new_tokens), d), dtype=np.float32)
         one_to_one = 0
         for i, (t, b) in enumerate(zip(new_tokens, new_bytes)):
@@ -131,17 +133,16 @@ def transplant_tokenizer(source: str | Path, tokenizer_source: str | Path, out: 
                 meta[k] = v
                 if k in ttypes:
                     types[k] = ttypes[k]
-        unk = int(tmeta.get("tokenizer.ggml.unknown_token_id", 0))
-        meta["tokenizer.ggml.bos_token_id"] = np.uint32(unk)  # its row is source's BOS row
+        # the new unknown/<|endoftext|> id, whose row is source's BOS row, goes in front of every prompt
+        meta["tokenizer.ggml.bos_token_id"] = int(tmeta.get("tokenizer.ggml.unknown_token_id", 0))
+        types["tokenizer.ggml.bos_token_id"] = GGUFValueType.UINT32  # llama.cpp reads it as u32
         meta["tokenizer.ggml.add_bos_token"] = True
-        types["tokenizer.ggml.bos_token_id"] = ttypes["tokenizer.ggml.eos_token_id"]
-        types.pop("tokenizer.ggml.add_bos_token", None)
-        emb_info = src.info(emb_name)
-        specs = []
+        types["tokenizer.ggml.add_bos_token"] = GGUFValueType.BOOL
+        specs, names = [], {}
         for info in src.tensor_infos():
             shape = (len(new_tokens), d) if info.name == emb_name else tuple(info.shape)
-            specs.append(TensorSpec(info.stored_name, shape, emb_info.qtype if info.name == emb_name else info.qtype))
-        names = {i.stored_name: i.name for i in src.tensor_infos()}
+            specs.append(TensorSpec(info.stored_name, shape, info.qtype))
+            names[info.stored_name] = info.name
 
         def data(spec: TensorSpec) -> np.ndarray:
             if names[spec.stored_name] == emb_name:
